@@ -1,0 +1,251 @@
+"""The orchestration subject codec, byte-compatible with Arvo's ``ArvoOrchestrationSubject``.
+
+A subject is ``base64(zlib(json(content)))``; it names one workflow execution and travels
+on every event of that execution, so Python and TypeScript services must agree on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import re
+import uuid
+import zlib
+
+import msgspec
+
+__all__ = [
+    "Subject",
+    "SubjectError",
+    "encode_subject",
+    "is_subject",
+    "new_subject",
+    "parse_subject",
+    "subject_from_parent",
+]
+
+WILDCARD_VERSION = "0.0.0"
+
+# fullmatch, not ^...$: Python's $ also matches before a trailing newline.
+_NAME = re.compile(r"[a-z0-9]+(\.[a-z0-9]+)+\.[a-z0-9]+").fullmatch
+_VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+").fullmatch
+_DOMAIN = re.compile(r"[a-z0-9.]+").fullmatch
+_ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}").fullmatch
+_MAX_ARRAY_INDEX = 2**32 - 2
+
+
+class SubjectError(ValueError):
+    """An orchestration subject could not be created or parsed; the message says why."""
+
+
+class _Orchestrator(msgspec.Struct):
+    name: str
+    version: str
+
+
+class _Execution(msgspec.Struct):
+    id: str
+    initiator: str
+    domain: str | None
+
+
+class _Content(msgspec.Struct):
+    """The JSON content in Arvo's key order; struct fields encode in declaration order."""
+
+    orchestrator: _Orchestrator
+    execution: _Execution
+    meta: dict[str, str]
+
+
+_decode_content = msgspec.json.Decoder(_Content).decode
+_encode_json = msgspec.json.Encoder().encode
+
+
+def _check_name(path: str, value: object) -> None:
+    if not isinstance(value, str) or _NAME(value) is None:
+        raise SubjectError(
+            f"{path} must be 3 or more dot-separated segments of lowercase letters and digits "
+            f"(e.g. 'com.acme.billing'), got {value!r}"
+        )
+
+
+def _validate(s: Subject) -> None:
+    """Apply Arvo's content schema rules; raise SubjectError naming the failing field."""
+    _check_name("orchestrator.name", s.name)
+    if not isinstance(s.version, str) or _VERSION(s.version) is None:
+        raise SubjectError(
+            f"orchestrator.version must be a semantic version like '1.0.0', got {s.version!r}"
+        )
+    if not isinstance(s.execution_id, str) or not s.execution_id or ";" in s.execution_id:
+        raise SubjectError(
+            f"execution.id must be a non-empty string without ';', got {s.execution_id!r}"
+        )
+    _check_name("execution.initiator", s.initiator)
+    if s.domain is not None and (not isinstance(s.domain, str) or _DOMAIN(s.domain) is None):
+        raise SubjectError(
+            "execution.domain must be None or only lowercase letters, digits and dots, "
+            f"got {s.domain!r}"
+        )
+    if not isinstance(s.meta, dict):
+        raise SubjectError(f"meta must be a dict of str to str, got {type(s.meta).__name__}")
+    for key, item in s.meta.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise SubjectError(f"meta must map str to str, got {key!r}: {item!r}")
+
+
+class Subject(msgspec.Struct, frozen=True):
+    """Decoded content of an orchestration subject; validated whenever one is built.
+
+    ``meta`` is a plain dict for wire compatibility: treat it as read-only.
+    """
+
+    name: str
+    version: str
+    execution_id: str
+    initiator: str
+    domain: str | None = None
+    meta: dict[str, str] = {}
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def redirectto(self) -> str | None:
+        """Where the workflow's completion goes, if the creator asked (``meta.redirectto``)."""
+        return self.meta.get("redirectto")
+
+
+def _js_key_order(meta: dict[str, str]) -> dict[str, str]:
+    """Reorder keys as JS objects do: array-index keys ascending first, then the rest."""
+    index_keys = [k for k in meta if _ARRAY_INDEX(k) and int(k) <= _MAX_ARRAY_INDEX]
+    if not index_keys:
+        return meta
+    index_keys.sort(key=int)
+    ordered = {k: meta[k] for k in index_keys}
+    ordered.update((k, v) for k, v in meta.items() if k not in ordered)
+    return ordered
+
+
+def encode_subject(s: Subject) -> str:
+    """Encode ``s`` to the subject string, byte-identical to Arvo's ``create``."""
+    _validate(s)
+    content = _Content(
+        orchestrator=_Orchestrator(name=s.name, version=s.version),
+        execution=_Execution(id=s.execution_id, initiator=s.initiator, domain=s.domain),
+        meta=_js_key_order(s.meta),
+    )
+    try:
+        raw = _encode_json(content)
+    except UnicodeEncodeError as exc:
+        raise SubjectError(f"subject content contains a lone surrogate: {exc}") from None
+    return base64.b64encode(zlib.compress(raw, 6)).decode("ascii")
+
+
+def _describe(value: str) -> str:
+    return repr(value) if len(value) <= 80 else repr(value[:77] + "...")
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(value: str) -> Subject:
+    try:
+        compressed = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SubjectError(
+            f"orchestration subject {_describe(value)} is not valid base64: {exc}"
+        ) from None
+    try:
+        raw = zlib.decompress(compressed)
+    except zlib.error as exc:
+        raise SubjectError(
+            f"orchestration subject {_describe(value)} is not zlib-compressed data: {exc}"
+        ) from None
+    try:
+        content = _decode_content(raw)
+    except msgspec.ValidationError as exc:
+        raise SubjectError(
+            f"orchestration subject {_describe(value)} has the wrong JSON shape: {exc}"
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise SubjectError(
+            f"orchestration subject {_describe(value)} does not contain valid UTF-8 JSON: {exc}"
+        ) from None
+    try:
+        return Subject(
+            name=content.orchestrator.name,
+            version=content.orchestrator.version,
+            execution_id=content.execution.id,
+            initiator=content.execution.initiator,
+            domain=content.execution.domain,
+            meta=content.meta,
+        )
+    except SubjectError as exc:
+        raise SubjectError(f"orchestration subject {_describe(value)}: {exc}") from None
+
+
+def parse_subject(value: str) -> Subject:
+    """Decode and validate a subject string (cached: workflows re-parse it on every step)."""
+    if not isinstance(value, str):
+        raise SubjectError(f"orchestration subject must be a str, got {type(value).__name__}")
+    cached = _parse_cached(value)
+    # A fresh meta dict per caller, so nobody can mutate the cached copy.
+    return msgspec.structs.replace(cached, meta=dict(cached.meta))
+
+
+def is_subject(value: str) -> bool:
+    """True when ``value`` parses as a valid orchestration subject."""
+    try:
+        parse_subject(value)
+    except SubjectError:
+        return False
+    return True
+
+
+def new_subject(
+    *,
+    orchestrator: str,
+    version: str | None,
+    initiator: str,
+    domain: str | None = None,
+    meta: dict[str, str] | None = None,
+    execution_id: str | None = None,
+) -> str:
+    """Create the subject of a new root execution (Arvo's ``new``); None version is "0.0.0"."""
+    return encode_subject(
+        Subject(
+            name=orchestrator,
+            version=WILDCARD_VERSION if version is None else version,
+            execution_id=str(uuid.uuid4()) if execution_id is None else execution_id,
+            initiator=initiator,
+            domain=domain,
+            meta={} if meta is None else dict(meta),
+        )
+    )
+
+
+def subject_from_parent(
+    *,
+    orchestrator: str,
+    version: str | None,
+    parent: str,
+    domain: str | None = None,
+    meta: dict[str, str] | None = None,
+    execution_id: str | None = None,
+) -> str:
+    """Create a child execution's subject (Arvo's ``from``).
+
+    The initiator is the parent's orchestrator, domain and meta are inherited from the parent
+    (``domain`` and ``meta`` given here take precedence).
+    """
+    try:
+        up = parse_subject(parent)
+    except SubjectError as exc:
+        raise SubjectError(f"invalid parent subject: {exc}") from None
+    return new_subject(
+        orchestrator=orchestrator,
+        version=version,
+        initiator=up.name,
+        domain=up.domain if domain is None else domain,
+        meta={**up.meta, **(meta or {})},
+        execution_id=execution_id,
+    )
