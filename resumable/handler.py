@@ -1,0 +1,267 @@
+"""Stateless services: one async function per contract version, events in, events out."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import msgspec
+from opentelemetry.trace import SpanKind
+
+from resumable.contracts import Contract, ErrorData, VersionedContract, parse_dataschema
+from resumable.domains import ORCHESTRATION_CONTEXT, DomainContext, DomainSpec, resolve_domains
+from resumable.errors import ConfigViolation, ContractViolation, ExecutionViolation, is_violation
+from resumable.events import Event, EventError
+from resumable.ids import derive_id
+from resumable.telemetry import SPAN_KIND_HANDLER, TraceHeaders, execution_span
+
+__all__ = ["Emit", "EventHandler", "HandlerFunction", "system_error_events"]
+
+
+@attrs.frozen
+class Emit:
+    """An event a handler emits: its type and payload, plus optional routing overrides.
+
+    ``to`` defaults to the consumed event's ``redirectto``, else its ``source``. ``domain``
+    is one domain item or a list (one event per distinct domain); by default the reply
+    travels in the orchestration's domain (usually local).
+    """
+
+    type: str
+    data: Any
+    to: str | None = attrs.field(default=None, kw_only=True)
+    id: str | None = attrs.field(default=None, kw_only=True)
+    accesscontrol: str | None = attrs.field(default=None, kw_only=True)
+    redirectto: str | None = attrs.field(default=None, kw_only=True)
+    executionunits: float | None = attrs.field(default=None, kw_only=True)
+    domain: DomainSpec = attrs.field(default=(ORCHESTRATION_CONTEXT,), kw_only=True)
+    extensions: Mapping[str, str | int | float | bool | None] = attrs.field(
+        factory=dict, kw_only=True
+    )
+
+
+HandlerResult = Emit | Sequence[Emit] | None
+HandlerFunction = Callable[[Event], Awaitable[HandlerResult] | HandlerResult]
+
+
+def resolve_version(contract: Contract, event: Event, *, owner: str) -> VersionedContract:
+    """The contract version an event is written against, from its dataschema (Arvo's rules)."""
+    parsed = parse_dataschema(event.dataschema)
+    if event.dataschema and parsed is None:
+        raise ContractViolation(
+            f"{owner}: event {event.id} has dataschema {event.dataschema!r}, which is not "
+            f"'{{uri}}/{{version}}'; expected e.g. '{contract.uri}/{contract.latest.version}'"
+        )
+    if parsed is None:
+        return contract.latest
+    uri, version = parsed
+    if uri != contract.uri:
+        raise ContractViolation(
+            f"{owner}: event {event.id} dataschema {event.dataschema!r} names contract "
+            f"{uri!r}, but this handler serves {contract.uri!r}"
+        )
+    if version not in contract.versions:
+        raise ConfigViolation(
+            f"{owner}: event {event.id} asks for contract version {version}, which is not "
+            f"served; available versions: {', '.join(contract.versions)}"
+        )
+    return contract.versions[version]
+
+
+def system_error_events(
+    *,
+    error: BaseException,
+    source: str,
+    contract: Contract,
+    subject: str,
+    to: str,
+    parentid: str,
+    event: Event,
+    executionunits: float,
+    headers: TraceHeaders,
+    domains: list[str | None],
+    id_seed: str,
+) -> list[Event]:
+    """The ``sys.<type>.error`` events reporting ``error`` (one per domain)."""
+    data = msgspec.to_builtins(ErrorData.of(error))
+    return [
+        Event(
+            id=derive_id(id_seed, "error", domain),
+            source=source,
+            type=contract.system_error_type,
+            subject=subject,
+            data=data,
+            dataschema=contract.latest.system_error_dataschema,
+            to=to,
+            parentid=parentid,
+            accesscontrol=event.accesscontrol,
+            executionunits=executionunits,
+            domain=domain,
+            traceparent=headers[0],
+            tracestate=headers[1],
+        )
+        for domain in domains
+    ]
+
+
+class EventHandler:
+    """A stateless service for ``contract``: ``versions`` maps each version to its function.
+
+    The function gets the event with ``.data`` decoded into the contract's Struct and
+    returns ``Emit(...)``, a list of them, or None. Emitted ids derive from the consumed
+    event's id, so a redelivered request produces the same reply ids.
+    """
+
+    def __init__(
+        self,
+        contract: Contract,
+        versions: Mapping[str, HandlerFunction],
+        *,
+        executionunits: float = 0,
+        system_error_domain: DomainSpec = (ORCHESTRATION_CONTEXT,),
+    ) -> None:
+        if not isinstance(contract, Contract):
+            raise TypeError(f"EventHandler needs a Contract, got {contract!r}")
+        missing = [v for v in contract.versions if v not in versions]
+        if missing:
+            raise ValueError(
+                f"contract {contract.uri!r} needs a handler function for version(s) "
+                f"{', '.join(missing)}"
+            )
+        unknown = [v for v in versions if v not in contract.versions]
+        if unknown:
+            raise ValueError(
+                f"contract {contract.uri!r} has no version(s) {', '.join(unknown)}; "
+                f"it has {', '.join(contract.versions)}"
+            )
+        self.contract = contract
+        self.functions = dict(versions)
+        self.executionunits = executionunits
+        self.system_error_domain = system_error_domain
+
+    @property
+    def source(self) -> str:
+        """The topic this handler listens on: its contract's type."""
+        return self.contract.type
+
+    def __repr__(self) -> str:
+        return f"EventHandler({self.contract.uri!r})"
+
+    async def execute(self, event: Event) -> list[Event]:
+        """Handle one event. Raises violations; other errors become a system error event."""
+        with execution_span(
+            f"Handler<{self.contract.uri}>",
+            event,
+            arvo_kind=SPAN_KIND_HANDLER,
+            source=self.source,
+            uri=self.contract.uri,
+            kind=SpanKind.CONSUMER,
+        ) as (span, headers):
+            if event.type != self.contract.type:
+                raise ConfigViolation(
+                    f"handler {self.contract.uri!r} received an event of type {event.type!r}; "
+                    f"it only handles {self.contract.type!r}"
+                )
+            versioned = resolve_version(self.contract, event, owner=f"handler {self.source}")
+            try:
+                typed = msgspec.convert(event.data, versioned.accepts)
+            except msgspec.ValidationError as error:
+                raise ContractViolation(
+                    f"handler {self.source}: input payload of event {event.id} does not match "
+                    f"{versioned.accepts.__name__} (contract {versioned.dataschema}): {error}"
+                ) from None
+            try:
+                result = self.functions[versioned.version](
+                    msgspec.structs.replace(event, data=typed)
+                )
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as error:
+                if is_violation(error):
+                    raise
+                span.set_attribute("arvo.handler.execution.status", "failure")
+                context = DomainContext(
+                    triggering_domain=event.domain,
+                    current_subject=event.subject,
+                    self_contract_domain=self.contract.domain,
+                    event_contract_domain=self.contract.domain,
+                )
+                return system_error_events(
+                    error=error,
+                    source=self.source,
+                    contract=self.contract,
+                    subject=event.subject,
+                    to=event.source,
+                    parentid=event.id,
+                    event=event,
+                    executionunits=self.executionunits,
+                    headers=headers,
+                    domains=resolve_domains(self.system_error_domain, context),
+                    id_seed=event.id,
+                )
+            try:
+                return self._emittables(result, event, versioned, headers)
+            except EventError as error:
+                raise ContractViolation(
+                    f"handler {self.source}: could not build an emitted event: {error}"
+                ) from None
+
+    def _emittables(
+        self, result: Any, event: Event, versioned: VersionedContract, headers: TraceHeaders
+    ) -> list[Event]:
+        if result is None:
+            return []
+        items = [result] if isinstance(result, Emit) else list(result)
+        out: list[Event] = []
+        context = DomainContext(
+            triggering_domain=event.domain,
+            current_subject=event.subject,
+            self_contract_domain=self.contract.domain,
+            event_contract_domain=self.contract.domain,
+        )
+        for index, item in enumerate(items):
+            if not isinstance(item, Emit):
+                raise ExecutionViolation(
+                    f"handler {self.source} returned {item!r}; return Emit(...), a list of "
+                    "Emit, or None"
+                )
+            if item.type not in versioned.emits:
+                raise ContractViolation(
+                    f"handler {self.source} emitted type {item.type!r}, which contract "
+                    f"{versioned.dataschema} does not declare; it emits "
+                    f"{', '.join(versioned.emits) or 'nothing'}"
+                )
+            try:
+                _, wire = versioned.validate_emit(item.type, item.data)
+            except msgspec.ValidationError as error:
+                raise ContractViolation(
+                    f"handler {self.source}: output {item.type!r} does not match "
+                    f"{versioned.emits[item.type].__name__}: {error}"
+                ) from None
+            for domain in resolve_domains(item.domain, context):
+                out.append(
+                    Event(
+                        id=item.id or derive_id(event.id, index, domain),
+                        source=self.source,
+                        type=item.type,
+                        subject=event.subject,
+                        data=wire,
+                        dataschema=versioned.dataschema,
+                        to=item.to or event.redirectto or event.source,
+                        accesscontrol=item.accesscontrol or event.accesscontrol,
+                        redirectto=item.redirectto,
+                        executionunits=(
+                            item.executionunits
+                            if item.executionunits is not None
+                            else self.executionunits
+                        ),
+                        parentid=event.id,
+                        domain=domain,
+                        traceparent=headers[0],
+                        tracestate=headers[1],
+                        extensions=dict(item.extensions),
+                    )
+                )
+        return out

@@ -1,0 +1,97 @@
+"""Where workflow records live.
+
+A record is stored under a key (the workflow's subject) as three things:
+
+- a **header**: opaque bytes the driver rewrites on every step (explicit state, status,
+  what the workflow waits for). Small and bounded.
+- a **journal**: opaque entries the driver only appends to, one per consumed event, each
+  indexed by that event's id. A step never rewrites history.
+- a **revision**: starts at 1 on the first write and grows by one on every write.
+  ``write`` is a compare-and-set on it, so two writers can never both advance a record.
+
+Plus a lease lock per key, with a time to live so a crashed holder cannot block a key
+forever. Memory never interprets the bytes; ``resumable.record`` does.
+
+Every backend passes the same conformance suite (``tests/memory/conformance.py``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import msgspec
+
+from resumable.errors import ConflictError
+
+__all__ = [
+    "ConflictError",
+    "InMemoryMemory",
+    "Memory",
+    "SQLiteMemory",
+    "Stored",
+]
+
+
+class Stored(msgspec.Struct, frozen=True):
+    """One record as read from memory."""
+
+    revision: int
+    status: str
+    header: bytes
+    journal: list[bytes] | None = None
+    """All journal entries in append order, or None when ``read(journal=False)``."""
+
+
+class Memory(abc.ABC):
+    """The storage interface the driver runs on. All methods are safe under concurrent tasks."""
+
+    @abc.abstractmethod
+    async def read(self, key: str, *, journal: bool = False) -> Stored | None:
+        """The record under ``key`` (with its journal if asked), or None if there is none."""
+
+    @abc.abstractmethod
+    async def write(
+        self,
+        key: str,
+        *,
+        revision: int,
+        status: str,
+        header: bytes,
+        append: Sequence[tuple[str, bytes]] = (),
+    ) -> int:
+        """Replace the header and append journal entries, if the record is at ``revision``.
+
+        ``revision`` is the revision the caller read (0 for a record that must not exist
+        yet). ``append`` holds ``(event_id, entry)`` pairs, appended in order and found
+        again by ``entry``. Returns the new revision (``revision + 1``). Raises
+        ``ConflictError`` and changes nothing if the stored revision differs. When this
+        returns, the write is durable to the backend's promise.
+        """
+
+    @abc.abstractmethod
+    async def entry(self, key: str, event_id: str) -> bytes | None:
+        """The journal entry appended for ``event_id`` under ``key``, or None."""
+
+    @abc.abstractmethod
+    async def keys(self, status: str | None = None) -> list[str]:
+        """Keys of all records, or of those whose status is ``status``, in key order."""
+
+    @abc.abstractmethod
+    async def lock(self, key: str, owner: str, ttl: float) -> bool:
+        """Take the lease on ``key`` for ``owner`` for ``ttl`` seconds.
+
+        True if taken (or already held by ``owner``, whose lease is then renewed); False if
+        another owner holds an unexpired lease. Raises only for an operational failure.
+        """
+
+    @abc.abstractmethod
+    async def unlock(self, key: str, owner: str) -> bool:
+        """Release ``owner``'s lease on ``key``. False if ``owner`` did not hold it."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
+        """Release connections and threads. The memory must not be used afterwards."""
+
+
+from resumable.memory.inmemory import InMemoryMemory  # noqa: E402
+from resumable.memory.sqlite import SQLiteMemory  # noqa: E402

@@ -1,0 +1,352 @@
+"""Memory in one SQLite file: the embedded default, durable and shared by processes on a host.
+
+Each call becomes an operation in a queue. One caller at a time (the leader) takes every
+queued operation and runs them in a worker thread as one transaction with one commit (group
+commit), so concurrent tasks share the cost of each fsync. Each operation runs inside its own
+savepoint: one that fails is rolled back alone and fails only its caller. Every caller,
+readers included, gets its result only after the commit, so nobody sees data that is not
+durable yet. Then the leader hands the role to the oldest queued caller, if any.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar, cast
+
+import anyio
+import anyio.to_thread
+
+from resumable.memory import ConflictError, Memory, Stored
+
+__all__ = ["SQLiteMemory"]
+
+T = TypeVar("T")
+
+_BUSY_TIMEOUT = 30.0
+"""Seconds to wait for another process's write transaction on the same file."""
+
+_SCHEMA = """
+BEGIN;
+CREATE TABLE IF NOT EXISTS records (
+    key TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    header BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_by_status ON records (status, key);
+CREATE TABLE IF NOT EXISTS journal (
+    key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    entry BLOB NOT NULL,
+    PRIMARY KEY (key, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS journal_by_event ON journal (key, event_id);
+CREATE TABLE IF NOT EXISTS locks (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+COMMIT;
+"""
+
+
+class _Op(Generic[T]):
+    """One queued call: the work to run on the connection, and how it ended."""
+
+    __slots__ = ("error", "lead", "resolved", "run", "taken", "value", "wake")
+
+    def __init__(self, run: Callable[[sqlite3.Connection], T]) -> None:
+        self.run = run
+        self.wake = anyio.Event()  # set when resolved, or when this caller must lead
+        self.lead = False  # this caller runs the next batch
+        self.taken = False  # a batch holds this operation; it can no longer be withdrawn
+        self.resolved = False
+        self.value: T | None = None
+        self.error: BaseException | None = None
+
+    def resolve(self, value: T | None, error: BaseException | None) -> None:
+        self.value, self.error, self.resolved = value, error, True
+
+    def outcome(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return cast(T, self.value)
+
+
+class SQLiteMemory(Memory):
+    """Records, journals and leases in a SQLite file, in WAL mode with ``synchronous=FULL``.
+
+    A write is fsynced before it returns. The file may be opened by several processes at once;
+    leases use the wall clock ``clock`` for that reason. The connection opens on first use.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time):
+        self.path = os.fspath(path)
+        self.commits = 0
+        """Transactions committed so far; shows group commit at work (tests, metrics)."""
+        self._clock = clock
+        self._connection: sqlite3.Connection | None = None
+        self._queue: list[_Op[Any]] = []
+        self._busy = False  # a leader is running a batch or about to
+        self._idle: anyio.Event | None = None  # set when the last batch ends, for close()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SQLiteMemory({self.path!r})"
+
+    async def read(self, key: str, *, journal: bool = False) -> Stored | None:
+        return await self._submit(lambda connection: _read(connection, key, journal))
+
+    async def write(
+        self,
+        key: str,
+        *,
+        revision: int,
+        status: str,
+        header: bytes,
+        append: Sequence[tuple[str, bytes]] = (),
+    ) -> int:
+        # Snapshot the arguments now: the write runs later, and a bytearray could change.
+        header = bytes(header)
+        entries = [(event_id, bytes(entry)) for event_id, entry in append]
+        return await self._submit(
+            lambda connection: _write(connection, key, revision, status, header, entries)
+        )
+
+    async def entry(self, key: str, event_id: str) -> bytes | None:
+        return await self._submit(lambda connection: _entry(connection, key, event_id))
+
+    async def keys(self, status: str | None = None) -> list[str]:
+        return await self._submit(lambda connection: _keys(connection, status))
+
+    async def lock(self, key: str, owner: str, ttl: float) -> bool:
+        return await self._submit(
+            lambda connection: _lock(connection, key, owner, ttl, self._clock())
+        )
+
+    async def unlock(self, key: str, owner: str) -> bool:
+        return await self._submit(lambda connection: _unlock(connection, key, owner, self._clock()))
+
+    async def close(self) -> None:
+        """Let queued operations finish, then close the connection. Safe to call twice."""
+        self._closed = True
+        while self._busy:
+            if self._idle is None:
+                self._idle = anyio.Event()
+            await self._idle.wait()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await anyio.to_thread.run_sync(connection.close)
+
+    async def _submit(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        """Queue ``run`` for the next batch and return its result once that batch committed."""
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; open a new SQLiteMemory to use the file")
+        op = _Op(run)
+        self._queue.append(op)
+        if self._busy:
+            try:
+                await op.wake.wait()
+            except BaseException:
+                # Cancelled: withdraw the operation unless a batch already holds it.
+                if not op.taken:
+                    self._queue.remove(op)
+                    if op.lead:
+                        pass
+                raise
+        else:
+            self._busy = True
+            op.lead = True
+        if not op.resolved:
+            await self._lead()
+        return op.outcome()
+
+    async def _lead(self) -> None:
+        """Run every queued operation as one batch, resolve their callers, pass the lead on."""
+        batch, self._queue = self._queue, []
+        for op in batch:
+            op.taken = True
+        try:
+            # Shielded: the batch's callers wait for it, so the leader must see it through.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._run_batch, batch)
+        finally:
+            for op in batch:
+                if not op.resolved:
+                    op.resolve(None, RuntimeError(f"{self!r}: the batch was interrupted"))
+                op.wake.set()
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Make the oldest queued caller the next leader, or mark the memory idle."""
+        if self._queue:
+            self._queue[0].lead = True
+            self._queue[0].wake.set()
+            return
+        self._busy = False
+        if self._idle is not None:
+            self._idle.set()
+            self._idle = None
+
+    def _run_batch(self, batch: list[_Op[Any]]) -> None:
+        """In a worker thread: run ``batch`` in one transaction, each op in its own savepoint."""
+        try:
+            connection = self._connect()
+            connection.execute("BEGIN IMMEDIATE")
+        except Exception as error:
+            for op in batch:
+                op.resolve(None, error)
+            return
+        outcomes: list[tuple[Any, Exception | None]] = []
+        try:
+            for op in batch:
+                connection.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((op.run(connection), None))
+                except Exception as error:
+                    connection.execute("ROLLBACK TO op")
+                    outcomes.append((None, error))
+                connection.execute("RELEASE op")
+            connection.execute("COMMIT")
+        except Exception as error:
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            for op in batch:
+                op.resolve(None, error)
+            return
+        self.commits += 1
+        for op, (value, failure) in zip(batch, outcomes, strict=True):
+            op.resolve(value, failure)
+
+    def _connect(self) -> sqlite3.Connection:
+        """The connection, opened and set up on first use (in the worker thread)."""
+        if self._connection is not None:
+            return self._connection
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if self.path != ":memory:" and not os.path.isdir(directory):
+            raise FileNotFoundError(
+                f"cannot open SQLite memory {self.path!r}: directory {directory!r} does not "
+                "exist; create it first"
+            )
+        connection = sqlite3.connect(
+            self.path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        try:
+            (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode != "wal" and self.path != ":memory:":
+                raise sqlite3.OperationalError(
+                    f"SQLite memory {self.path!r} cannot use WAL mode (got {mode!r}); put the "
+                    "file on a local file system"
+                )
+            connection.execute("PRAGMA synchronous = FULL")
+            connection.executescript(_SCHEMA)
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+        return connection
+
+
+def _read(connection: sqlite3.Connection, key: str, journal: bool) -> Stored | None:
+    row = connection.execute(
+        "SELECT revision, status, header FROM records WHERE key = ?", (key,)
+    ).fetchone()
+    if row is None:
+        return None
+    entries: list[bytes] | None = None
+    if journal:
+        entries = [
+            entry
+            for (entry,) in connection.execute(
+                "SELECT entry FROM journal WHERE key = ? ORDER BY seq", (key,)
+            )
+        ]
+    return Stored(revision=row[0], status=row[1], header=row[2], journal=entries)
+
+
+def _write(
+    connection: sqlite3.Connection,
+    key: str,
+    revision: int,
+    status: str,
+    header: bytes,
+    entries: list[tuple[str, bytes]],
+) -> int:
+    row = connection.execute("SELECT revision FROM records WHERE key = ?", (key,)).fetchone()
+    found: int | None = None if row is None else row[0]
+    if found != (revision if revision != 0 else None):
+        raise ConflictError(key, revision, found)
+    seen: set[str] = set()
+    for event_id, _ in entries:
+        if event_id in seen or _entry(connection, key, event_id) is not None:
+            raise ValueError(
+                f"record {key!r} already has a journal entry for event {event_id!r}: an event "
+                "is journaled once; check entry() before applying an event again"
+            )
+        seen.add(event_id)
+    if revision == 0:
+        connection.execute(
+            "INSERT INTO records (key, revision, status, header) VALUES (?, 1, ?, ?)",
+            (key, status, header),
+        )
+    else:
+        cursor = connection.execute(
+            "UPDATE records SET revision = ?, status = ?, header = ?"
+            " WHERE key = ? AND revision = ?",
+            (revision + 1, status, header, key, revision),
+        )
+        if cursor.rowcount != 1:
+            raise ConflictError(key, revision, None)
+    if entries:
+        (start,) = connection.execute(
+            "SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE key = ?", (key,)
+        ).fetchone()
+        connection.executemany(
+            "INSERT INTO journal (key, seq, event_id, entry) VALUES (?, ?, ?, ?)",
+            [(key, start + i, event_id, entry) for i, (event_id, entry) in enumerate(entries)],
+        )
+    return revision + 1
+
+
+def _entry(connection: sqlite3.Connection, key: str, event_id: str) -> bytes | None:
+    row = connection.execute(
+        "SELECT entry FROM journal WHERE key = ? AND event_id = ?", (key, event_id)
+    ).fetchone()
+    return None if row is None else cast(bytes, row[0])
+
+
+def _keys(connection: sqlite3.Connection, status: str | None) -> list[str]:
+    if status is None:
+        rows = connection.execute("SELECT key FROM records ORDER BY key")
+    else:
+        rows = connection.execute(
+            "SELECT key FROM records WHERE status = ? ORDER BY key", (status,)
+        )
+    return [key for (key,) in rows]
+
+
+def _lock(connection: sqlite3.Connection, key: str, owner: str, ttl: float, now: float) -> bool:
+    row = connection.execute("SELECT owner, expires FROM locks WHERE key = ?", (key,)).fetchone()
+    if row is not None and row[0] != owner and row[1] > now:
+        return False
+    connection.execute(
+        "INSERT OR REPLACE INTO locks (key, owner, expires) VALUES (?, ?, ?)",
+        (key, owner, now + ttl),
+    )
+    return True
+
+
+def _unlock(connection: sqlite3.Connection, key: str, owner: str, now: float) -> bool:
+    row = connection.execute(
+        "SELECT expires FROM locks WHERE key = ? AND owner = ?", (key, owner)
+    ).fetchone()
+    if row is None:
+        return False
+    connection.execute("DELETE FROM locks WHERE key = ?", (key,))
+    return bool(row[0] > now)

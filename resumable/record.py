@@ -1,0 +1,109 @@
+"""The persisted record of one workflow instance: a small header and an append-only journal.
+
+The header is rewritten on every step: status, explicit state, and the replies the
+workflow waits for (with the requests that asked for them, so they can be re-sent after a
+crash). The journal gets one entry per consumed event: the event, what the step emitted,
+and what the workflow yielded, which is everything needed to replay the generator and to
+answer a redelivered event with the events it produced the first time.
+
+Everything is msgpack through msgspec: a record read from storage can never run code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+import msgspec
+
+from resumable.contracts import ErrorData
+from resumable.events import Event
+
+__all__ = [
+    "ACTIVE",
+    "DONE",
+    "FAILED",
+    "Entry",
+    "Header",
+    "Slot",
+    "decode_entry",
+    "decode_header",
+    "encode_entry",
+    "encode_header",
+    "wire",
+]
+
+ACTIVE: Final = "active"
+DONE: Final = "done"
+FAILED: Final = "failed"
+
+Status = Literal["active", "done", "failed"]
+
+
+class Slot(msgspec.Struct, kw_only=True):
+    """One reply the workflow waits for: the request(s) sent and, once in, the reply."""
+
+    service: str
+    """The uri of the service contract that answers."""
+    requests: list[Event]
+    """The request event, one copy per domain; any copy's reply fills the slot."""
+    reply: Event | None = None
+
+
+class Header(msgspec.Struct, kw_only=True):
+    """The rewritten part of a record."""
+
+    status: Status
+    version: str
+    seq: int
+    """How many journal entries the record has."""
+    init_event_id: str
+    parent_subject: str | None
+    state: Any
+    """The explicit state, unstructured by cattrs."""
+    waiting: list[Slot] = []
+    gather: bool = False
+    """Whether the current wait is a ``gather`` (a list reply) rather than a ``call``."""
+    waits_for: str | None = None
+    """What the workflow yielded and waits on, e.g. ``call com.payments.charge``."""
+    result: Any = None
+    error: ErrorData | None = None
+
+
+class Entry(msgspec.Struct, kw_only=True):
+    """One journal entry: a consumed event and what the step did with it."""
+
+    event: Event
+    produced: list[Event]
+    resumed: list[str] | None = None
+    """Ids of the replies sent into the generator, in call order; ``[]`` for the start;
+    None if the event was only stored (a partial ``gather``)."""
+    yielded: str | None = None
+    """What the generator did next: a request description, or how it ended."""
+
+
+_encoder = msgspec.msgpack.Encoder()
+_header_decoder = msgspec.msgpack.Decoder(Header)
+_entry_decoder = msgspec.msgpack.Decoder(Entry)
+
+
+def wire(event: Event) -> Event:
+    """The event with its payload as plain data, as it travels and is stored."""
+    if isinstance(event.data, msgspec.Struct):
+        return msgspec.structs.replace(event, data=msgspec.to_builtins(event.data))
+    return event
+
+
+def encode_header(header: Header) -> bytes:
+    return _encoder.encode(header)
+
+
+def decode_header(raw: bytes) -> Header:
+    return _header_decoder.decode(raw)
+
+
+def encode_entry(entry: Entry) -> bytes:
+    return _encoder.encode(entry)
+
+
+def decode_entry(raw: bytes) -> Entry:
+    return _entry_decoder.decode(raw)

@@ -1,0 +1,515 @@
+"""The checks every ``Memory`` backend must pass.
+
+Subclass ``MemoryConformance`` in a ``test_*.py`` module (name the subclass ``Test...``) and
+provide a ``memory`` fixture that builds the backend with the ``clock`` fixture as its lease
+clock, closing it after the test::
+
+    class TestMyMemory(MemoryConformance):
+        @pytest.fixture
+        async def memory(self, clock: FakeClock) -> AsyncIterator[Memory]:
+            memory = MyMemory(clock=clock)
+            yield memory
+            await memory.close()
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import anyio
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from resumable.errors import ConflictError
+from resumable.memory import Memory, Stored
+
+
+class FakeClock:
+    """A lease clock the tests move by hand, so expiry needs no sleeping."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def _snapshot(memory: Memory, key: str) -> Stored | None:
+    return await memory.read(key, journal=True)
+
+
+# The model for the property test.
+
+_KEYS = st.sampled_from(["a", "b", "c"])
+_OWNERS = st.sampled_from(["alice", "bob"])
+_EVENT_IDS = st.sampled_from(["e1", "e2", "e3", "e4", "e5", "e6"])
+_STATUSES = st.sampled_from(["open", "done"])
+
+
+@attrs.frozen
+class _Write:
+    key: str
+    offset: int  # the revision written is the model's current one plus this
+    status: str
+    header: bytes
+    event_ids: list[str]
+
+
+@attrs.frozen
+class _Read:
+    key: str
+    journal: bool
+
+
+@attrs.frozen
+class _Entry:
+    key: str
+    event_id: str
+
+
+@attrs.frozen
+class _Keys:
+    status: str | None
+
+
+@attrs.frozen
+class _Lock:
+    key: str
+    owner: str
+    ttl: float
+
+
+@attrs.frozen
+class _Unlock:
+    key: str
+    owner: str
+
+
+@attrs.frozen
+class _Advance:
+    seconds: float
+
+
+_OPERATIONS = (
+    st.builds(
+        _Write,
+        _KEYS,
+        st.sampled_from([0, 0, 0, -1, 1]),
+        _STATUSES,
+        st.binary(max_size=8),
+        st.lists(_EVENT_IDS, max_size=3),
+    ),
+    st.builds(_Read, _KEYS, st.booleans()),
+    st.builds(_Entry, _KEYS, _EVENT_IDS),
+    st.builds(_Keys, st.one_of(st.none(), _STATUSES)),
+    st.builds(_Lock, _KEYS, _OWNERS, st.sampled_from([1.0, 5.0])),
+    st.builds(_Unlock, _KEYS, _OWNERS),
+    st.builds(_Advance, st.sampled_from([0.5, 2.0, 10.0])),
+)
+
+
+@attrs.define
+class _ModelRecord:
+    revision: int
+    status: str
+    header: bytes
+    journal: list[tuple[str, bytes]]
+
+
+@attrs.define
+class _Model:
+    """What a correct memory holds after the same operations, under keys ``prefix + key``."""
+
+    prefix: str
+    records: dict[str, _ModelRecord] = attrs.field(factory=dict)
+    locks: dict[str, tuple[str, float]] = attrs.field(factory=dict)
+    step: int = 0
+
+    def stored(self, key: str, journal: bool = True) -> Stored | None:
+        record = self.records.get(key)
+        if record is None:
+            return None
+        entries = [entry for _, entry in record.journal] if journal else None
+        return Stored(record.revision, record.status, record.header, entries)
+
+    async def check(self, memory: Memory, clock: FakeClock, operation: Any) -> None:
+        self.step += 1
+        p = self.prefix
+        match operation:
+            case _Write():
+                await self._check_write(memory, operation)
+            case _Read(key, journal):
+                assert await memory.read(p + key, journal=journal) == self.stored(key, journal)
+            case _Entry(key, event_id):
+                record = self.records.get(key)
+                expected = None if record is None else dict(record.journal).get(event_id)
+                assert await memory.entry(p + key, event_id) == expected
+            case _Keys(status):
+                found = [k for k in await memory.keys(status) if k.startswith(p)]
+                assert found == sorted(
+                    p + k for k, r in self.records.items() if status in (None, r.status)
+                )
+            case _Lock(key, owner, ttl):
+                held = self.locks.get(key)
+                free = held is None or held[0] == owner or held[1] <= clock.now
+                if free:
+                    self.locks[key] = (owner, clock.now + ttl)
+                assert await memory.lock(p + key, owner, ttl) is free
+            case _Unlock(key, owner):
+                held = self.locks.get(key)
+                if held is not None and held[0] == owner:
+                    del self.locks[key]
+                    expected = held[1] > clock.now  # an expired lease is no longer held
+                else:
+                    expected = False
+                assert await memory.unlock(p + key, owner) is expected
+            case _Advance(seconds):
+                clock.advance(seconds)
+
+    async def _check_write(self, memory: Memory, write: _Write) -> None:
+        record = self.records.get(write.key)
+        current = 0 if record is None else record.revision
+        revision = current + write.offset
+        append = [
+            (event_id, b"%s@%d" % (event_id.encode(), self.step)) for event_id in write.event_ids
+        ]
+        known = set() if record is None else {event_id for event_id, _ in record.journal}
+        if revision != current or revision < 0:
+            with pytest.raises(ConflictError):
+                await memory.write(
+                    self.prefix + write.key,
+                    revision=revision,
+                    status=write.status,
+                    header=write.header,
+                    append=append,
+                )
+        elif _has_duplicates(write.event_ids, known):
+            with pytest.raises(ValueError):
+                await memory.write(
+                    self.prefix + write.key,
+                    revision=revision,
+                    status=write.status,
+                    header=write.header,
+                    append=append,
+                )
+        else:
+            new = await memory.write(
+                self.prefix + write.key,
+                revision=revision,
+                status=write.status,
+                header=write.header,
+                append=append,
+            )
+            assert new == revision + 1
+            if record is None:
+                record = self.records[write.key] = _ModelRecord(0, write.status, b"", [])
+            record.revision, record.status, record.header = new, write.status, write.header
+            record.journal += append
+
+
+def _has_duplicates(event_ids: Iterable[str], known: set[str]) -> bool:
+    seen = set(known)
+    for event_id in event_ids:
+        if event_id in seen:
+            return True
+        seen.add(event_id)
+    return False
+
+
+class MemoryConformance:
+    """Behaviour shared by all backends: CAS writes, append-only journals, keys and leases."""
+
+    pytestmark = pytest.mark.anyio
+
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    @pytest.fixture
+    def memory(self, clock: FakeClock) -> Memory:
+        pytest.fail("subclass MemoryConformance and override the `memory` fixture")
+
+    # Reads and compare-and-set writes.
+
+    async def test_read_missing_key_is_none(self, memory: Memory) -> None:
+        assert await memory.read("nothing") is None
+        assert await memory.read("nothing", journal=True) is None
+
+    async def test_first_write_at_revision_0_returns_1(self, memory: Memory) -> None:
+        assert await memory.write("k", revision=0, status="running", header=b"h1") == 1
+        assert await memory.read("k") == Stored(1, "running", b"h1", None)
+        assert await memory.read("k", journal=True) == Stored(1, "running", b"h1", [])
+
+    async def test_write_at_current_revision_advances_it(self, memory: Memory) -> None:
+        revision = 0
+        for step in range(5):
+            revision = await memory.write(
+                "k", revision=revision, status=f"s{step}", header=b"%d" % step
+            )
+            assert revision == step + 1
+        assert await memory.read("k") == Stored(5, "s4", b"4", None)
+
+    async def test_stale_revision_conflicts_and_changes_nothing(self, memory: Memory) -> None:
+        await memory.write("k", revision=0, status="a", header=b"one", append=[("e1", b"x")])
+        await memory.write("k", revision=1, status="b", header=b"two", append=[("e2", b"y")])
+        before = await _snapshot(memory, "k")
+        with pytest.raises(ConflictError) as caught:
+            await memory.write("k", revision=1, status="c", header=b"three", append=[("e3", b"z")])
+        assert (caught.value.key, caught.value.expected, caught.value.found) == ("k", 1, 2)
+        assert await _snapshot(memory, "k") == before
+        assert await memory.entry("k", "e3") is None
+        assert await memory.keys(status="c") == []
+
+    async def test_revision_0_on_existing_key_conflicts(self, memory: Memory) -> None:
+        await memory.write("k", revision=0, status="a", header=b"one", append=[("e1", b"x")])
+        before = await _snapshot(memory, "k")
+        with pytest.raises(ConflictError) as caught:
+            await memory.write("k", revision=0, status="b", header=b"two", append=[("e2", b"y")])
+        assert (caught.value.expected, caught.value.found) == (0, 1)
+        assert await _snapshot(memory, "k") == before
+        assert await memory.entry("k", "e2") is None
+
+    async def test_nonzero_revision_on_missing_key_conflicts(self, memory: Memory) -> None:
+        with pytest.raises(ConflictError) as caught:
+            await memory.write("k", revision=3, status="a", header=b"h", append=[("e1", b"x")])
+        assert (caught.value.key, caught.value.expected, caught.value.found) == ("k", 3, None)
+        assert await memory.read("k") is None
+        assert await memory.entry("k", "e1") is None
+        assert await memory.keys() == []
+
+    async def test_future_revision_conflicts(self, memory: Memory) -> None:
+        await memory.write("k", revision=0, status="a", header=b"h")
+        with pytest.raises(ConflictError):
+            await memory.write("k", revision=2, status="b", header=b"x")
+        assert await memory.read("k") == Stored(1, "a", b"h", None)
+
+    # The journal.
+
+    async def test_journal_is_appended_in_order_across_writes(self, memory: Memory) -> None:
+        expected: list[bytes] = []
+        revision = 0
+        for step in range(30):
+            append = [(f"e{step}.{i}", b"entry %d.%d" % (step, i)) for i in range(step % 4)]
+            revision = await memory.write(
+                "k", revision=revision, status="s", header=b"", append=append
+            )
+            expected += [entry for _, entry in append]
+            assert (await _snapshot(memory, "k")) == Stored(revision, "s", b"", expected)
+        stored = await memory.read("k", journal=False)
+        assert stored is not None and stored.journal is None
+
+    async def test_journal_returned_is_a_fresh_list(self, memory: Memory) -> None:
+        await memory.write("k", revision=0, status="s", header=b"", append=[("e1", b"x")])
+        first = await memory.read("k", journal=True)
+        assert first is not None and first.journal is not None
+        first.journal.append(b"mutated")
+        first.journal[0] = b"changed"
+        assert await memory.read("k", journal=True) == Stored(1, "s", b"", [b"x"])
+
+    async def test_entry_finds_by_event_id(self, memory: Memory) -> None:
+        await memory.write("k", revision=0, status="s", header=b"", append=[("e1", b"one")])
+        await memory.write(
+            "k", revision=1, status="s", header=b"", append=[("e2", b"two"), ("e3", b"")]
+        )
+        assert await memory.entry("k", "e1") == b"one"
+        assert await memory.entry("k", "e2") == b"two"
+        assert await memory.entry("k", "e3") == b""
+        assert await memory.entry("k", "unknown") is None
+        assert await memory.entry("missing", "e1") is None
+
+    async def test_event_ids_are_scoped_to_their_key(self, memory: Memory) -> None:
+        await memory.write("a", revision=0, status="s", header=b"", append=[("e", b"for a")])
+        await memory.write("b", revision=0, status="s", header=b"", append=[("e", b"for b")])
+        assert await memory.entry("a", "e") == b"for a"
+        assert await memory.entry("b", "e") == b"for b"
+
+    async def test_duplicate_event_id_fails_the_whole_write(self, memory: Memory) -> None:
+        """Appending an event id the key already journaled raises ValueError, applying nothing."""
+        await memory.write("k", revision=0, status="a", header=b"one", append=[("e1", b"x")])
+        before = await _snapshot(memory, "k")
+        with pytest.raises(ValueError, match="e1"):
+            await memory.write(
+                "k", revision=1, status="b", header=b"two", append=[("e2", b"y"), ("e1", b"again")]
+            )
+        assert await _snapshot(memory, "k") == before
+        assert await memory.entry("k", "e1") == b"x"
+        assert await memory.entry("k", "e2") is None
+        assert await memory.write("k", revision=1, status="b", header=b"two") == 2
+
+    async def test_duplicate_event_id_within_one_append_fails(self, memory: Memory) -> None:
+        with pytest.raises(ValueError, match="e1"):
+            await memory.write(
+                "k", revision=0, status="a", header=b"", append=[("e1", b"x"), ("e1", b"y")]
+            )
+        assert await memory.read("k") is None
+        assert await memory.entry("k", "e1") is None
+
+    # Keys.
+
+    async def test_keys_in_order_and_by_status(self, memory: Memory) -> None:
+        assert await memory.keys() == []
+        names = ["b", "a", "é", "Z", "c/1", "日本", "c"]
+        for index, key in enumerate(names):
+            await memory.write(key, revision=0, status="done" if index % 2 else "open", header=b"")
+        assert await memory.keys() == sorted(names)
+        assert await memory.keys(status="open") == sorted(names[0::2])
+        assert await memory.keys(status="done") == sorted(names[1::2])
+        assert await memory.keys(status="unknown") == []
+        await memory.write("a", revision=1, status="open", header=b"")
+        assert "a" in await memory.keys(status="open")
+        assert "a" not in await memory.keys(status="done")
+
+    # Leases.
+
+    async def test_lock_is_exclusive_until_unlocked(self, memory: Memory) -> None:
+        assert await memory.lock("k", "alice", ttl=10) is True
+        assert await memory.lock("k", "bob", ttl=10) is False
+        assert await memory.lock("other", "bob", ttl=10) is True
+        assert await memory.unlock("k", "bob") is False
+        assert await memory.lock("k", "bob", ttl=10) is False
+        assert await memory.unlock("k", "alice") is True
+        assert await memory.unlock("k", "alice") is False
+        assert await memory.lock("k", "bob", ttl=10) is True
+
+    async def test_unlock_of_a_key_never_locked_is_false(self, memory: Memory) -> None:
+        assert await memory.unlock("k", "alice") is False
+
+    async def test_lock_is_reentrant_and_renews(self, memory: Memory, clock: FakeClock) -> None:
+        assert await memory.lock("k", "alice", ttl=10) is True
+        clock.advance(8)
+        assert await memory.lock("k", "alice", ttl=10) is True
+        clock.advance(8)  # 16s after the first lock, 8s after the renewal
+        assert await memory.lock("k", "bob", ttl=10) is False
+
+    async def test_expired_lease_lets_another_owner_in(
+        self, memory: Memory, clock: FakeClock
+    ) -> None:
+        assert await memory.lock("k", "alice", ttl=5) is True
+        clock.advance(4.9)
+        assert await memory.lock("k", "bob", ttl=5) is False
+        clock.advance(0.2)
+        assert await memory.lock("k", "bob", ttl=5) is True
+        assert await memory.lock("k", "alice", ttl=5) is False
+        assert await memory.unlock("k", "alice") is False
+        assert await memory.unlock("k", "bob") is True
+
+    async def test_unlock_after_expiry_is_false(self, memory: Memory, clock: FakeClock) -> None:
+        """A lease that ran out is no longer held, even if nobody took it since."""
+        assert await memory.lock("k", "alice", ttl=5) is True
+        clock.advance(6)
+        assert await memory.unlock("k", "alice") is False
+        assert await memory.lock("k", "bob", ttl=5) is True
+
+    async def test_lease_expires_by_the_injected_clock(
+        self, memory: Memory, clock: FakeClock
+    ) -> None:
+        """A short real sleep alone must not expire a lease: the backend uses ``clock``."""
+        assert await memory.lock("k", "alice", ttl=0.001) is True
+        await anyio.sleep(0.005)
+        assert await memory.lock("k", "bob", ttl=1) is False
+        clock.advance(0.002)
+        assert await memory.lock("k", "bob", ttl=1) is True
+
+    async def test_locks_are_independent_of_records(self, memory: Memory) -> None:
+        assert await memory.lock("k", "alice", ttl=10) is True
+        assert await memory.read("k") is None
+        assert await memory.keys() == []
+        assert await memory.write("k", revision=0, status="s", header=b"") == 1
+
+    # Concurrency.
+
+    async def test_concurrent_cas_on_one_key_has_one_winner(self, memory: Memory) -> None:
+        await memory.write("k", revision=0, status="start", header=b"")
+        winners: list[int] = []
+        conflicts: list[int] = []
+
+        async def attempt(index: int) -> None:
+            try:
+                await memory.write(
+                    "k",
+                    revision=1,
+                    status="won",
+                    header=b"%d" % index,
+                    append=[(f"e{index}", b"%d" % index)],
+                )
+            except ConflictError:
+                conflicts.append(index)
+            else:
+                winners.append(index)
+
+        async with anyio.create_task_group() as group:
+            for index in range(50):
+                group.start_soon(attempt, index)
+        assert len(winners) == 1 and len(conflicts) == 49
+        (winner,) = winners
+        assert await _snapshot(memory, "k") == Stored(2, "won", b"%d" % winner, [b"%d" % winner])
+
+    async def test_concurrent_writes_to_different_keys_all_land(self, memory: Memory) -> None:
+        async def create(index: int) -> None:
+            key = f"key-{index:03}"
+            await memory.write(
+                key, revision=0, status="new", header=b"a%d" % index, append=[("e0", b"x")]
+            )
+            await memory.write(
+                key, revision=1, status="done", header=b"b%d" % index, append=[("e1", b"y")]
+            )
+
+        async with anyio.create_task_group() as group:
+            for index in range(200):
+                group.start_soon(create, index)
+        assert await memory.keys(status="done") == [f"key-{index:03}" for index in range(200)]
+        for index in range(200):
+            stored = await _snapshot(memory, f"key-{index:03}")
+            assert stored == Stored(2, "done", b"b%d" % index, [b"x", b"y"])
+
+    async def test_concurrent_lockers_have_one_winner(self, memory: Memory) -> None:
+        results: dict[str, bool] = {}
+
+        async def take(owner: str) -> None:
+            results[owner] = await memory.lock("k", owner, ttl=60)
+
+        async with anyio.create_task_group() as group:
+            for index in range(50):
+                group.start_soon(take, f"owner-{index}")
+        assert sum(results.values()) == 1
+
+    # Bytes.
+
+    @pytest.mark.parametrize(
+        "blob",
+        [b"", b"\x00", bytes(range(256)), b"\x00" * 1000, os.urandom(1 << 20)],
+        ids=["empty", "nul", "all-bytes", "nuls", "1MB"],
+    )
+    async def test_bytes_round_trip_exactly(self, memory: Memory, blob: bytes) -> None:
+        await memory.write("k", revision=0, status="s", header=blob, append=[("e", blob)])
+        stored = await memory.read("k", journal=True)
+        assert stored is not None
+        assert type(stored.header) is bytes and stored.header == blob
+        assert stored.journal == [blob] and type(stored.journal[0]) is bytes
+        assert await memory.entry("k", "e") == blob
+
+    # Random operations against a model.
+
+    @settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(operations=st.lists(st.one_of(*_OPERATIONS), max_size=25))
+    async def test_matches_a_simple_model(
+        self, memory: Memory, clock: FakeClock, operations: list[Any]
+    ) -> None:
+        # The fixtures live across examples: each example gets its own key prefix.
+        model = _Model(prefix=f"{uuid.uuid4().hex}/")
+        for operation in operations:
+            await model.check(memory, clock, operation)
+        for key in model.records:
+            assert await _snapshot(memory, model.prefix + key) == model.stored(key)

@@ -1,0 +1,295 @@
+"""SQLiteMemory runs the shared conformance suite, plus checks of durability and batching."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from resumable.errors import ConflictError
+from resumable.memory import SQLiteMemory, Stored
+
+from .conformance import FakeClock, MemoryConformance
+
+pytestmark = pytest.mark.anyio
+
+
+class TestSQLiteMemory(MemoryConformance):
+    @pytest.fixture
+    async def memory(self, tmp_path: Path, clock: FakeClock) -> AsyncIterator[SQLiteMemory]:
+        memory = SQLiteMemory(tmp_path / "memory.db", clock=clock)
+        yield memory
+        await memory.close()
+
+
+@pytest.fixture
+async def memory(tmp_path: Path) -> AsyncIterator[SQLiteMemory]:
+    memory = SQLiteMemory(tmp_path / "memory.db")
+    yield memory
+    await memory.close()
+
+
+async def test_data_survives_closing_and_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "memory.db"
+    first = SQLiteMemory(path)
+    await first.write("k", revision=0, status="open", header=b"h1", append=[("e1", b"x")])
+    await first.write("k", revision=1, status="done", header=b"h2", append=[("e2", b"y")])
+    assert await first.lock("k", "alice", ttl=60)
+    await first.close()
+
+    second = SQLiteMemory(str(path))
+    try:
+        assert await second.read("k", journal=True) == Stored(2, "done", b"h2", [b"x", b"y"])
+        assert await second.entry("k", "e2") == b"y"
+        assert await second.keys(status="done") == ["k"]
+        assert await second.lock("k", "bob", ttl=60) is False
+        assert await second.write("k", revision=2, status="done", header=b"h3") == 3
+    finally:
+        await second.close()
+
+
+async def test_two_instances_on_one_file_share_records_and_leases(tmp_path: Path) -> None:
+    clock = FakeClock()
+    first = SQLiteMemory(tmp_path / "memory.db", clock=clock)
+    second = SQLiteMemory(tmp_path / "memory.db", clock=clock)
+    try:
+        await first.write("k", revision=0, status="open", header=b"h")
+        assert await second.read("k") == Stored(1, "open", b"h")
+        with pytest.raises(ConflictError):
+            await second.write("k", revision=0, status="open", header=b"other")
+        assert await first.lock("k", "alice", ttl=5)
+        assert await second.lock("k", "bob", ttl=5) is False
+        clock.advance(6)
+        assert await second.lock("k", "bob", ttl=5)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_wal_mode_and_full_synchronous_are_set(memory: SQLiteMemory) -> None:
+    await memory.read("k")  # opens the connection
+    synchronous = await memory._submit(
+        lambda connection: connection.execute("PRAGMA synchronous").fetchone()[0]
+    )
+    assert synchronous == 2  # FULL
+    with sqlite3.connect(memory.path) as other:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_concurrent_writes_are_group_committed(memory: SQLiteMemory) -> None:
+    await memory.read("k")
+    before = memory.commits
+
+    async with anyio.create_task_group() as group:
+        for index in range(200):
+            group.start_soon(
+                lambda index: memory.write(f"k{index}", revision=0, status="s", header=b""), index
+            )
+    assert len(await memory.keys()) == 200
+    assert memory.commits - before <= 10, "200 concurrent writes should share a few commits"
+
+
+async def test_failed_operations_do_not_stop_the_rest_of_their_batch(
+    memory: SQLiteMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await memory.write("taken", revision=0, status="s", header=b"h", append=[("e", b"x")])
+    batches: list[int] = []
+    run_batch = memory._run_batch
+
+    def recording(batch: list[Any]) -> None:
+        batches.append(len(batch))
+        run_batch(batch)
+
+    monkeypatch.setattr(memory, "_run_batch", recording)
+    outcomes: dict[str, object] = {}
+
+    async def call(name: str, **write: Any) -> None:
+        try:
+            outcomes[name] = await memory.write(**write)
+        except Exception as error:
+            outcomes[name] = error
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(memory.read, "taken")  # leads a first batch alone; the rest queue
+        for index in range(10):
+            group.start_soon(
+                lambda i: call(
+                    f"new{i}",
+                    key=f"new{i}",
+                    revision=0,
+                    status="s",
+                    header=b"n",
+                    append=[("e", b"%d" % i)],
+                ),
+                index,
+            )
+        group.start_soon(lambda: call("stale", key="taken", revision=5, status="x", header=b"x"))
+        group.start_soon(lambda: call("exists", key="taken", revision=0, status="x", header=b"x"))
+        group.start_soon(
+            lambda: call(
+                "duplicate", key="taken", revision=1, status="x", header=b"x", append=[("e", b"y")]
+            )
+        )
+
+    assert batches == [1, 13]
+    assert isinstance(outcomes.pop("stale"), ConflictError)
+    assert isinstance(outcomes.pop("exists"), ConflictError)
+    assert isinstance(outcomes.pop("duplicate"), ValueError)
+    assert outcomes == {f"new{i}": 1 for i in range(10)}
+    for index in range(10):
+        assert await memory.read(f"new{index}", journal=True) == Stored(
+            1, "s", b"n", [b"%d" % index]
+        )
+    assert await memory.read("taken", journal=True) == Stored(1, "s", b"h", [b"x"])
+
+
+async def test_cancelled_callers_do_not_stall_the_queue(tmp_path: Path) -> None:
+    def slow_clock() -> float:
+        time.sleep(0.05)  # runs inside the batch, in the worker thread
+        return time.time()
+
+    memory = SQLiteMemory(tmp_path / "memory.db", clock=slow_clock)
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                group.start_soon(memory.lock, "k", "alice", 60.0)  # a slow first batch
+                await anyio.sleep(0)
+                with anyio.move_on_after(0.01):
+                    await memory.write("withdrawn", revision=0, status="s", header=b"")
+                group.start_soon(partial(memory.write, "kept", revision=0, status="s", header=b""))
+            assert await memory.read("withdrawn") is None
+            assert await memory.read("kept") == Stored(1, "s", b"")
+    finally:
+        await memory.close()
+
+
+async def test_caller_cancelled_as_it_is_made_leader_passes_the_lead_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def slow_clock() -> float:
+        time.sleep(0.02)  # keeps the first batch in flight while the others queue
+        return time.time()
+
+    memory = SQLiteMemory(tmp_path / "memory.db", clock=slow_clock)
+    scope = anyio.CancelScope()
+    hand_over = memory._hand_over
+
+    def cancel_then_hand_over() -> None:
+        # `doomed` heads the queue: cancel it just before it is made the next leader.
+        if not scope.cancel_called:
+            scope.cancel()
+        hand_over()
+
+    monkeypatch.setattr(memory, "_hand_over", cancel_then_hand_over)
+
+    async def doomed() -> None:
+        with scope:
+            await memory.write("doomed", revision=0, status="s", header=b"")
+
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                group.start_soon(memory.lock, "k", "alice", 60.0)
+                await anyio.sleep(0)
+                group.start_soon(doomed)
+                await anyio.sleep(0)
+                group.start_soon(partial(memory.write, "after", revision=0, status="s", header=b""))
+            assert scope.cancelled_caught
+            assert await memory.keys() == ["after"]
+    finally:
+        await memory.close()
+
+
+async def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "absent" / "memory.db"
+    memory = SQLiteMemory(path)
+    with pytest.raises(FileNotFoundError, match="absent"):
+        await memory.read("k")
+    assert not path.parent.exists()
+    await memory.close()
+
+
+async def test_closed_memory_refuses_calls(memory: SQLiteMemory) -> None:
+    await memory.write("k", revision=0, status="s", header=b"")
+    await memory.close()
+    await memory.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await memory.read("k")
+
+
+async def test_close_lets_queued_operations_finish(memory: SQLiteMemory) -> None:
+    results: list[int] = []
+
+    async def write(index: int) -> None:
+        results.append(await memory.write(f"k{index}", revision=0, status="s", header=b""))
+
+    async with anyio.create_task_group() as group:
+        for index in range(20):
+            group.start_soon(write, index)
+        await anyio.sleep(0)  # every write is queued now
+        group.start_soon(memory.close)
+    assert results == [1] * 20
+    reopened = SQLiteMemory(memory.path)
+    try:
+        assert len(await reopened.keys()) == 20
+    finally:
+        await reopened.close()
+
+
+_CRASHING_WRITER = """
+import os, signal, sys
+import anyio
+from resumable.memory import SQLiteMemory
+
+async def main(path: str, total: int) -> None:
+    memory = SQLiteMemory(path)
+    acknowledged = 0
+
+    async def writer(worker: int) -> None:
+        nonlocal acknowledged
+        for index in range(total):
+            key = f"w{worker}-{index}"
+            await memory.write(key, revision=0, status="done", header=key.encode(),
+                               append=[("e", key.encode() * 50)])
+            print(key, flush=True)
+            acknowledged += 1
+            if acknowledged == total:  # other writers' batches may still be in flight
+                if hasattr(signal, "SIGKILL"):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                os._exit(1)
+
+    async with anyio.create_task_group() as group:
+        for worker in range(8):
+            group.start_soon(writer, worker)
+
+anyio.run(main, sys.argv[1], int(sys.argv[2]))
+"""
+
+
+async def test_every_acknowledged_write_survives_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "memory.db"
+    with anyio.fail_after(120):
+        child = await anyio.run_process(
+            [sys.executable, "-c", _CRASHING_WRITER, str(path), "300"], check=False
+        )
+    if hasattr(signal, "SIGKILL"):
+        assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    acknowledged = child.stdout.decode().split()
+    assert len(acknowledged) == 300
+
+    memory = SQLiteMemory(path)
+    try:
+        for key in acknowledged:
+            stored = await memory.read(key, journal=True)
+            assert stored == Stored(1, "done", key.encode(), [key.encode() * 50]), key
+        assert set(acknowledged) <= set(await memory.keys())
+    finally:
+        await memory.close()

@@ -1,0 +1,37 @@
+"""The DESIGN.md order workflow used across the tests: the demo's own definitions."""
+
+from __future__ import annotations
+
+from resumable.demo import (
+    SERVICES,
+    CardCharged,
+    ChargeCard,
+    OrderResult,
+    OrderState,
+    PlaceOrder,
+    fulfil,
+    inventory,
+    make_handlers,
+    orders,
+    payments,
+    payments_refund,
+    shipping,
+)
+
+HANDLERS = make_handlers()
+
+__all__ = [
+    "HANDLERS",
+    "SERVICES",
+    "CardCharged",
+    "ChargeCard",
+    "OrderResult",
+    "OrderState",
+    "PlaceOrder",
+    "fulfil",
+    "inventory",
+    "orders",
+    "payments",
+    "payments_refund",
+    "shipping",
+]

@@ -1,0 +1,200 @@
+"""The local broker: FIFO, topics, one subscriber per topic, resolve, domains, recovery."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from harness import order_workflow
+from orders import HANDLERS, PlaceOrder, orders
+from resumable import Event
+from resumable.brokers import Broker, Handler, LocalBroker
+from resumable.memory import InMemoryMemory
+
+pytestmark = pytest.mark.anyio
+
+
+def _event(to: str, n: int, source: str = "com.test.source") -> Event:
+    return Event(source=source, type="com.test.thing", subject="s", data={"n": n}, to=to)
+
+
+class Recorder:
+    """A handler that records what it gets and forwards to ``then`` (if any)."""
+
+    def __init__(self, source: str, log: list[str], then: list[str] | None = None) -> None:
+        self.source = source
+        self.log = log
+        self.then = then or []
+
+    async def execute(self, event: Event) -> list[Event]:
+        self.log.append(f"{self.source}:{event.data['n']}")
+        return [_event(to, event.data["n"] * 10 + i, self.source)
+                for i, to in enumerate(self.then)]
+
+
+async def test_delivery_is_fifo_breadth_first() -> None:
+    log: list[str] = []
+    broker = LocalBroker([
+        Recorder("com.a.a", log, then=["com.b.b", "com.c.c"]),
+        Recorder("com.b.b", log, then=["com.c.c"]),
+        Recorder("com.c.c", log),
+    ])
+    await broker.publish(_event("com.a.a", 1))
+    # FIFO: a's two outputs before b's output (Arvo's LIFO would go depth first)
+    assert log == ["com.a.a:1", "com.b.b:10", "com.c.c:11", "com.c.c:100"]
+    assert [e.to for e in broker.events] == [
+        "com.a.a", "com.b.b", "com.c.c", "com.c.c",
+    ]
+
+
+async def test_one_subscriber_per_topic() -> None:
+    broker = LocalBroker([Recorder("com.a.a", [])])
+    with pytest.raises(ValueError, match="already has a subscriber"):
+        broker.subscribe("com.a.a", Recorder("com.a.a", []))
+    with pytest.raises(ValueError, match="already has a subscriber"):
+        LocalBroker([Recorder("com.a.a", []), Recorder("com.a.a", [])])
+
+
+async def test_unsubscribe_frees_the_topic() -> None:
+    log: list[str] = []
+    broker = LocalBroker()
+    unsubscribe = broker.subscribe("com.a.a", Recorder("com.a.a", log))
+    unsubscribe()
+    assert broker.topics == []
+    broker.subscribe("com.a.a", Recorder("com.a.a", log))
+    await broker.publish(_event("com.a.a", 1))
+    assert log == ["com.a.a:1"]
+
+
+async def test_missing_topic_and_handler_errors_go_to_on_error() -> None:
+    seen: list[tuple[str, str]] = []
+
+    class Failing:
+        source = "com.fail.fail"
+
+        async def execute(self, event: Event) -> list[Event]:
+            raise RuntimeError("handler broke")
+
+    async def on_error(error: BaseException, event: Event) -> None:
+        seen.append((type(error).__name__, event.to or ""))
+
+    broker = LocalBroker([Failing()], on_error=on_error)
+    await broker.publish(_event("com.nobody.here", 1))
+    await broker.publish(_event("com.fail.fail", 2))
+    assert seen == [("LookupError", "com.nobody.here"), ("RuntimeError", "com.fail.fail")]
+    assert [type(e).__name__ for e, _ in broker.errors] == ["LookupError", "RuntimeError"]
+
+
+async def test_default_on_error_logs_and_keeps_going(caplog: pytest.LogCaptureFixture) -> None:
+    log: list[str] = []
+    broker = LocalBroker([Recorder("com.a.a", log)])
+    await broker.publish(_event("com.nobody.here", 1))
+    await broker.publish(_event("com.a.a", 2))
+    assert log == ["com.a.a:2"]
+    assert "no handler is subscribed to topic 'com.nobody.here'" in caplog.text
+
+
+async def test_resolve_returns_the_last_event_to_the_initiator() -> None:
+    class Echo:
+        source = "com.echo.echo"
+
+        async def execute(self, event: Event) -> list[Event]:
+            return [
+                Event(source=self.source, type="evt.echo.one", subject="s", data={},
+                      to=event.source),
+                Event(source=self.source, type="evt.echo.two", subject="s", data={},
+                      to=event.source),
+            ]
+
+    broker = LocalBroker([Echo()])
+    result = await broker.resolve(_event("com.echo.echo", 1, source="com.caller.app"))
+    assert result is not None and result.type == "evt.echo.two"
+    assert "com.caller.app" not in broker.topics  # the collector is gone afterwards
+    assert await broker.resolve(_event("com.nobody.here", 1, source="com.caller.app")) is None
+
+
+async def test_resolve_rejects_a_handler_as_initiator() -> None:
+    broker = LocalBroker([Recorder("com.a.a", [])])
+    with pytest.raises(ValueError, match="outside initiator"):
+        await broker.resolve(_event("com.a.a", 1, source="com.a.a"))
+
+
+async def test_publish_needs_a_topic() -> None:
+    broker = LocalBroker()
+    event = _event("com.a.a", 1)
+    msgspec.structs.force_setattr(event, "to", "")  # events validate 'to'; force a bad one
+    with pytest.raises(ValueError, match="no 'to' topic"):
+        await broker.publish(event)
+
+
+async def test_domained_events_go_to_on_domain_not_the_queue() -> None:
+    handed: list[tuple[str | None, bool]] = []
+
+    class Emitter:
+        source = "com.emit.emit"
+
+        async def execute(self, event: Event) -> list[Event]:
+            return [
+                Event(source=self.source, type="evt.x.y", subject="s", data={},
+                      to="com.a.a", domain="external"),
+                Event(source=self.source, type="evt.x.y", subject="s", data={"n": 5},
+                      to="com.a.a"),
+            ]
+
+    async def on_domain(event: Event, broker: Broker) -> None:
+        handed.append((event.domain, isinstance(broker, LocalBroker)))
+
+    log: list[str] = []
+    broker = LocalBroker([Emitter(), Recorder("com.a.a", log)], on_domain=on_domain)
+    await broker.publish(_event("com.emit.emit", 1))
+    assert handed == [("external", True)]
+    assert log == ["com.a.a:5"]
+    assert [e.domain for e in broker.domain_events] == ["external"]
+    assert all(e.domain is None for e in broker.events)
+
+
+async def test_handlers_satisfy_the_handler_protocol() -> None:
+    workflow = order_workflow(InMemoryMemory())
+    assert isinstance(workflow, Handler)
+    assert all(isinstance(h, Handler) for h in HANDLERS)
+
+
+async def test_recover_resends_unanswered_requests_from_memory() -> None:
+    """A crash after the workflow stored its step but before its events went out."""
+    memory = InMemoryMemory()
+    crashed = order_workflow(memory)
+    init = orders.init_event(PlaceOrder("o-1", 4200), source="com.shop.web")
+    (charge_request,) = await crashed.execute(init)  # stored; the request is then lost
+    del crashed
+
+    done: list[Event] = []
+
+    class Shop:
+        source = "com.shop.web"
+
+        async def execute(self, event: Event) -> list[Event]:
+            done.append(event)
+            return []
+
+    restarted = order_workflow(memory)
+    broker = LocalBroker([*HANDLERS, restarted, Shop()])
+    assert await broker.recover() == 1
+    assert broker.events[0] == charge_request
+    assert [e.data["status"] for e in done] == ["shipped"]
+    assert await broker.recover() == 0
+
+
+async def test_recover_after_a_lost_reply_mid_gather() -> None:
+    memory = InMemoryMemory()
+    workflow = order_workflow(memory)
+    init = orders.init_event(PlaceOrder("o-1", 4200), source="com.shop.web")
+    (charge,) = await workflow.execute(init)
+    (charged,) = await HANDLERS[0].execute(charge)
+    reserve, label = await workflow.execute(charged)
+    (reserved,) = await HANDLERS[2].execute(reserve)
+    assert await workflow.execute(reserved) == []  # half the gather is in; then a crash
+    broker = LocalBroker([*HANDLERS, order_workflow(memory)])
+    assert await broker.recover() == 1  # only the label request is unanswered
+    assert broker.events[0] == label
+    status = await order_workflow(memory).status(init.subject)
+    assert status is not None and status.status == "done"
