@@ -157,7 +157,7 @@ class SQLiteMemory(Memory):
                 if not op.taken:
                     self._queue.remove(op)
                     if op.lead:
-                        pass
+                        self._hand_over()
                 raise
         else:
             self._busy = True
