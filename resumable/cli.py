@@ -23,14 +23,27 @@ def _parser() -> argparse.ArgumentParser:
             "Run it again on the same file after --crash-after to watch it resume."
         ),
     )
-    demo.add_argument("--orders", type=int, default=1000, metavar="N",
-                      help="how many orders to run (default 1000)")
-    demo.add_argument("--db", default="resumable-demo.db", metavar="PATH",
-                      help="the SQLite file (default ./resumable-demo.db)")
-    demo.add_argument("--crash-after", type=int, default=None, metavar="N",
-                      help="exit the process abruptly after N workflow steps")
-    demo.add_argument("--fresh", action="store_true",
-                      help="delete the file first and start over")
+    demo.add_argument(
+        "--orders",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="how many orders to run (default 1000)",
+    )
+    demo.add_argument(
+        "--db",
+        default="resumable-demo.db",
+        metavar="PATH",
+        help="the SQLite file (default ./resumable-demo.db)",
+    )
+    demo.add_argument(
+        "--crash-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="exit the process abruptly after N workflow steps",
+    )
+    demo.add_argument("--fresh", action="store_true", help="delete the file first and start over")
     return parser
 
 

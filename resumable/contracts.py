@@ -39,6 +39,10 @@ SEMVER: Final = re.compile(r"^\d+\.\d+\.\d+\Z")
 NAME_PATTERN: Final = re.compile(r"^[a-z0-9.]+\Z")
 
 
+Schema = type[msgspec.Struct]
+"""A payload schema: a msgspec Struct class."""
+
+
 class ContractError(ValueError):
     """A contract definition is wrong; raised when the contract is defined."""
 
@@ -46,9 +50,9 @@ class ContractError(ValueError):
 class ErrorData(msgspec.Struct, frozen=True):
     """The payload of every ``sys.<type>.error`` event (Arvo's ArvoErrorSchema)."""
 
-    errorName: str  # noqa: N815 - wire name
-    errorMessage: str  # noqa: N815
-    errorStack: str | None = None  # noqa: N815
+    errorName: str
+    errorMessage: str
+    errorStack: str | None = None
 
     @classmethod
     def of(cls, error: BaseException) -> ErrorData:
@@ -87,7 +91,7 @@ def _check_type(type_: str, *, what: str, uri: str, allow_orc: bool = False) -> 
         )
 
 
-def _check_struct(schema: Any, *, what: str, uri: str, version: str) -> type[msgspec.Struct]:
+def _check_struct(schema: Any, *, what: str, uri: str, version: str) -> Schema:
     if not (isinstance(schema, type) and issubclass(schema, msgspec.Struct)):
         raise ContractError(
             f"contract {uri!r} version {version}: {what} must be a msgspec.Struct class, "
@@ -96,7 +100,7 @@ def _check_struct(schema: Any, *, what: str, uri: str, version: str) -> type[msg
     return schema
 
 
-def _validate(schema: type[msgspec.Struct], data: Any) -> tuple[msgspec.Struct, dict[str, Any]]:
+def _validate(schema: Schema, data: Any) -> tuple[msgspec.Struct, dict[str, Any]]:
     """Validate ``data`` (a Struct or plain dict) against ``schema``: (typed, wire dict)."""
     wire = msgspec.to_builtins(data) if isinstance(data, msgspec.Struct) else data
     typed = msgspec.convert(wire, schema)
@@ -111,8 +115,8 @@ class VersionedContract:
 
     contract: Contract
     version: str
-    accepts: type[msgspec.Struct]
-    emits: Mapping[str, type[msgspec.Struct]]
+    accepts: Schema
+    emits: Mapping[str, Schema]
 
     @property
     def uri(self) -> str:
@@ -143,7 +147,7 @@ class VersionedContract:
     def is_orchestrator(self) -> bool:
         return isinstance(self.contract, OrchestratorContract)
 
-    def schema_for(self, type_: str) -> type[msgspec.Struct] | None:
+    def schema_for(self, type_: str) -> Schema | None:
         """The schema of an event type this version accepts or emits (or its system error)."""
         if type_ == self.contract.type:
             return self.accepts
@@ -167,9 +171,7 @@ class VersionedContract:
             "version": self.version,
             "domain": self.domain,
             "accepts": {"type": self.type, "schema": msgspec.json.schema(self.accepts)},
-            "emits": [
-                {"type": t, "schema": msgspec.json.schema(s)} for t, s in self.emits.items()
-            ],
+            "emits": [{"type": t, "schema": msgspec.json.schema(s)} for t, s in self.emits.items()],
             "systemError": {
                 "type": self.system_error_type,
                 "schema": msgspec.json.schema(ErrorData),
@@ -211,8 +213,7 @@ class Contract:
         for version, spec in versions.items():
             if not isinstance(version, str) or not SEMVER.match(version):
                 raise ContractError(
-                    f"contract {uri!r}: version {version!r} is not a semantic version "
-                    "like '1.0.0'"
+                    f"contract {uri!r}: version {version!r} is not a semantic version like '1.0.0'"
                 )
             if version == WILDCARD_VERSION:
                 raise ContractError(
@@ -234,7 +235,7 @@ class Contract:
                 f"'emits', got {sorted(spec)}"
             )
         accepts = _check_struct(spec["accepts"], what="accepts", uri=self.uri, version=version)
-        emits: dict[str, type[msgspec.Struct]] = {}
+        emits: dict[str, Schema] = {}
         for emit_type, schema in dict(spec.get("emits") or {}).items():
             _check_type(emit_type, what="emitted", uri=self.uri)
             emits[emit_type] = _check_struct(
@@ -248,7 +249,7 @@ class Contract:
 
     @property
     def latest(self) -> VersionedContract:
-        return next(reversed(self.versions.values()))
+        return list(self.versions.values())[-1]
 
     def version(self, version: str = "latest") -> VersionedContract:
         """One version: an exact semver, or ``latest``/``any`` (highest) or ``oldest``."""

@@ -72,32 +72,45 @@ class LabelPrinted(msgspec.Struct):
 payments = Contract(
     uri="#/contracts/payments/charge",
     type="com.payments.charge",
-    versions={"1.0.0": {
-        "accepts": ChargeCard,
-        "emits": {"evt.payments.charge.success": CardCharged,
-                  "evt.payments.charge.declined": CardDeclined},
-    }},
+    versions={
+        "1.0.0": {
+            "accepts": ChargeCard,
+            "emits": {
+                "evt.payments.charge.success": CardCharged,
+                "evt.payments.charge.declined": CardDeclined,
+            },
+        }
+    },
 )
 payments_refund = Contract(
     uri="#/contracts/payments/refund",
     type="com.payments.refund",
-    versions={"1.0.0": {
-        "accepts": RefundCard, "emits": {"evt.payments.refund.success": CardRefunded},
-    }},
+    versions={
+        "1.0.0": {
+            "accepts": RefundCard,
+            "emits": {"evt.payments.refund.success": CardRefunded},
+        }
+    },
 )
 inventory = Contract(
     uri="#/contracts/inventory/reserve",
     type="com.inventory.reserve",
-    versions={"1.0.0": {
-        "accepts": ReserveStock, "emits": {"evt.inventory.reserve.success": StockReserved},
-    }},
+    versions={
+        "1.0.0": {
+            "accepts": ReserveStock,
+            "emits": {"evt.inventory.reserve.success": StockReserved},
+        }
+    },
 )
 shipping = Contract(
     uri="#/contracts/shipping/label",
     type="com.shipping.label",
-    versions={"1.0.0": {
-        "accepts": PrintLabel, "emits": {"evt.shipping.label.success": LabelPrinted},
-    }},
+    versions={
+        "1.0.0": {
+            "accepts": PrintLabel,
+            "emits": {"evt.shipping.label.success": LabelPrinted},
+        }
+    },
 )
 
 
@@ -246,7 +259,9 @@ def demo_order(index: int) -> PlaceOrder:
 def init_for(index: int) -> Event:
     """The init event of order ``index``: its subject is fixed, so a rerun can find it."""
     return orders.init_event(
-        demo_order(index), source="com.shop.web", execution_id=f"order-{index}",
+        demo_order(index),
+        source="com.shop.web",
+        execution_id=f"order-{index}",
         id=f"init-order-{index}",
     )
 
@@ -257,8 +272,9 @@ def init_for(index: int) -> Event:
 class _Counted:
     """Wraps the workflow for the broker: counts steps and can crash after N of them."""
 
-    def __init__(self, workflow: Resumable[OrderState], crash_after: int | None,
-                 out: TextIO) -> None:
+    def __init__(
+        self, workflow: Resumable[OrderState], crash_after: int | None, out: TextIO
+    ) -> None:
         self.workflow = workflow
         self.source = workflow.source
         self.crash_after = crash_after
@@ -393,8 +409,12 @@ async def _summarise(memory: Memory, count: int) -> dict[str, int]:
 
 
 def main(
-    path: str, count: int, crash_after: int | None, fresh: bool,
-    out: TextIO = sys.stdout, runner: Callable[..., Any] = anyio.run,
+    path: str,
+    count: int,
+    crash_after: int | None,
+    fresh: bool,
+    out: TextIO = sys.stdout,
+    runner: Callable[..., Any] = anyio.run,
 ) -> int:
     if fresh:
         for suffix in ("", "-wal", "-shm"):

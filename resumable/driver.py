@@ -12,10 +12,11 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
+import types
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import attrs
 import cattrs
@@ -146,8 +147,9 @@ def _describe(outcome: _Outcome) -> str:
     return f"raise {type(outcome.error).__name__}"
 
 
-def _step(gen: AsyncGenerator[Any, Any], value: Any = None,
-          error: BaseException | None = None) -> _Outcome:
+def _step(
+    gen: AsyncGenerator[Any, Any], value: Any = None, error: BaseException | None = None
+) -> _Outcome:
     """Advance the generator to its next ``yield`` by hand, without an event loop.
 
     An ``await`` that suspends (it yielded to the loop) gets a ``WorkflowAwaitError``
@@ -165,15 +167,16 @@ def _step(gen: AsyncGenerator[Any, Any], value: Any = None,
                 return _Yielded(stop.value)
             except StopAsyncIteration:
                 return _Ended()
-            except BaseException as raised:  # noqa: BLE001 - reported as the step's outcome
+            except BaseException as raised:
                 return _Raised(raised)
             cancel = getattr(pending, "cancel", None)
             if callable(cancel):
                 cancel()
-            frame = gen.ag_frame
+            agen = cast(types.AsyncGeneratorType[Any, Any], gen)
+            frame = agen.ag_frame
             where = f"line {frame.f_lineno} of {frame.f_code.co_filename}" if frame else "?"
             throw = WorkflowAwaitError(
-                f"workflow {gen.ag_code.co_name!r} awaited something that waits on the event "
+                f"workflow {agen.ag_code.co_name!r} awaited something that waits on the event "
                 f"loop at {where}. Workflow code is replayed and must not wait itself: use "
                 "'yield call(...)' to ask a service and 'yield gather(...)' to run several "
                 "at once; asyncio.sleep, asyncio.gather and I/O are not allowed here."
@@ -308,7 +311,9 @@ class Resumable(Generic[S]):
             if subject.name != self.source:
                 log.warning(
                     "event %s is for orchestrator %s, not %s: ignored",
-                    event.id, subject.name, self.source,
+                    event.id,
+                    subject.name,
+                    self.source,
                 )
                 return []
             fn = self.functions.get(subject.version)
@@ -344,12 +349,11 @@ class Resumable(Generic[S]):
                 try:
                     await self.memory.unlock(key, owner)
                 except Exception:  # a lease that is not released expires on its own
-                    log.warning("could not unlock workflow %s; its lease will expire", key,
-                                exc_info=True)
+                    log.warning(
+                        "could not unlock workflow %s; its lease will expire", key, exc_info=True
+                    )
 
-    def _validate(
-        self, event: Event, subject: Subject
-    ) -> tuple[Event, VersionedContract | None]:
+    def _validate(self, event: Event, subject: Subject) -> tuple[Event, VersionedContract | None]:
         """Check the event against its contract; return it typed, and the answering service."""
         if event.type == self.source:
             versioned = self.contract.versions.get(subject.version)
@@ -424,14 +428,20 @@ class Resumable(Generic[S]):
         header = decode_header(stored.header)
         if header.status != ACTIVE or event.type == self.source:
             return await self._already_seen_or(
-                key, event, header,
+                key,
+                event,
+                header,
                 f"workflow {key!r} has already started; init event {event.id} is a second "
-                "init for the same subject" if header.status == ACTIVE else None,
+                "init for the same subject"
+                if header.status == ACTIVE
+                else None,
             )
         slot_index = _find_slot(header, event)
         if slot_index is None:
             return await self._already_seen_or(
-                key, event, header,
+                key,
+                event,
+                header,
                 f"workflow {key!r} is not waiting for a reply to event {event.parentid!r} "
                 f"(event {event.id}, {event.type}); it waits for "
                 f"{header.waits_for or 'nothing'}",
@@ -501,8 +511,13 @@ class Resumable(Generic[S]):
         return Context(state=state, subject=subject, version=version)
 
     async def _start(
-        self, key: str, event: Event, typed: Event, subject: Subject,
-        fn: WorkflowFunction, headers: TraceHeaders,
+        self,
+        key: str,
+        event: Event,
+        typed: Event,
+        subject: Subject,
+        fn: WorkflowFunction,
+        headers: TraceHeaders,
     ) -> list[Event]:
         parent = event.data.get(PARENT_SUBJECT_KEY) if isinstance(event.data, dict) else None
         if parent is not None:
@@ -516,8 +531,12 @@ class Resumable(Generic[S]):
         ctx._enter_step(0, event.time)
         gen = fn(ctx, typed.data)
         header = Header(
-            status=ACTIVE, version=subject.version, seq=0, init_event_id=event.id,
-            parent_subject=parent, state=None,
+            status=ACTIVE,
+            version=subject.version,
+            seq=0,
+            init_event_id=event.id,
+            parent_subject=parent,
+            state=None,
         )
         live = _Live(gen, ctx, header, 0)
         try:
@@ -527,8 +546,14 @@ class Resumable(Generic[S]):
             raise
 
     async def _resume(
-        self, key: str, live: _Live, event: Event, typed: Event, slot_index: int,
-        subject: Subject, headers: TraceHeaders,
+        self,
+        key: str,
+        live: _Live,
+        event: Event,
+        typed: Event,
+        slot_index: int,
+        subject: Subject,
+        headers: TraceHeaders,
     ) -> list[Event]:
         header = live.header
         header.waiting[slot_index].reply = wire(event)
@@ -561,8 +586,15 @@ class Resumable(Generic[S]):
         return (typed if is_gather else typed[0]), first_error
 
     async def _advance(
-        self, key: str, live: _Live, event: Event, subject: Subject, headers: TraceHeaders,
-        resumed: list[str], value: Any, error: BaseException | None,
+        self,
+        key: str,
+        live: _Live,
+        event: Event,
+        subject: Subject,
+        headers: TraceHeaders,
+        resumed: list[str],
+        value: Any,
+        error: BaseException | None,
     ) -> list[Event]:
         """Run the generator to its next wait, build the events, persist, return them."""
         header = live.header
@@ -570,18 +602,24 @@ class Resumable(Generic[S]):
         produced: list[Event] = []
         outcome = _step(live.gen, value, error)
         while True:
-            if isinstance(outcome, _Yielded) and isinstance(outcome.value, Gather) and (
-                not outcome.value.calls
+            if (
+                isinstance(outcome, _Yielded)
+                and isinstance(outcome.value, Gather)
+                and (not outcome.value.calls)
             ):
                 outcome = _step(live.gen, [])
                 continue
             if isinstance(outcome, _Yielded) and not isinstance(
                 outcome.value, Call | Gather | Complete
             ):
-                outcome = _step(live.gen, None, TypeError(
-                    f"workflow yielded {outcome.value!r}; yield call(...), gather(...) or "
-                    "complete(...)"
-                ))
+                outcome = _step(
+                    live.gen,
+                    None,
+                    TypeError(
+                        f"workflow yielded {outcome.value!r}; yield call(...), gather(...) or "
+                        "complete(...)"
+                    ),
+                )
                 continue
             break
         yielded = _describe(outcome)
@@ -603,9 +641,13 @@ class Resumable(Generic[S]):
                 header.waits_for = None
             else:
                 produced = []
-                failure = after.error if isinstance(after, _Raised) else RuntimeError(
-                    f"workflow {self.contract.uri!r} yielded {_describe(after)} after "
-                    "complete(...); complete must be the last thing a workflow yields"
+                failure = (
+                    after.error
+                    if isinstance(after, _Raised)
+                    else RuntimeError(
+                        f"workflow {self.contract.uri!r} yielded {_describe(after)} after "
+                        "complete(...); complete must be the last thing a workflow yields"
+                    )
                 )
         else:
             request = outcome.value
@@ -633,8 +675,14 @@ class Resumable(Generic[S]):
         return produced
 
     async def _fail(
-        self, key: str, live: _Live, event: Event, error: BaseException, subject: Subject,
-        headers: TraceHeaders, resumed: list[str],
+        self,
+        key: str,
+        live: _Live,
+        event: Event,
+        error: BaseException,
+        subject: Subject,
+        headers: TraceHeaders,
+        resumed: list[str],
     ) -> list[Event]:
         header = live.header
         context = DomainContext(
@@ -666,7 +714,9 @@ class Resumable(Generic[S]):
         seq = header.seq
         header.seq = seq + 1
         entry = Entry(
-            event=wire(event), produced=produced, resumed=resumed,
+            event=wire(event),
+            produced=produced,
+            resumed=resumed,
             yielded=f"raise {type(error).__name__}",
         )
         await self._write(key, live.revision, header, entry, event)
@@ -691,8 +741,14 @@ class Resumable(Generic[S]):
         return versioned
 
     def _request(
-        self, call: Call, index: int, event: Event, subject: Subject, header: Header,
-        seq: int, headers: TraceHeaders,
+        self,
+        call: Call,
+        index: int,
+        event: Event,
+        subject: Subject,
+        header: Header,
+        seq: int,
+        headers: TraceHeaders,
     ) -> Slot:
         versioned = self._service(call)
         try:
@@ -727,27 +783,30 @@ class Resumable(Generic[S]):
                     execution_id=derive_id(key, seq, index, "child"),
                 )
             try:
-                requests.append(Event(
-                    id=derive_id(key, seq, index, domain),
-                    source=self.source,
-                    type=versioned.type,
-                    subject=request_subject,
-                    data=request_data,
-                    dataschema=versioned.dataschema,
-                    time=self.clock(),
-                    to=call.to or versioned.type,
-                    accesscontrol=call.accesscontrol or event.accesscontrol,
-                    redirectto=redirectto,
-                    executionunits=(
-                        call.executionunits if call.executionunits is not None
-                        else self.executionunits
-                    ),
-                    parentid=event.id,
-                    domain=domain,
-                    traceparent=headers[0],
-                    tracestate=headers[1],
-                    extensions=dict(call.extensions),
-                ))
+                requests.append(
+                    Event(
+                        id=derive_id(key, seq, index, domain),
+                        source=self.source,
+                        type=versioned.type,
+                        subject=request_subject,
+                        data=request_data,
+                        dataschema=versioned.dataschema,
+                        time=self.clock(),
+                        to=call.to or versioned.type,
+                        accesscontrol=call.accesscontrol or event.accesscontrol,
+                        redirectto=redirectto,
+                        executionunits=(
+                            call.executionunits
+                            if call.executionunits is not None
+                            else self.executionunits
+                        ),
+                        parentid=event.id,
+                        domain=domain,
+                        traceparent=headers[0],
+                        tracestate=headers[1],
+                        extensions=dict(call.extensions),
+                    )
+                )
             except EventError as error:
                 raise ContractViolation(
                     f"workflow {self.contract.uri!r} step {seq}: could not build the request "
@@ -756,7 +815,12 @@ class Resumable(Generic[S]):
         return Slot(service=versioned.uri, requests=requests)
 
     def _completion(
-        self, done: Complete, event: Event, subject: Subject, header: Header, seq: int,
+        self,
+        done: Complete,
+        event: Event,
+        subject: Subject,
+        header: Header,
+        seq: int,
         headers: TraceHeaders,
     ) -> list[Event]:
         versioned = self.contract.versions[header.version]
@@ -790,8 +854,7 @@ class Resumable(Generic[S]):
                 accesscontrol=event.accesscontrol,
                 redirectto=self.source,
                 executionunits=(
-                    done.executionunits if done.executionunits is not None
-                    else self.executionunits
+                    done.executionunits if done.executionunits is not None else self.executionunits
                 ),
                 parentid=header.init_event_id,
                 domain=domain,
@@ -815,9 +878,7 @@ class Resumable(Generic[S]):
     def _unstructure_state(self, state: Any) -> Any:
         return None if state is None else _converter.unstructure(state)
 
-    async def _live(
-        self, key: str, stored: Stored, header: Header, fn: WorkflowFunction
-    ) -> _Live:
+    async def _live(self, key: str, stored: Stored, header: Header, fn: WorkflowFunction) -> _Live:
         live = self._cache.get(key)
         if live is not None and live.revision == stored.revision:
             self._cache.move_to_end(key)
@@ -855,8 +916,10 @@ class Resumable(Generic[S]):
                 value, error = self._reply_value(replies, waiting_gather)
                 ctx._enter_step(seq, entry.event.time)
                 outcome = _step(gen, value, error)
-            while isinstance(outcome, _Yielded) and isinstance(outcome.value, Gather) and (
-                not outcome.value.calls
+            while (
+                isinstance(outcome, _Yielded)
+                and isinstance(outcome.value, Gather)
+                and (not outcome.value.calls)
             ):
                 outcome = _step(gen, [])
             waiting_gather = isinstance(outcome, _Yielded) and isinstance(outcome.value, Gather)
@@ -866,17 +929,20 @@ class Resumable(Generic[S]):
                     f"workflow {key!r} no longer matches its history: step {seq} was "
                     f"`{entry.yielded}`, now `{now}`. The code changed under a running "
                     "instance; deploy the change as a new contract version instead",
-                    subject=key, step=seq, recorded=entry.yielded, replayed=now,
+                    subject=key,
+                    step=seq,
+                    recorded=entry.yielded,
+                    replayed=now,
                 )
-        rebuilt = msgspec.msgpack.decode(
-            msgspec.msgpack.encode(self._unstructure_state(ctx.state))
-        )
+        rebuilt = msgspec.msgpack.decode(msgspec.msgpack.encode(self._unstructure_state(ctx.state)))
         if rebuilt != header.state:
             raise NonDeterminismError(
                 f"workflow {key!r}: replaying its history gives explicit state {rebuilt!r}, "
                 f"but {header.state!r} was stored. State must change only in workflow code "
                 "between yields, the same way on every run",
-                subject=key, recorded=repr(header.state), replayed=repr(rebuilt),
+                subject=key,
+                recorded=repr(header.state),
+                replayed=repr(rebuilt),
             )
         ctx.is_replaying = False
         return _Live(gen, ctx, header, stored.revision)
@@ -894,9 +960,14 @@ class Resumable(Generic[S]):
         if self.state_type is not None and state is not None:
             state = _converter.structure(state, self.state_type)
         return WorkflowStatus(
-            subject=subject, status=header.status, version=header.version,
-            steps=header.seq, state=state, waits_for=header.waits_for,
-            result=header.result, error=header.error,
+            subject=subject,
+            status=header.status,
+            version=header.version,
+            steps=header.seq,
+            state=state,
+            waits_for=header.waits_for,
+            result=header.result,
+            error=header.error,
         )
 
     async def outbox(self) -> list[Event]:
@@ -929,4 +1000,3 @@ def _find_slot(header: Header, event: Event) -> int | None:
         if slot.reply is None and any(r.id == event.parentid for r in slot.requests):
             return index
     return None
-

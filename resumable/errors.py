@@ -47,10 +47,18 @@ class NonDeterminismError(ExecutionViolation):
 
     type = "NonDeterminism"
 
-    def __init__(self, message: str, *, subject: str, step: int | None = None,
-                 recorded: str | None = None, replayed: str | None = None) -> None:
-        super().__init__(message, {"subject": subject, "step": step,
-                                   "recorded": recorded, "replayed": replayed})
+    def __init__(
+        self,
+        message: str,
+        *,
+        subject: str,
+        step: int | None = None,
+        recorded: str | None = None,
+        replayed: str | None = None,
+    ) -> None:
+        super().__init__(
+            message, {"subject": subject, "step": step, "recorded": recorded, "replayed": replayed}
+        )
         self.subject = subject
         self.step = step
         self.recorded = recorded

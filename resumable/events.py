@@ -31,19 +31,33 @@ __all__ = [
 
 ARVO_CONTENT_TYPE: Final = "application/cloudevents+json;charset=UTF-8;profile=arvo"
 
-TYPE_PATTERN: Final = re.compile(r"^[a-z0-9]+(\.[a-z0-9]+)+\.[a-z0-9]+$")
-DOMAIN_PATTERN: Final = re.compile(r"^[a-z0-9.]+$")
-EXTENSION_KEY: Final = re.compile(r"^[a-z0-9]+$")
+# \Z, not $: Python's $ also matches before a trailing newline (JS's does not).
+TYPE_PATTERN: Final = re.compile(r"^[a-z0-9]+(\.[a-z0-9]+)+\.[a-z0-9]+\Z")
+DOMAIN_PATTERN: Final = re.compile(r"^[a-z0-9.]+\Z")
+EXTENSION_KEY: Final = re.compile(r"^[a-z0-9]+\Z")
 
 Extension = str | int | float | bool | None
 
 _CLOUDEVENT_FIELDS: Final = (
-    "id", "source", "specversion", "type", "subject",
-    "datacontenttype", "dataschema", "data", "time",
+    "id",
+    "source",
+    "specversion",
+    "type",
+    "subject",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "time",
 )
 _ARVO_FIELDS: Final = (
-    "to", "accesscontrol", "redirectto", "executionunits",
-    "parentid", "domain", "traceparent", "tracestate",
+    "to",
+    "accesscontrol",
+    "redirectto",
+    "executionunits",
+    "parentid",
+    "domain",
+    "traceparent",
+    "tracestate",
 )
 _KNOWN: Final = frozenset(_CLOUDEVENT_FIELDS + _ARVO_FIELDS + ("extensions",))
 
@@ -165,8 +179,7 @@ def _validate(event: Event) -> None:
         _nonempty(event, "accesscontrol")
     _uri(event, "redirectto", optional=True)
     if event.executionunits is not None and (
-        isinstance(event.executionunits, bool)
-        or not isinstance(event.executionunits, int | float)
+        isinstance(event.executionunits, bool) or not isinstance(event.executionunits, int | float)
     ):
         raise EventError("executionunits", f"must be a number, got {event.executionunits!r}")
     if event.parentid is not None:
@@ -188,8 +201,10 @@ def _validate(event: Event) -> None:
                 "extension names must be lowercase letters and digits and not a standard field",
             )
         if value is not None and not isinstance(value, str | int | float | bool):
-            raise EventError(f"extensions.{key}", f"must be a string, number, bool or null, "
-                             f"got {type(value).__name__}")
+            raise EventError(
+                f"extensions.{key}",
+                f"must be a string, number, bool or null, got {type(value).__name__}",
+            )
 
 
 _TIME_SHAPE: Final = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
@@ -198,7 +213,8 @@ _TIME_SHAPE: Final = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]
 def _validate_time(value: object) -> None:
     if not isinstance(value, str) or not _TIME_SHAPE.match(value):
         raise EventError(
-            "time", f"{value!r} must be an ISO 8601 timestamp with an offset, "
+            "time",
+            f"{value!r} must be an ISO 8601 timestamp with an offset, "
             "e.g. '2025-01-03T09:57:04.123+00:00'",
         )
     try:

@@ -13,7 +13,7 @@ from opentelemetry.trace import SpanKind
 from resumable.contracts import Contract, ErrorData, VersionedContract, parse_dataschema
 from resumable.domains import ORCHESTRATION_CONTEXT, DomainContext, DomainSpec, resolve_domains
 from resumable.errors import ConfigViolation, ContractViolation, ExecutionViolation, is_violation
-from resumable.events import Event, EventError
+from resumable.events import Event
 from resumable.ids import derive_id
 from resumable.telemetry import SPAN_KIND_HANDLER, TraceHeaders, execution_span
 
@@ -203,7 +203,7 @@ class EventHandler:
                 )
             try:
                 return self._emittables(result, event, versioned, headers)
-            except EventError as error:
+            except ValueError as error:  # EventError, or an empty domain list
                 raise ContractViolation(
                     f"handler {self.source}: could not build an emitted event: {error}"
                 ) from None

@@ -100,7 +100,13 @@ def call(
     if not isinstance(service, Contract | VersionedContract):
         raise TypeError(f"call() needs a contract as its first argument, got {service!r}")
     return Call(
-        service, data, to, redirectto, accesscontrol, executionunits, domain,
+        service,
+        data,
+        to,
+        redirectto,
+        accesscontrol,
+        executionunits,
+        domain,
         dict(extensions or {}),
     )
 

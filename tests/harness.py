@@ -6,9 +6,10 @@ from typing import Any
 
 import msgspec
 
-from orders import SERVICES, OrderState, fulfil, orders
 from resumable import Event, Resumable
 from resumable.memory import Memory, Stored
+
+from orders import SERVICES, OrderState, fulfil, orders
 
 FIXED_TIME = "2026-01-01T00:00:00.000+00:00"
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from harness import order_workflow
-from orders import HANDLERS, PlaceOrder, orders
 from resumable import Event
 from resumable.brokers import Broker, Handler, LocalBroker
 from resumable.memory import InMemoryMemory
+
+from harness import order_workflow
+from orders import HANDLERS, PlaceOrder, orders
 
 pytestmark = pytest.mark.anyio
 
@@ -28,22 +29,26 @@ class Recorder:
 
     async def execute(self, event: Event) -> list[Event]:
         self.log.append(f"{self.source}:{event.data['n']}")
-        return [_event(to, event.data["n"] * 10 + i, self.source)
-                for i, to in enumerate(self.then)]
+        return [_event(to, event.data["n"] * 10 + i, self.source) for i, to in enumerate(self.then)]
 
 
 async def test_delivery_is_fifo_breadth_first() -> None:
     log: list[str] = []
-    broker = LocalBroker([
-        Recorder("com.a.a", log, then=["com.b.b", "com.c.c"]),
-        Recorder("com.b.b", log, then=["com.c.c"]),
-        Recorder("com.c.c", log),
-    ])
+    broker = LocalBroker(
+        [
+            Recorder("com.a.a", log, then=["com.b.b", "com.c.c"]),
+            Recorder("com.b.b", log, then=["com.c.c"]),
+            Recorder("com.c.c", log),
+        ]
+    )
     await broker.publish(_event("com.a.a", 1))
     # FIFO: a's two outputs before b's output (Arvo's LIFO would go depth first)
     assert log == ["com.a.a:1", "com.b.b:10", "com.c.c:11", "com.c.c:100"]
     assert [e.to for e in broker.events] == [
-        "com.a.a", "com.b.b", "com.c.c", "com.c.c",
+        "com.a.a",
+        "com.b.b",
+        "com.c.c",
+        "com.c.c",
     ]
 
 
@@ -100,10 +105,12 @@ async def test_resolve_returns_the_last_event_to_the_initiator() -> None:
 
         async def execute(self, event: Event) -> list[Event]:
             return [
-                Event(source=self.source, type="evt.echo.one", subject="s", data={},
-                      to=event.source),
-                Event(source=self.source, type="evt.echo.two", subject="s", data={},
-                      to=event.source),
+                Event(
+                    source=self.source, type="evt.echo.one", subject="s", data={}, to=event.source
+                ),
+                Event(
+                    source=self.source, type="evt.echo.two", subject="s", data={}, to=event.source
+                ),
             ]
 
     broker = LocalBroker([Echo()])
@@ -135,10 +142,15 @@ async def test_domained_events_go_to_on_domain_not_the_queue() -> None:
 
         async def execute(self, event: Event) -> list[Event]:
             return [
-                Event(source=self.source, type="evt.x.y", subject="s", data={},
-                      to="com.a.a", domain="external"),
-                Event(source=self.source, type="evt.x.y", subject="s", data={"n": 5},
-                      to="com.a.a"),
+                Event(
+                    source=self.source,
+                    type="evt.x.y",
+                    subject="s",
+                    data={},
+                    to="com.a.a",
+                    domain="external",
+                ),
+                Event(source=self.source, type="evt.x.y", subject="s", data={"n": 5}, to="com.a.a"),
             ]
 
     async def on_domain(event: Event, broker: Broker) -> None:

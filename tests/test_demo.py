@@ -18,7 +18,10 @@ from resumable.cli import main as cli_main
 def _demo(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "resumable.cli", "demo", *args],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
@@ -48,8 +51,7 @@ def test_crash_then_rerun_completes_every_order_exactly_once(tmp_path: Path) -> 
         ).fetchall()
         journal_after = conn.execute("SELECT COUNT(*) FROM journal").fetchone()[0]
         duplicate_steps = conn.execute(
-            "SELECT key, event_id, COUNT(*) FROM journal GROUP BY key, event_id "
-            "HAVING COUNT(*) > 1"
+            "SELECT key, event_id, COUNT(*) FROM journal GROUP BY key, event_id HAVING COUNT(*) > 1"
         ).fetchall()
     assert statuses == {"done": 300}
     assert per_effect == []  # every effect happened once per order
@@ -82,12 +84,16 @@ def test_fresh_starts_over(tmp_path: Path) -> None:
     assert "earlier run" not in out.getvalue()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["demo", "--orders", "0"], "--orders must be at least 1"),
-    (["demo", "--crash-after", "0"], "--crash-after must be at least 1"),
-])
-def test_cli_rejects_bad_numbers(args: list[str], message: str,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["demo", "--orders", "0"], "--orders must be at least 1"),
+        (["demo", "--crash-after", "0"], "--crash-after must be at least 1"),
+    ],
+)
+def test_cli_rejects_bad_numbers(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli_main(args) == 2
     assert message in capsys.readouterr().err
 

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 from collections.abc import AsyncIterator
 
 import attrs
 import msgspec
 import pytest
 
-from harness import FIXED_TIME, Network, fixed_clock, order_workflow, snapshot, untimed
-from orders import (
-    HANDLERS,
-    SERVICES,
-    ChargeCard,
-    OrderResult,
-    OrderState,
-    PlaceOrder,
-    fulfil,
-    orders,
-    payments,
-    shipping,
-)
 from resumable import (
     ConfigViolation,
     Contract,
@@ -44,13 +32,27 @@ from resumable.brokers import LocalBroker
 from resumable.memory import InMemoryMemory, Memory, SQLiteMemory
 from resumable.subject import parse_subject
 
+from harness import FIXED_TIME, Network, fixed_clock, order_workflow, snapshot, untimed
+from orders import (
+    HANDLERS,
+    SERVICES,
+    ChargeCard,
+    OrderResult,
+    OrderState,
+    PlaceOrder,
+    fulfil,
+    orders,
+    payments,
+    shipping,
+)
+
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(params=["inmemory", "sqlite"])
 async def memory(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Memory]:
-    mem: Memory = InMemoryMemory() if request.param == "inmemory" else SQLiteMemory(
-        tmp_path / "wf.db"
+    mem: Memory = (
+        InMemoryMemory() if request.param == "inmemory" else SQLiteMemory(tmp_path / "wf.db")
     )
     yield mem
     await mem.close()
@@ -92,9 +94,7 @@ async def test_declined_and_compensated_orders(memory: Memory) -> None:
 
 async def test_request_routing_follows_arvo() -> None:
     workflow = order_workflow(InMemoryMemory())
-    init = orders.init_event(
-        PlaceOrder("o-1", 4200), source="com.shop.web", accesscontrol="user:1"
-    )
+    init = orders.init_event(PlaceOrder("o-1", 4200), source="com.shop.web", accesscontrol="user:1")
     (request,) = await workflow.execute(init)
     assert request.type == "com.payments.charge"
     assert request.source == "arvo.orc.order.fulfil"
@@ -249,11 +249,13 @@ async def test_gather_raises_first_service_error_in_call_order() -> None:
         raise RuntimeError("also down")
 
     workflow = Resumable(orders, versions={"1.0.0": wf}, services=SERVICES)
-    broker = LocalBroker([
-        EventHandler(payments, versions={"1.0.0": boom}),
-        EventHandler(shipping, versions={"1.0.0": label}),
-        workflow,
-    ])
+    broker = LocalBroker(
+        [
+            EventHandler(payments, versions={"1.0.0": boom}),
+            EventHandler(shipping, versions={"1.0.0": label}),
+            workflow,
+        ]
+    )
     done = await broker.resolve(orders.init_event(PlaceOrder("o", 1), source="com.shop.web"))
     assert done is not None and done.data["status"] == "failed:sys.com.shipping.label.error"
 
@@ -281,8 +283,14 @@ async def test_bad_subject_is_an_execution_violation(memory: Memory) -> None:
 async def test_unknown_type_is_a_config_violation(memory: Memory) -> None:
     workflow, init, request = await _started(memory)
     before = await snapshot(memory)
-    odd = Event(source="com.other.svc", type="evt.unknown.thing", subject=init.subject,
-                data={}, dataschema="#/x/1.0.0", parentid=request.id)
+    odd = Event(
+        source="com.other.svc",
+        type="evt.unknown.thing",
+        subject=init.subject,
+        data={},
+        dataschema="#/x/1.0.0",
+        parentid=request.id,
+    )
     with pytest.raises(ConfigViolation, match="matches no contract"):
         await workflow.execute(odd)
     assert await snapshot(memory) == before
@@ -290,13 +298,16 @@ async def test_unknown_type_is_a_config_violation(memory: Memory) -> None:
 
 async def test_unknown_version_is_a_config_violation(memory: Memory) -> None:
     v2 = OrchestratorContract(
-        uri=orders.uri, name=orders.name,
-        versions={"1.0.0": {"init": PlaceOrder, "complete": OrderResult},
-                  "2.0.0": {"init": PlaceOrder, "complete": OrderResult}},
+        uri=orders.uri,
+        name=orders.name,
+        versions={
+            "1.0.0": {"init": PlaceOrder, "complete": OrderResult},
+            "2.0.0": {"init": PlaceOrder, "complete": OrderResult},
+        },
     )
     workflow = Resumable(v2, versions={"1.0.0": fulfil}, services=SERVICES, memory=memory)
     init = v2.init_event(PlaceOrder("o-1", 1), source="com.shop.web", version="2.0.0")
-    with pytest.raises(ConfigViolation, match="no function for version 2.0.0"):
+    with pytest.raises(ConfigViolation, match=re.escape("no function for version 2.0.0")):
         await workflow.execute(init)
     assert await memory.keys() == []
 
@@ -304,15 +315,22 @@ async def test_unknown_version_is_a_config_violation(memory: Memory) -> None:
 async def test_schema_mismatch_is_a_contract_violation(memory: Memory) -> None:
     workflow, init, request = await _started(memory)
     before = await snapshot(memory)
-    wrong = Event(source="com.payments.charge", type="evt.payments.charge.success",
-                  subject=init.subject, data={"payment_id": 42},
-                  dataschema="#/contracts/payments/charge/1.0.0", parentid=request.id)
+    wrong = Event(
+        source="com.payments.charge",
+        type="evt.payments.charge.success",
+        subject=init.subject,
+        data={"payment_id": 42},
+        dataschema="#/contracts/payments/charge/1.0.0",
+        parentid=request.id,
+    )
     with pytest.raises(ContractViolation, match="does not match CardCharged"):
         await workflow.execute(wrong)
     other_schema = msgspec.structs.replace(
         wrong, data={"payment_id": "p"}, dataschema="#/contracts/payments/charge/9.9.9"
     )
-    with pytest.raises(ContractViolation, match="expects '#/contracts/payments/charge/1.0.0'"):
+    with pytest.raises(
+        ContractViolation, match=re.escape("expects '#/contracts/payments/charge/1.0.0'")
+    ):
         await workflow.execute(other_schema)
     bad_init = orders.init_event(PlaceOrder("o-9", 1), source="com.shop.web")
     bad_init = msgspec.structs.replace(bad_init, data={"order_id": 5, "parentSubject$$": None})
@@ -322,11 +340,16 @@ async def test_schema_mismatch_is_a_contract_violation(memory: Memory) -> None:
 
 
 async def test_reply_nobody_waits_for_is_an_execution_violation(memory: Memory) -> None:
-    workflow, init, request = await _started(memory)
+    workflow, init, _request = await _started(memory)
     before = await snapshot(memory)
-    stray = Event(source="com.payments.charge", type="evt.payments.charge.success",
-                  subject=init.subject, data={"payment_id": "p"},
-                  dataschema="#/contracts/payments/charge/1.0.0", parentid="nobody-asked")
+    stray = Event(
+        source="com.payments.charge",
+        type="evt.payments.charge.success",
+        subject=init.subject,
+        data={"payment_id": "p"},
+        dataschema="#/contracts/payments/charge/1.0.0",
+        parentid="nobody-asked",
+    )
     with pytest.raises(ExecutionViolation, match="not waiting for a reply to event 'nobody-asked'"):
         await workflow.execute(stray)
     assert await snapshot(memory) == before
@@ -335,9 +358,14 @@ async def test_reply_nobody_waits_for_is_an_execution_violation(memory: Memory) 
 async def test_non_init_first_event_is_an_execution_violation(memory: Memory) -> None:
     workflow = order_workflow(memory)
     subject = orders.init_event(PlaceOrder("o", 1), source="com.shop.web").subject
-    reply = Event(source="com.payments.charge", type="evt.payments.charge.success",
-                  subject=subject, data={"payment_id": "p"},
-                  dataschema="#/contracts/payments/charge/1.0.0", parentid="x")
+    reply = Event(
+        source="com.payments.charge",
+        type="evt.payments.charge.success",
+        subject=subject,
+        data={"payment_id": "p"},
+        dataschema="#/contracts/payments/charge/1.0.0",
+        parentid="x",
+    )
     with pytest.raises(ExecutionViolation, match="does not exist"):
         await workflow.execute(reply)
     assert await memory.keys() == []
@@ -373,7 +401,8 @@ async def test_invalid_outgoing_payload_is_a_violation_and_nothing_is_kept() -> 
 
 async def test_event_for_another_orchestrator_is_ignored() -> None:
     other = OrchestratorContract(
-        uri="#/orchestrators/other", name="other.flow",
+        uri="#/orchestrators/other",
+        name="other.flow",
         versions={"1.0.0": {"init": PlaceOrder, "complete": OrderResult}},
     )
     workflow = order_workflow(InMemoryMemory())
@@ -395,8 +424,9 @@ async def test_changed_code_between_steps_raises_non_determinism(memory: Memory)
     async def changed(ctx, order):
         yield call(shipping, {"order_id": order.order_id})
 
-    redeployed = Resumable(orders, versions={"1.0.0": changed}, services=SERVICES,
-                           state=OrderState, memory=memory)
+    redeployed = Resumable(
+        orders, versions={"1.0.0": changed}, services=SERVICES, state=OrderState, memory=memory
+    )
     before = await snapshot(memory)
     with pytest.raises(NonDeterminismError) as caught:
         await redeployed.execute(reply)
@@ -421,8 +451,9 @@ async def test_state_changed_outside_the_workflow_is_detected() -> None:
         yield complete(OrderResult("x"))
 
     memory = InMemoryMemory()
-    workflow = Resumable(orders, versions={"1.0.0": wf}, services=SERVICES, state=Counter,
-                         memory=memory)
+    workflow = Resumable(
+        orders, versions={"1.0.0": wf}, services=SERVICES, state=Counter, memory=memory
+    )
     init = orders.init_event(PlaceOrder("o", 1), source="com.shop.web")
     (request,) = await workflow.execute(init)
     (reply,) = await HANDLERS[0].execute(request)
@@ -481,8 +512,7 @@ async def test_returning_without_complete_fails_the_workflow() -> None:
     async def wf(ctx, order):
         yield call(payments, ChargeCard(order.order_id, 1))
 
-    broker = LocalBroker([*HANDLERS, Resumable(orders, versions={"1.0.0": wf},
-                                               services=SERVICES)])
+    broker = LocalBroker([*HANDLERS, Resumable(orders, versions={"1.0.0": wf}, services=SERVICES)])
     result = await broker.resolve(orders.init_event(PlaceOrder("o", 1), source="com.shop.web"))
     assert result is not None and "without yielding complete" in result.data["errorMessage"]
 
@@ -545,10 +575,15 @@ async def test_an_expired_lease_does_not_block() -> None:
 
 async def test_lock_is_released_after_each_step_even_on_violation() -> None:
     memory = InMemoryMemory()
-    workflow, init, request = await _started(memory)
-    stray = Event(source="com.payments.charge", type="evt.payments.charge.success",
-                  subject=init.subject, data={"payment_id": "p"},
-                  dataschema="#/contracts/payments/charge/1.0.0", parentid="nobody")
+    workflow, init, _request = await _started(memory)
+    stray = Event(
+        source="com.payments.charge",
+        type="evt.payments.charge.success",
+        subject=init.subject,
+        data={"payment_id": "p"},
+        dataschema="#/contracts/payments/charge/1.0.0",
+        parentid="nobody",
+    )
     with pytest.raises(ExecutionViolation):
         await workflow.execute(stray)
     assert await memory.lock(init.subject, "next", 1)
@@ -567,7 +602,8 @@ class Approved(msgspec.Struct):
 
 
 approvals = OrchestratorContract(
-    uri="#/orchestrators/approval", name="approval",
+    uri="#/orchestrators/approval",
+    name="approval",
     versions={"1.0.0": {"init": Approve, "complete": Approved}},
 )
 
@@ -583,8 +619,7 @@ async def test_child_workflow_completion_returns_to_the_parent() -> None:
 
     memory = InMemoryMemory()
     child_wf = Resumable(approvals, versions={"1.0.0": child}, services=SERVICES, memory=memory)
-    parent_wf = Resumable(orders, versions={"1.0.0": parent}, services=[approvals],
-                          memory=memory)
+    parent_wf = Resumable(orders, versions={"1.0.0": parent}, services=[approvals], memory=memory)
     broker = LocalBroker([*HANDLERS, child_wf, parent_wf])
     init = orders.init_event(PlaceOrder("o", 1), source="com.shop.web")
     done = await broker.resolve(init)
@@ -611,10 +646,12 @@ async def test_child_failure_raises_service_error_in_parent() -> None:
             yield complete(OrderResult(f"{error.event.type}:{error.message}"))
 
     memory = InMemoryMemory()
-    broker = LocalBroker([
-        Resumable(approvals, versions={"1.0.0": child}, memory=memory),
-        Resumable(orders, versions={"1.0.0": parent}, services=[approvals], memory=memory),
-    ])
+    broker = LocalBroker(
+        [
+            Resumable(approvals, versions={"1.0.0": child}, memory=memory),
+            Resumable(orders, versions={"1.0.0": parent}, services=[approvals], memory=memory),
+        ]
+    )
     done = await broker.resolve(orders.init_event(PlaceOrder("o", 1), source="com.shop.web"))
     assert done is not None and done.data["status"] == "sys.arvo.orc.approval.error:no"
 
@@ -659,7 +696,7 @@ def test_definition_errors_are_clear() -> None:
 
     with pytest.raises(TypeError, match="async generator function"):
         Resumable(orders, versions={"1.0.0": plain})
-    with pytest.raises(ValueError, match="no version '9.0.0'"):
+    with pytest.raises(ValueError, match=re.escape("no version '9.0.0'")):
         Resumable(orders, versions={"9.0.0": fulfil})
     with pytest.raises(ConfigViolation, match="twice"):
         Resumable(orders, versions={"1.0.0": fulfil}, services=[payments, payments])
@@ -672,8 +709,9 @@ def test_definition_errors_are_clear() -> None:
 
 
 async def test_call_to_an_unlisted_service_is_a_config_violation() -> None:
-    stranger = Contract(uri="#/x", type="com.x.y",
-                        versions={"1.0.0": {"accepts": Approve, "emits": {}}})
+    stranger = Contract(
+        uri="#/x", type="com.x.y", versions={"1.0.0": {"accepts": Approve, "emits": {}}}
+    )
 
     async def wf(ctx, order):
         yield call(stranger, Approve("a"))
@@ -693,9 +731,11 @@ async def test_handler_with_emits_of_typed_reply() -> None:
         assert isinstance(event.data, ChargeCard)
         return [Emit("evt.payments.charge.success", {"payment_id": "p-1"})]
 
-    broker = LocalBroker([
-        EventHandler(payments, versions={"1.0.0": charge}),
-        Resumable(orders, versions={"1.0.0": wf}, services=SERVICES),
-    ])
+    broker = LocalBroker(
+        [
+            EventHandler(payments, versions={"1.0.0": charge}),
+            Resumable(orders, versions={"1.0.0": wf}, services=SERVICES),
+        ]
+    )
     done = await broker.resolve(orders.init_event(PlaceOrder("o", 1), source="com.shop.web"))
     assert done is not None and done.data == {"status": "ok", "payment_id": "p-1"}

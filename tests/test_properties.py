@@ -10,8 +10,6 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import Network, fixed_clock, order_workflow
-from orders import HANDLERS, SERVICES, OrderResult, PlaceOrder, orders
 from resumable import (
     Contract,
     Emit,
@@ -25,9 +23,10 @@ from resumable import (
 )
 from resumable.memory import InMemoryMemory, Memory, SQLiteMemory
 
-PROFILE = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+from harness import Network, fixed_clock, order_workflow
+from orders import HANDLERS, SERVICES, OrderResult, PlaceOrder, orders
+
+PROFILE = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 class Number(msgspec.Struct):
@@ -35,7 +34,8 @@ class Number(msgspec.Struct):
 
 
 echo_contract = Contract(
-    uri="#/contracts/echo", type="com.test.echo",
+    uri="#/contracts/echo",
+    type="com.test.echo",
     versions={"1.0.0": {"accepts": Number, "emits": {"evt.test.echo.done": Number}}},
 )
 
@@ -61,8 +61,9 @@ def fan_out(width: int):
 @given(width=st.integers(1, 8), data=st.data())
 def test_any_arrival_order_of_gather_replies_gives_the_same_result(width, data) -> None:
     async def run() -> None:
-        workflow = Resumable(orders, versions={"1.0.0": fan_out(width)},
-                             services=[echo_contract], clock=fixed_clock)
+        workflow = Resumable(
+            orders, versions={"1.0.0": fan_out(width)}, services=[echo_contract], clock=fixed_clock
+        )
         net = Network([echo, workflow])
         net.add([orders.init_event(PlaceOrder("o", 1), source="com.shop.web")])
         await net.deliver()  # init -> width requests
@@ -196,6 +197,7 @@ def test_replay_on_sqlite_from_a_new_process_view(order, data) -> None:
 
 # Two versions of one workflow's code: the second takes a different path at a chosen step.
 
+
 def _workflow_with_divergence(diverge_at: int | None, length: int):
     async def wf(ctx, order: PlaceOrder):
         for i in range(length):
@@ -216,16 +218,22 @@ def test_changing_the_code_between_steps_raises_non_determinism(length, data) ->
         steps_taken = data.draw(st.integers(1, length), label="steps before redeploy")
         diverge_at = data.draw(st.integers(0, steps_taken - 1), label="changed step")
         memory = InMemoryMemory()
-        original = Resumable(orders, versions={"1.0.0": _workflow_with_divergence(None, length)},
-                             services=[echo_contract, *SERVICES], memory=memory)
+        original = Resumable(
+            orders,
+            versions={"1.0.0": _workflow_with_divergence(None, length)},
+            services=[echo_contract, *SERVICES],
+            memory=memory,
+        )
         net = Network([echo, original])
         net.add([orders.init_event(PlaceOrder("o", 1), source="com.shop.web")])
         for _ in range(steps_taken):
             await net.deliver(0)  # workflow step
             await net.deliver(0)  # service reply
         changed = Resumable(
-            orders, versions={"1.0.0": _workflow_with_divergence(diverge_at, length)},
-            services=[echo_contract, *SERVICES], memory=memory,
+            orders,
+            versions={"1.0.0": _workflow_with_divergence(diverge_at, length)},
+            services=[echo_contract, *SERVICES],
+            memory=memory,
         )
         reply = net.inflight.pop(0)
         before = await memory.read(reply.subject, journal=True)

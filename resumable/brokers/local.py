@@ -172,8 +172,9 @@ class LocalBroker(Broker):
     async def _error(self, error: BaseException, event: Event) -> None:
         self.errors.append((error, event))
         if self.on_error is None:
-            log.error("delivery of %s (%s, to %s) failed: %s", event.id, event.type, event.to,
-                      error)
+            log.error(
+                "delivery of %s (%s, to %s) failed: %s", event.id, event.type, event.to, error
+            )
             return
         result = self.on_error(error, event)
         if inspect.isawaitable(result):

@@ -157,8 +157,8 @@ async def test_cancelled_callers_do_not_stall_the_queue(tmp_path: Path) -> None:
         return time.time()
 
     memory = SQLiteMemory(tmp_path / "memory.db", clock=slow_clock)
-    try:
-        with anyio.fail_after(10):
+    with anyio.fail_after(10):  # a stalled queue would hang close() too
+        try:
             async with anyio.create_task_group() as group:
                 group.start_soon(memory.lock, "k", "alice", 60.0)  # a slow first batch
                 await anyio.sleep(0)
@@ -167,8 +167,8 @@ async def test_cancelled_callers_do_not_stall_the_queue(tmp_path: Path) -> None:
                 group.start_soon(partial(memory.write, "kept", revision=0, status="s", header=b""))
             assert await memory.read("withdrawn") is None
             assert await memory.read("kept") == Stored(1, "s", b"")
-    finally:
-        await memory.close()
+        finally:
+            await memory.close()
 
 
 async def test_caller_cancelled_as_it_is_made_leader_passes_the_lead_on(
@@ -194,8 +194,8 @@ async def test_caller_cancelled_as_it_is_made_leader_passes_the_lead_on(
         with scope:
             await memory.write("doomed", revision=0, status="s", header=b"")
 
-    try:
-        with anyio.fail_after(10):
+    with anyio.fail_after(10):  # a stalled queue would hang close() too
+        try:
             async with anyio.create_task_group() as group:
                 group.start_soon(memory.lock, "k", "alice", 60.0)
                 await anyio.sleep(0)
@@ -204,8 +204,8 @@ async def test_caller_cancelled_as_it_is_made_leader_passes_the_lead_on(
                 group.start_soon(partial(memory.write, "after", revision=0, status="s", header=b""))
             assert scope.cancelled_caught
             assert await memory.keys() == ["after"]
-    finally:
-        await memory.close()
+        finally:
+            await memory.close()
 
 
 async def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
