@@ -23,6 +23,7 @@ __all__ = [
     "ORCHESTRATION_CONTEXT",
     "DomainContext",
     "DomainSpec",
+    "check_domain_spec",
     "resolve_domain",
     "resolve_domains",
 ]
@@ -85,6 +86,18 @@ def resolve_domain(item: str | None, ctx: DomainContext) -> str | None:
         parent = _subject_domain(parent_subject)
         return None if current == parent else parent
     return item
+
+
+def check_domain_spec(spec: object, what: str) -> None:
+    """Fail early, naming ``what``, if ``spec`` is not a domain item or a non-empty list."""
+    if spec is None or isinstance(spec, str):
+        return
+    items = list(spec) if isinstance(spec, list | tuple) else None
+    if not items or not all(item is None or isinstance(item, str) for item in items):
+        raise ValueError(
+            f"{what} must be a domain (a string, or None for local) or a non-empty list of "
+            f"them, got {spec!r}"
+        )
 
 
 def resolve_domains(spec: DomainSpec, ctx: DomainContext) -> list[str | None]:

@@ -34,6 +34,7 @@ from resumable.domains import (
     ORCHESTRATION_CONTEXT,
     DomainContext,
     DomainSpec,
+    check_domain_spec,
     resolve_domains,
 )
 from resumable.errors import (
@@ -230,6 +231,9 @@ class Resumable(Generic[S]):
             raise ValueError(f"workflow {contract.uri!r} needs at least one version function")
         if state is not None and not attrs.has(state):
             raise TypeError(f"workflow state must be an attrs class, got {state!r}")
+        check_domain_spec(service_domain, "service_domain")
+        check_domain_spec(complete_domain, "complete_domain")
+        check_domain_spec(system_error_domain, "system_error_domain")
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         self.contract = contract

@@ -93,6 +93,18 @@ class ConflictError(Exception):
         self.found = found
 
 
+class DuplicateEntryError(ValueError):
+    """A journal append named an event id the record has already journaled."""
+
+    def __init__(self, key: str, event_id: str) -> None:
+        super().__init__(
+            f"record {key!r} already has a journal entry for event {event_id!r} (or the "
+            "append repeats it): each consumed event is journaled once; nothing was written"
+        )
+        self.key = key
+        self.event_id = event_id
+
+
 class ServiceError(Exception):
     """Raised at a workflow's ``yield`` when the reply is a ``sys.<type>.error`` event.
 

@@ -11,7 +11,13 @@ import msgspec
 from opentelemetry.trace import SpanKind
 
 from resumable.contracts import Contract, ErrorData, VersionedContract, parse_dataschema
-from resumable.domains import ORCHESTRATION_CONTEXT, DomainContext, DomainSpec, resolve_domains
+from resumable.domains import (
+    ORCHESTRATION_CONTEXT,
+    DomainContext,
+    DomainSpec,
+    check_domain_spec,
+    resolve_domains,
+)
 from resumable.errors import ConfigViolation, ContractViolation, ExecutionViolation, is_violation
 from resumable.events import Event
 from resumable.ids import derive_id
@@ -136,6 +142,7 @@ class EventHandler:
                 f"contract {contract.uri!r} has no version(s) {', '.join(unknown)}; "
                 f"it has {', '.join(contract.versions)}"
             )
+        check_domain_spec(system_error_domain, "system_error_domain")
         self.contract = contract
         self.functions = dict(versions)
         self.executionunits = executionunits

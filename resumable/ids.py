@@ -15,5 +15,6 @@ __all__ = ["derive_id"]
 
 def derive_id(*parts: object) -> str:
     """A UUID (version 4 layout) derived from ``parts``; stable across processes."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=16).digest()
+    text = "".join(f"{len(s)}:{s}" for s in map(str, parts))  # length-prefixed: unambiguous
+    digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
     return str(uuid.UUID(bytes=digest, version=4))

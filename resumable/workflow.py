@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 import attrs
 
 from resumable.contracts import Contract, VersionedContract
-from resumable.domains import DomainSpec
+from resumable.domains import DomainSpec, check_domain_spec
 from resumable.ids import derive_id
 
 __all__ = [
@@ -96,9 +96,12 @@ def call(
 
     A ``sys.<type>.error`` reply raises ``ServiceError`` at the ``yield``. Calling an
     ``OrchestratorContract`` starts a child workflow whose completion is the reply.
+    ``domain`` None means the workflow's default (``Resumable(service_domain=...)``, local
+    unless set); a domain sends the request to that domain's owner instead of the broker.
     """
     if not isinstance(service, Contract | VersionedContract):
         raise TypeError(f"call() needs a contract as its first argument, got {service!r}")
+    check_domain_spec(domain, "call(domain=...)")
     return Call(
         service,
         data,
@@ -126,7 +129,12 @@ def gather(*calls: Call) -> Gather:
 def complete(
     data: Any, *, executionunits: float | None = None, domain: DomainSpec | None = None
 ) -> Complete:
-    """The workflow's result; ``yield complete(...)`` ends it (async generators cannot return)."""
+    """The workflow's result; ``yield complete(...)`` ends it (async generators cannot return).
+
+    ``domain`` None means the workflow's default (``Resumable(complete_domain=...)``);
+    pass ``[None]`` to force a local event.
+    """
+    check_domain_spec(domain, "complete(domain=...)")
     return Complete(data, executionunits, domain)
 
 

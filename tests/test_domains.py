@@ -185,3 +185,32 @@ def test_context_defaults() -> None:
     assert context.parent_subject is None
     assert context.self_contract_domain is None
     assert context.event_contract_domain is None
+
+
+@pytest.mark.parametrize("spec", [[], (), [1], "ok", None, ["a.b", None]])
+def test_check_domain_spec(spec: object) -> None:
+    from resumable.domains import check_domain_spec
+
+    if spec in ([], (), [1]):
+        with pytest.raises(ValueError, match="non-empty list"):
+            check_domain_spec(spec, "thing")
+    else:
+        check_domain_spec(spec, "thing")
+
+
+def test_empty_domain_lists_fail_at_definition() -> None:
+    from resumable import EventHandler, Resumable, call, complete
+
+    from orders import SERVICES, fulfil, orders, payments
+
+    async def fn(event):  # pragma: no cover - never called
+        return None
+
+    with pytest.raises(ValueError, match="system_error_domain"):
+        EventHandler(payments, versions={"1.0.0": fn}, system_error_domain=[])
+    with pytest.raises(ValueError, match="complete_domain"):
+        Resumable(orders, versions={"1.0.0": fulfil}, services=SERVICES, complete_domain=[])
+    with pytest.raises(ValueError, match="call"):
+        call(payments, {}, domain=[])
+    with pytest.raises(ValueError, match="complete"):
+        complete({}, domain=[])

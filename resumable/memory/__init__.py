@@ -22,10 +22,11 @@ from collections.abc import Sequence
 
 import msgspec
 
-from resumable.errors import ConflictError
+from resumable.errors import ConflictError, DuplicateEntryError
 
 __all__ = [
     "ConflictError",
+    "DuplicateEntryError",
     "InMemoryMemory",
     "Memory",
     "SQLiteMemory",
@@ -65,8 +66,10 @@ class Memory(abc.ABC):
         ``revision`` is the revision the caller read (0 for a record that must not exist
         yet). ``append`` holds ``(event_id, entry)`` pairs, appended in order and found
         again by ``entry``. Returns the new revision (``revision + 1``). Raises
-        ``ConflictError`` and changes nothing if the stored revision differs. When this
-        returns, the write is durable to the backend's promise.
+        ``ConflictError`` and changes nothing if the stored revision differs, and
+        ``DuplicateEntryError`` (changing nothing) if an event id in ``append`` is already
+        journaled under ``key`` or repeated. When this returns, the write is durable to
+        the backend's promise.
         """
 
     @abc.abstractmethod
@@ -87,7 +90,8 @@ class Memory(abc.ABC):
 
     @abc.abstractmethod
     async def unlock(self, key: str, owner: str) -> bool:
-        """Release ``owner``'s lease on ``key``. False if ``owner`` did not hold it."""
+        """Release ``owner``'s lease on ``key``. False if ``owner`` did not hold it, or its
+        lease had already expired."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
         """Release connections and threads. The memory must not be used afterwards."""

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import anyio.lowlevel
 import attrs
 
-from resumable.memory import ConflictError, Memory, Stored
+from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
 
 __all__ = ["InMemoryMemory"]
 
@@ -108,12 +108,9 @@ class InMemoryMemory(Memory):
 def _check_new_event_ids(
     key: str, entries: list[tuple[str, bytes]], known: dict[str, bytes]
 ) -> None:
-    """Raise ValueError if an event id of ``entries`` is already journaled or repeated."""
+    """Raise DuplicateEntryError if an event id of ``entries`` is already journaled or repeated."""
     seen: set[str] = set()
     for event_id, _ in entries:
         if event_id in known or event_id in seen:
-            raise ValueError(
-                f"record {key!r} already has a journal entry for event {event_id!r}: an event "
-                "is journaled once; check entry() before applying an event again"
-            )
+            raise DuplicateEntryError(key, event_id)
         seen.add(event_id)

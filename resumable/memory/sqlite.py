@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar, cast
 import anyio
 import anyio.to_thread
 
-from resumable.memory import ConflictError, Memory, Stored
+from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
 
 __all__ = ["SQLiteMemory"]
 
@@ -285,10 +285,7 @@ def _write(
     seen: set[str] = set()
     for event_id, _ in entries:
         if event_id in seen or _entry(connection, key, event_id) is not None:
-            raise ValueError(
-                f"record {key!r} already has a journal entry for event {event_id!r}: an event "
-                "is journaled once; check entry() before applying an event again"
-            )
+            raise DuplicateEntryError(key, event_id)
         seen.add(event_id)
     if revision == 0:
         connection.execute(

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resumable.errors import ConflictError
+from resumable.errors import ConflictError, DuplicateEntryError
 from resumable.memory import Memory, Stored
 
 
@@ -193,7 +193,7 @@ class _Model:
             with pytest.raises(ConflictError):
                 await call
         elif _has_duplicates(write.event_ids, known):
-            with pytest.raises(ValueError):
+            with pytest.raises(DuplicateEntryError):
                 await call
         else:
             assert await call == revision + 1
@@ -320,10 +320,10 @@ class MemoryConformance:
         assert await memory.entry("b", "e") == b"for b"
 
     async def test_duplicate_event_id_fails_the_whole_write(self, memory: Memory) -> None:
-        """Appending an event id the key already journaled raises ValueError, applying nothing."""
+        """Appending an already journaled event id raises DuplicateEntryError, applying nothing."""
         await memory.write("k", revision=0, status="a", header=b"one", append=[("e1", b"x")])
         before = await _snapshot(memory, "k")
-        with pytest.raises(ValueError, match="e1"):
+        with pytest.raises(DuplicateEntryError, match="e1"):
             await memory.write(
                 "k", revision=1, status="b", header=b"two", append=[("e2", b"y"), ("e1", b"again")]
             )
@@ -333,7 +333,7 @@ class MemoryConformance:
         assert await memory.write("k", revision=1, status="b", header=b"two") == 2
 
     async def test_duplicate_event_id_within_one_append_fails(self, memory: Memory) -> None:
-        with pytest.raises(ValueError, match="e1"):
+        with pytest.raises(DuplicateEntryError, match="e1"):
             await memory.write(
                 "k", revision=0, status="a", header=b"", append=[("e1", b"x"), ("e1", b"y")]
             )
