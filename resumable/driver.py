@@ -689,13 +689,7 @@ class Resumable(Generic[S]):
         resumed: list[str],
     ) -> list[Event]:
         header = live.header
-        context = DomainContext(
-            triggering_domain=event.domain,
-            current_subject=key,
-            parent_subject=header.parent_subject,
-            self_contract_domain=self.contract.domain,
-            event_contract_domain=self.contract.domain,
-        )
+        context = self._domains(event, header)
         produced = system_error_events(
             error=error,
             source=self.source,
@@ -730,6 +724,19 @@ class Resumable(Generic[S]):
     # ---------------------------------------------------------------------------------
     # building events
 
+    def _domains(
+        self, event: Event, header: Header, service: VersionedContract | None = None
+    ) -> DomainContext:
+        """What symbolic domains resolve against for events emitted while handling ``event``:
+        a request to ``service``, or (without one) the workflow's own events."""
+        return DomainContext(
+            triggering_domain=event.domain,
+            current_subject=event.subject,
+            parent_subject=header.parent_subject,
+            self_contract_domain=self.contract.domain,
+            event_contract_domain=(self.contract if service is None else service).domain,
+        )
+
     def _service(self, call: Call) -> VersionedContract:
         versioned = self._services.get(call.service.uri)
         if versioned is None:
@@ -763,13 +770,7 @@ class Resumable(Generic[S]):
                 f"{versioned.type} does not match {versioned.accepts.__name__}: {error}"
             ) from None
         key = event.subject
-        context = DomainContext(
-            triggering_domain=event.domain,
-            current_subject=key,
-            parent_subject=header.parent_subject,
-            self_contract_domain=self.contract.domain,
-            event_contract_domain=versioned.domain,
-        )
+        context = self._domains(event, header, versioned)
         domain_spec = call.domain if call.domain is not None else self.service_domain
         redirectto = call.redirectto or self.source
         requests: list[Event] = []
@@ -837,13 +838,7 @@ class Resumable(Generic[S]):
                 f"{versioned.emits[complete_type].__name__}: {error}"
             ) from None
         key = event.subject
-        context = DomainContext(
-            triggering_domain=event.domain,
-            current_subject=key,
-            parent_subject=header.parent_subject,
-            self_contract_domain=self.contract.domain,
-            event_contract_domain=self.contract.domain,
-        )
+        context = self._domains(event, header)
         domain_spec = done.domain if done.domain is not None else self.complete_domain
         return [
             Event(

@@ -7,9 +7,10 @@ from typing import Any
 import msgspec
 
 from resumable import Event, Resumable
+from resumable.demo import make_workflow
 from resumable.memory import Memory, Stored
 
-from orders import SERVICES, OrderState, fulfil, orders
+from orders import OrderState
 
 FIXED_TIME = "2026-01-01T00:00:00.000+00:00"
 
@@ -19,15 +20,7 @@ def fixed_clock() -> str:
 
 
 def order_workflow(memory: Memory, **options: Any) -> Resumable[OrderState]:
-    return Resumable(
-        orders,
-        versions={"1.0.0": fulfil},
-        services=SERVICES,
-        state=OrderState,
-        memory=memory,
-        clock=fixed_clock,
-        **options,
-    )
+    return make_workflow(memory, clock=fixed_clock, **options)
 
 
 def untimed(events: list[Event]) -> list[Event]:

@@ -264,6 +264,18 @@ async def test_gather_raises_first_service_error_in_call_order() -> None:
 # violations: raised, nothing persisted
 
 
+def _charged(subject: str, parentid: str, data: dict[str, object] | None = None) -> Event:
+    """A payment reply, as the charge service would send it, to the request ``parentid``."""
+    return Event(
+        source="com.payments.charge",
+        type="evt.payments.charge.success",
+        subject=subject,
+        data={"payment_id": "p"} if data is None else data,
+        dataschema="#/contracts/payments/charge/1.0.0",
+        parentid=parentid,
+    )
+
+
 async def _started(memory: Memory) -> tuple[Resumable[OrderState], Event, Event]:
     workflow = order_workflow(memory)
     init = orders.init_event(PlaceOrder("o-1", 4200), source="com.shop.web")
@@ -315,14 +327,7 @@ async def test_unknown_version_is_a_config_violation(memory: Memory) -> None:
 async def test_schema_mismatch_is_a_contract_violation(memory: Memory) -> None:
     workflow, init, request = await _started(memory)
     before = await snapshot(memory)
-    wrong = Event(
-        source="com.payments.charge",
-        type="evt.payments.charge.success",
-        subject=init.subject,
-        data={"payment_id": 42},
-        dataschema="#/contracts/payments/charge/1.0.0",
-        parentid=request.id,
-    )
+    wrong = _charged(init.subject, request.id, data={"payment_id": 42})
     with pytest.raises(ContractViolation, match="does not match CardCharged"):
         await workflow.execute(wrong)
     other_schema = msgspec.structs.replace(
@@ -342,14 +347,7 @@ async def test_schema_mismatch_is_a_contract_violation(memory: Memory) -> None:
 async def test_reply_nobody_waits_for_is_an_execution_violation(memory: Memory) -> None:
     workflow, init, _request = await _started(memory)
     before = await snapshot(memory)
-    stray = Event(
-        source="com.payments.charge",
-        type="evt.payments.charge.success",
-        subject=init.subject,
-        data={"payment_id": "p"},
-        dataschema="#/contracts/payments/charge/1.0.0",
-        parentid="nobody-asked",
-    )
+    stray = _charged(init.subject, "nobody-asked")
     with pytest.raises(ExecutionViolation, match="not waiting for a reply to event 'nobody-asked'"):
         await workflow.execute(stray)
     assert await snapshot(memory) == before
@@ -358,14 +356,7 @@ async def test_reply_nobody_waits_for_is_an_execution_violation(memory: Memory) 
 async def test_non_init_first_event_is_an_execution_violation(memory: Memory) -> None:
     workflow = order_workflow(memory)
     subject = orders.init_event(PlaceOrder("o", 1), source="com.shop.web").subject
-    reply = Event(
-        source="com.payments.charge",
-        type="evt.payments.charge.success",
-        subject=subject,
-        data={"payment_id": "p"},
-        dataschema="#/contracts/payments/charge/1.0.0",
-        parentid="x",
-    )
+    reply = _charged(subject, "x")
     with pytest.raises(ExecutionViolation, match="does not exist"):
         await workflow.execute(reply)
     assert await memory.keys() == []
@@ -576,14 +567,7 @@ async def test_an_expired_lease_does_not_block() -> None:
 async def test_lock_is_released_after_each_step_even_on_violation() -> None:
     memory = InMemoryMemory()
     workflow, init, _request = await _started(memory)
-    stray = Event(
-        source="com.payments.charge",
-        type="evt.payments.charge.success",
-        subject=init.subject,
-        data={"payment_id": "p"},
-        dataschema="#/contracts/payments/charge/1.0.0",
-        parentid="nobody",
-    )
+    stray = _charged(init.subject, "nobody")
     with pytest.raises(ExecutionViolation):
         await workflow.execute(stray)
     assert await memory.lock(init.subject, "next", 1)
