@@ -6,6 +6,7 @@ handed to whoever serves that domain (a person's inbox, another cluster), never 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Final
 
@@ -27,6 +28,8 @@ __all__ = [
     "resolve_domain",
     "resolve_domains",
 ]
+
+_DOMAIN: Final = re.compile(r"[a-z0-9.]+\Z")
 
 FROM_SELF_CONTRACT: Final = "domain.contract.self.inherit"
 FROM_EVENT_CONTRACT: Final = "domain.contract.inherit"
@@ -90,13 +93,15 @@ def resolve_domain(item: str | None, ctx: DomainContext) -> str | None:
 
 def check_domain_spec(spec: object, what: str) -> None:
     """Fail early, naming ``what``, if ``spec`` is not a domain item or a non-empty list."""
-    if spec is None or isinstance(spec, str):
+    if spec is None or (isinstance(spec, str) and _DOMAIN.match(spec)):
         return
     items = list(spec) if isinstance(spec, list | tuple) else None
-    if not items or not all(item is None or isinstance(item, str) for item in items):
+    if not items or not all(
+        item is None or (isinstance(item, str) and _DOMAIN.match(item)) for item in items
+    ):
         raise ValueError(
-            f"{what} must be a domain (a string, or None for local) or a non-empty list of "
-            f"them, got {spec!r}"
+            f"{what} must be a domain (lowercase letters, digits and dots; None for local) "
+            f"or a non-empty list of them, got {spec!r}"
         )
 
 

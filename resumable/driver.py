@@ -47,7 +47,7 @@ from resumable.errors import (
     TransactionViolation,
     is_violation,
 )
-from resumable.events import Event, EventError, now_iso
+from resumable.events import Event, EventError, build_trusted, now_iso, with_data
 from resumable.handler import system_error_events
 from resumable.ids import derive_id
 from resumable.memory import InMemoryMemory, Memory, Stored
@@ -236,6 +236,20 @@ class Resumable(Generic[S]):
         check_domain_spec(system_error_domain, "system_error_domain")
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        if isinstance(executionunits, bool) or not isinstance(executionunits, int | float):
+            raise TypeError(f"executionunits must be a number, got {executionunits!r}")
+        try:
+            Event(
+                source="com.resumable.clock",
+                type="com.resumable.clock",
+                subject="check",
+                data={},
+                time=clock(),
+            )
+        except EventError as error:
+            raise ValueError(
+                f"clock() must return an ISO 8601 UTC timestamp like {now_iso()!r}: {error}"
+            ) from None
         self.contract = contract
         self.functions = dict(versions)
         self.state_type = state
@@ -409,7 +423,7 @@ class Resumable(Generic[S]):
                 f"event {event.id} ({event.type}) payload does not match "
                 f"{schema.__name__} ({versioned.dataschema}): {error}"
             ) from None
-        return msgspec.structs.replace(event, data=payload), service
+        return with_data(event, payload), service
 
     async def _execute_locked(
         self,
@@ -429,7 +443,13 @@ class Resumable(Generic[S]):
                     f"not its init event ({self.source}); a workflow starts with an init event"
                 )
             return await self._start(key, event, typed, subject, fn, headers)
-        header = decode_header(stored.header)
+        live: _Live | None = self._cache.get(key)
+        if live is not None and live.revision == stored.revision:
+            self._cache.move_to_end(key)
+            header = live.header  # the cached generator is current: so is its header
+        else:
+            live = None
+            header = decode_header(stored.header)
         if header.status != ACTIVE or event.type == self.source:
             return await self._already_seen_or(
                 key,
@@ -450,7 +470,8 @@ class Resumable(Generic[S]):
                 f"(event {event.id}, {event.type}); it waits for "
                 f"{header.waits_for or 'nothing'}",
             )
-        live = await self._live(key, stored, header, fn)
+        if live is None:
+            live = await self._rebuild(key, stored, fn)
         try:
             return await self._resume(key, live, event, typed, slot_index, subject, headers)
         except BaseException:
@@ -568,22 +589,26 @@ class Resumable(Generic[S]):
             self._remember(key, live)
             return []
         replies = [slot.reply for slot in header.waiting if slot.reply is not None]
-        value, error = self._reply_value(replies, header.gather)
+        value, error = self._reply_value(replies, header.gather, typed)
         live.ctx._enter_step(header.seq, event.time)
         return await self._advance(
             key, live, event, subject, headers, [r.id for r in replies], value, error
         )
 
     def _reply_value(
-        self, replies: list[Event], is_gather: bool
+        self, replies: list[Event], is_gather: bool, decoded: Event | None = None
     ) -> tuple[Any, ServiceError | None]:
+        """The value to send into the generator; ``decoded`` is a reply already typed."""
         typed: list[Event] = []
         first_error: ServiceError | None = None
         for reply in replies:
             versioned = self._reply_types[reply.type]
-            schema = versioned.schema_for(reply.type)
-            assert schema is not None
-            item = msgspec.structs.replace(reply, data=msgspec.convert(reply.data, schema))
+            if decoded is not None and reply.id == decoded.id:
+                item = decoded
+            else:
+                schema = versioned.schema_for(reply.type)
+                assert schema is not None
+                item = with_data(reply, msgspec.convert(reply.data, schema))
             typed.append(item)
             if reply.type == versioned.system_error_type and first_error is None:
                 first_error = ServiceError(item)
@@ -773,6 +798,9 @@ class Resumable(Generic[S]):
         context = self._domains(event, header, versioned)
         domain_spec = call.domain if call.domain is not None else self.service_domain
         redirectto = call.redirectto or self.source
+        overrides = bool(call.to or call.redirectto or call.accesscontrol or call.extensions) or (
+            call.executionunits is not None
+        )
         requests: list[Event] = []
         for domain in resolve_domains(domain_spec, context):
             request_subject = key
@@ -787,31 +815,38 @@ class Resumable(Generic[S]):
                     meta={"redirectto": redirectto},
                     execution_id=derive_id(key, seq, index, "child"),
                 )
-            try:
-                requests.append(
-                    Event(
-                        id=derive_id(key, seq, index, domain),
-                        source=self.source,
-                        type=versioned.type,
-                        subject=request_subject,
-                        data=request_data,
-                        dataschema=versioned.dataschema,
-                        time=self.clock(),
-                        to=call.to or versioned.type,
-                        accesscontrol=call.accesscontrol or event.accesscontrol,
-                        redirectto=redirectto,
-                        executionunits=(
-                            call.executionunits
-                            if call.executionunits is not None
-                            else self.executionunits
-                        ),
-                        parentid=event.id,
-                        domain=domain,
-                        traceparent=headers[0],
-                        tracestate=headers[1],
-                        extensions=dict(call.extensions),
-                    )
+
+            def build(
+                request_subject: str = request_subject,
+                request_data: dict[str, Any] = request_data,
+                domain: str | None = domain,
+            ) -> Event:
+                return Event(
+                    id=derive_id(key, seq, index, domain),
+                    source=self.source,
+                    type=versioned.type,
+                    subject=request_subject,
+                    data=request_data,
+                    dataschema=versioned.dataschema,
+                    time=self.clock(),
+                    to=call.to or versioned.type,
+                    accesscontrol=call.accesscontrol or event.accesscontrol,
+                    redirectto=redirectto,
+                    executionunits=(
+                        call.executionunits
+                        if call.executionunits is not None
+                        else self.executionunits
+                    ),
+                    parentid=event.id,
+                    domain=domain,
+                    traceparent=headers[0],
+                    tracestate=headers[1],
+                    extensions=dict(call.extensions),
                 )
+
+            try:
+                # Every field comes from validated parts, unless the call overrides one.
+                requests.append(build() if overrides else build_trusted(build))
             except EventError as error:
                 raise ContractViolation(
                     f"workflow {self.contract.uri!r} step {seq}: could not build the request "
@@ -877,11 +912,8 @@ class Resumable(Generic[S]):
     def _unstructure_state(self, state: Any) -> Any:
         return None if state is None else _converter.unstructure(state)
 
-    async def _live(self, key: str, stored: Stored, header: Header, fn: WorkflowFunction) -> _Live:
-        live = self._cache.get(key)
-        if live is not None and live.revision == stored.revision:
-            self._cache.move_to_end(key)
-            return live
+    async def _rebuild(self, key: str, stored: Stored, fn: WorkflowFunction) -> _Live:
+        """The suspended generator for a record whose live one is not cached: replayed."""
         self._cache.pop(key, None)
         full = await self.memory.read(key, journal=True)
         if full is None or full.journal is None or full.revision != stored.revision:

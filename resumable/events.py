@@ -7,10 +7,14 @@ when it is built or decoded, so a malformed event fails where it is made, naming
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -20,6 +24,7 @@ __all__ = [
     "ARVO_CONTENT_TYPE",
     "Event",
     "EventError",
+    "build_trusted",
     "from_dict",
     "from_json",
     "from_msgpack",
@@ -27,6 +32,8 @@ __all__ = [
     "to_dict",
     "to_json",
     "to_msgpack",
+    "trusted",
+    "with_data",
 ]
 
 ARVO_CONTENT_TYPE: Final = "application/cloudevents+json;charset=UTF-8;profile=arvo"
@@ -60,6 +67,41 @@ _ARVO_FIELDS: Final = (
     "tracestate",
 )
 _KNOWN: Final = frozenset(_CLOUDEVENT_FIELDS + _ARVO_FIELDS + ("extensions",))
+
+
+_trusted: ContextVar[bool] = ContextVar("resumable_trusted_events", default=False)
+T = TypeVar("T")
+
+
+@contextmanager
+def trusted() -> Iterator[None]:
+    """Skip field validation for events built inside: only for events the library builds
+    from parts that were validated already (or decodes from its own records)."""
+    token = _trusted.set(True)
+    try:
+        yield
+    finally:
+        _trusted.reset(token)
+
+
+def build_trusted(factory: Callable[[], T]) -> T:
+    """``factory()`` with validation of the events it builds skipped (see ``trusted``)."""
+    token = _trusted.set(True)
+    try:
+        return factory()
+    finally:
+        _trusted.reset(token)
+
+
+def with_data(event: Event, data: Any) -> Event:
+    """The same event with another payload object (e.g. decoded into its Struct).
+
+    A copy, not a rebuild: the event was validated already, and ``data`` is the same
+    payload in another form.
+    """
+    clone = copy.copy(event)
+    msgspec.structs.force_setattr(clone, "data", data)
+    return clone
 
 
 class EventError(ValueError):
@@ -103,7 +145,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
     extensions: dict[str, Extension] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _validate(self)
+        if not _trusted.get():
+            _validate(self)
         if self.to is None:
             msgspec.structs.force_setattr(self, "to", self.type)
 

@@ -19,7 +19,7 @@ from resumable.domains import (
     resolve_domains,
 )
 from resumable.errors import ConfigViolation, ContractViolation, ExecutionViolation, is_violation
-from resumable.events import Event
+from resumable.events import Event, build_trusted, with_data
 from resumable.ids import derive_id
 from resumable.telemetry import SPAN_KIND_HANDLER, TraceHeaders, execution_span
 
@@ -42,7 +42,11 @@ class Emit:
     accesscontrol: str | None = attrs.field(default=None, kw_only=True)
     redirectto: str | None = attrs.field(default=None, kw_only=True)
     executionunits: float | None = attrs.field(default=None, kw_only=True)
-    domain: DomainSpec = attrs.field(default=(ORCHESTRATION_CONTEXT,), kw_only=True)
+    domain: DomainSpec = attrs.field(
+        default=(ORCHESTRATION_CONTEXT,),
+        kw_only=True,
+        validator=lambda _, __, value: check_domain_spec(value, "Emit(domain=...)"),
+    )
     extensions: Mapping[str, str | int | float | bool | None] = attrs.field(
         factory=dict, kw_only=True
     )
@@ -180,9 +184,7 @@ class EventHandler:
                     f"{versioned.accepts.__name__} (contract {versioned.dataschema}): {error}"
                 ) from None
             try:
-                result = self.functions[versioned.version](
-                    msgspec.structs.replace(event, data=typed)
-                )
+                result = self.functions[versioned.version](with_data(event, typed))
                 if inspect.isawaitable(result):
                     result = await result
             except Exception as error:
@@ -247,9 +249,18 @@ class EventHandler:
                     f"handler {self.source}: output {item.type!r} does not match "
                     f"{versioned.emits[item.type].__name__}: {error}"
                 ) from None
+            overrides = bool(
+                item.id or item.to or item.redirectto or item.accesscontrol or item.extensions
+            ) or (item.executionunits is not None)
             for domain in resolve_domains(item.domain, context):
-                out.append(
-                    Event(
+
+                def build(
+                    item: Emit = item,
+                    wire: Any = wire,
+                    domain: str | None = domain,
+                    index: int = index,
+                ) -> Event:
+                    return Event(
                         id=item.id or derive_id(event.id, index, domain),
                         source=self.source,
                         type=item.type,
@@ -270,5 +281,7 @@ class EventHandler:
                         tracestate=headers[1],
                         extensions=dict(item.extensions),
                     )
-                )
+
+                # Every field comes from validated parts, unless the Emit overrides one.
+                out.append(build() if overrides else build_trusted(build))
         return out

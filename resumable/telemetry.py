@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Final
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from resumable.events import Event
@@ -28,11 +28,22 @@ _tracer = trace.get_tracer("resumable")
 TraceHeaders = tuple[str | None, str | None]
 
 
+def _tracing_off() -> bool:
+    """True while no OpenTelemetry SDK is installed: spans would be no-ops, so skip them and
+    pass the incoming trace headers through, which is what a no-op span would do."""
+    return isinstance(_tracer, trace.ProxyTracer) and isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider
+    )
+
+
 @contextmanager
 def execution_span(
     name: str, event: Event, *, arvo_kind: str, source: str, uri: str, kind: SpanKind
 ) -> Iterator[tuple[Span, TraceHeaders]]:
     """Run a block inside a span whose parent is the event's trace; yield it and its headers."""
+    if _tracing_off():
+        yield INVALID_SPAN, (event.traceparent, event.tracestate)
+        return
     carrier: dict[str, str] = {}
     if event.traceparent:
         carrier["traceparent"] = event.traceparent

@@ -545,13 +545,21 @@ async def test_default_domain_local_when_event_domain_matches_subject() -> None:
     assert out.domain is None
 
 
+def test_bad_emit_domain_fails_where_the_emit_is_written() -> None:
+    with pytest.raises(ValueError, match=r"Emit\(domain=\.\.\.\)"):
+        Emit(DONE, Greeted("x"), domain=[])
+    with pytest.raises(ValueError, match="lowercase letters"):
+        Emit(DONE, Greeted("x"), domain="Not A Domain")
+
+
 @pytest.mark.anyio
-async def test_empty_domain_list_is_contract_violation() -> None:
+async def test_bad_emit_domain_in_a_handler_is_reported_as_its_error() -> None:
     async def fn(event: Event) -> Emit:
         return Emit(DONE, Greeted("x"), domain=[])
 
-    with pytest.raises(ContractViolation, match="must not be empty"):
-        await make_handler(v1_0_0=fn).execute(make_event())
+    (error,) = await make_handler(v1_0_0=fn).execute(make_event())
+    assert error.type.endswith(".error")
+    assert "Emit(domain=...)" in error.data["errorMessage"]
 
 
 # --- construction ---------------------------------------------------------------------------
