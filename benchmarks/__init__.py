@@ -1,6 +1,6 @@
-"""Benchmarks, run as ``python -m benchmarks``.
+"""Benchmarks for resumable: every figure is a ratio to a baseline measured in the same run.
 
-Empty for now: the workloads (W10, F100, L10k, R1k) and their side-by-side baselines are
-the subject of the benchmarks issue. Every figure will be a ratio against a baseline
-measured in the same run, never a timed assertion in the tests.
+``python -m benchmarks`` (``--quick`` for a run under a minute) runs each workload in its
+own subprocess, prints a table and the targets, and writes JSON with ``--json PATH``.
+See docs/benchmarks.md for how to read the output.
 """

@@ -417,7 +417,7 @@ def main(
     runner: Callable[..., Any] = anyio.run,
 ) -> int:
     if fresh:
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", "-leases", "-leases-wal", "-leases-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
     summary: dict[str, int] = runner(
         lambda: run(path, count=count, crash_after=crash_after, out=out)

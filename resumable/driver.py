@@ -13,7 +13,6 @@ import inspect
 import logging
 import sys
 import types
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar, cast
@@ -49,7 +48,7 @@ from resumable.errors import (
 )
 from resumable.events import Event, EventError, build_trusted, now_iso, with_data
 from resumable.handler import system_error_events
-from resumable.ids import derive_id
+from resumable.ids import derive_id, lease_owner
 from resumable.memory import InMemoryMemory, Memory, Stored
 from resumable.record import (
     ACTIVE,
@@ -342,7 +341,7 @@ class Resumable(Generic[S]):
                     f"{', '.join(self.functions)}"
                 )
             typed, service = self._validate(event, subject)
-            owner = uuid.uuid4().hex
+            owner = lease_owner()
             key = event.subject
             try:
                 locked = await self.memory.lock(key, owner, self.lock_ttl)

@@ -8,13 +8,26 @@ de-duplicate by id.
 from __future__ import annotations
 
 import hashlib
-import uuid
+import itertools
+import os
 
-__all__ = ["derive_id"]
+__all__ = ["derive_id", "lease_owner"]
 
 
 def derive_id(*parts: object) -> str:
     """A UUID (version 4 layout) derived from ``parts``; stable across processes."""
-    text = "".join(f"{len(s)}:{s}" for s in map(str, parts))  # length-prefixed: unambiguous
-    digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
-    return str(uuid.UUID(bytes=digest, version=4))
+    text = "".join([f"{len(s)}:{s}" for s in map(str, parts)])  # length-prefixed: unambiguous
+    raw = bytearray(hashlib.blake2b(text.encode(), digest_size=16).digest())
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_owner_prefix = os.urandom(6).hex()
+_owner_count = itertools.count()
+
+
+def lease_owner() -> str:
+    """A token unique to one execution, for the lease it holds (cheaper than a UUID)."""
+    return f"{_owner_prefix}-{os.getpid()}-{next(_owner_count)}"

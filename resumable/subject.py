@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import functools
 import re
 import uuid
@@ -188,8 +189,11 @@ def parse_subject(value: str) -> Subject:
     if not isinstance(value, str):
         raise SubjectError(f"orchestration subject must be a str, got {type(value).__name__}")
     cached = _parse_cached(value)
-    # A fresh meta dict per caller, so nobody can mutate the cached copy.
-    return msgspec.structs.replace(cached, meta=dict(cached.meta))
+    # A fresh meta dict per caller, so nobody can mutate the cached copy. A copy, not a
+    # rebuild: the cached subject was validated when it was parsed.
+    fresh = copy.copy(cached)
+    msgspec.structs.force_setattr(fresh, "meta", dict(cached.meta))
+    return fresh
 
 
 def is_subject(value: str) -> bool:

@@ -37,7 +37,6 @@ class InMemoryMemory(Memory):
         self._locks: dict[str, tuple[str, float]] = {}
 
     async def read(self, key: str, *, journal: bool = False) -> Stored | None:
-        await anyio.lowlevel.checkpoint()
         record = self._records.get(key)
         if record is None:
             return None
@@ -60,7 +59,7 @@ class InMemoryMemory(Memory):
         # Snapshot the arguments first: a caller's bytearray must not change what was stored.
         header = bytes(header)
         entries = [(event_id, bytes(entry)) for event_id, entry in append]
-        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()  # one yield per step, so busy loops stay fair
         record = self._records.get(key)
         found = None if record is None else record.revision
         if found != (revision if revision != 0 else None):
@@ -77,7 +76,6 @@ class InMemoryMemory(Memory):
         return record.revision
 
     async def entry(self, key: str, event_id: str) -> bytes | None:
-        await anyio.lowlevel.checkpoint()
         record = self._records.get(key)
         return None if record is None else record.index.get(event_id)
 
@@ -88,7 +86,6 @@ class InMemoryMemory(Memory):
         )
 
     async def lock(self, key: str, owner: str, ttl: float) -> bool:
-        await anyio.lowlevel.checkpoint()
         now = self._clock()
         held = self._locks.get(key)
         if held is not None and held[0] != owner and held[1] > now:
@@ -97,7 +94,6 @@ class InMemoryMemory(Memory):
         return True
 
     async def unlock(self, key: str, owner: str) -> bool:
-        await anyio.lowlevel.checkpoint()
         held = self._locks.get(key)
         if held is None or held[0] != owner:
             return False

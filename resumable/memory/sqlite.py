@@ -1,11 +1,18 @@
 """Memory in one SQLite file: the embedded default, durable and shared by processes on a host.
 
-Each call becomes an operation in a queue. One caller at a time (the leader) takes every
-queued operation and runs them in a worker thread as one transaction with one commit (group
-commit), so concurrent tasks share the cost of each fsync. Each operation runs inside its own
-savepoint: one that fails is rolled back alone and fails only its caller. Every caller,
-readers included, gets its result only after the commit, so nobody sees data that is not
-durable yet. Then the leader hands the role to the oldest queued caller, if any.
+Writes: each ``write`` becomes an operation in a queue. One caller at a time (the leader)
+takes every queued operation and runs them in a worker thread as one transaction with one
+commit (group commit), so concurrent tasks share the cost of each fsync. Each operation runs
+inside its own savepoint: one that fails is rolled back alone and fails only its caller.
+Then the leader hands the role to the oldest queued caller, if any.
+
+Reads run on the caller's thread through a second connection, each in its own read
+transaction (a consistent snapshot). They see only committed writes, which are durable, and
+cost microseconds, less than a hand-off to a thread.
+
+Leases live in a second small file beside the first (``<path>-leases``), written on the
+caller's thread with ``synchronous=OFF``: a lease is a hint with a time to live, not data,
+so it needs no fsync, and keeping it apart means taking one never waits on a record commit.
 """
 
 from __future__ import annotations
@@ -46,12 +53,15 @@ CREATE TABLE IF NOT EXISTS journal (
     PRIMARY KEY (key, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS journal_by_event ON journal (key, event_id);
+COMMIT;
+"""
+
+_LEASES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS locks (
     key TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
     expires REAL NOT NULL
 );
-COMMIT;
 """
 
 
@@ -90,7 +100,9 @@ class SQLiteMemory(Memory):
         self.commits = 0
         """Transactions committed so far; shows group commit at work (tests, metrics)."""
         self._clock = clock
-        self._connection: sqlite3.Connection | None = None
+        self._connection: sqlite3.Connection | None = None  # the writer, in the worker thread
+        self._reader: sqlite3.Connection | None = None
+        self._leases: sqlite3.Connection | None = None
         self._queue: list[_Op[Any]] = []
         self._busy = False  # a leader is running a batch or about to
         self._idle: anyio.Event | None = None  # set when the last batch ends, for close()
@@ -100,7 +112,7 @@ class SQLiteMemory(Memory):
         return f"SQLiteMemory({self.path!r})"
 
     async def read(self, key: str, *, journal: bool = False) -> Stored | None:
-        return await self._submit(lambda connection: _read(connection, key, journal))
+        return _snapshot(await self._reader_connection(), lambda c: _read(c, key, journal))
 
     async def write(
         self,
@@ -119,18 +131,40 @@ class SQLiteMemory(Memory):
         )
 
     async def entry(self, key: str, event_id: str) -> bytes | None:
-        return await self._submit(lambda connection: _entry(connection, key, event_id))
+        return _snapshot(await self._reader_connection(), lambda c: _entry(c, key, event_id))
 
     async def keys(self, status: str | None = None) -> list[str]:
-        return await self._submit(lambda connection: _keys(connection, status))
+        return _snapshot(await self._reader_connection(), lambda c: _keys(c, status))
 
     async def lock(self, key: str, owner: str, ttl: float) -> bool:
-        return await self._submit(
-            lambda connection: _lock(connection, key, owner, ttl, self._clock())
-        )
+        leases = await self._leases_connection()
+        return _in_write_transaction(leases, lambda c: _lock(c, key, owner, ttl, self._clock()))
 
     async def unlock(self, key: str, owner: str) -> bool:
-        return await self._submit(lambda connection: _unlock(connection, key, owner, self._clock()))
+        leases = await self._leases_connection()
+        return _in_write_transaction(leases, lambda c: _unlock(c, key, owner, self._clock()))
+
+    async def _reader_connection(self) -> sqlite3.Connection:
+        if self._reader is None:
+            self._check_open()
+            await self._submit(lambda connection: None)  # the writer creates file and schema
+            if self._reader is None:
+                self._reader = _open(self.path, synchronous="FULL")
+        return self._reader
+
+    async def _leases_connection(self) -> sqlite3.Connection:
+        if self._leases is None:
+            self._check_open()
+            await self._reader_connection()  # fails clearly if the directory is missing
+            if self._leases is None:
+                leases = _open(f"{self.path}-leases", synchronous="OFF")
+                leases.executescript(_LEASES_SCHEMA)
+                self._leases = leases
+        return self._leases
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; open a new SQLiteMemory to use the file")
 
     async def close(self) -> None:
         """Let queued operations finish, then close the connection. Safe to call twice."""
@@ -142,11 +176,15 @@ class SQLiteMemory(Memory):
         connection, self._connection = self._connection, None
         if connection is not None:
             await anyio.to_thread.run_sync(connection.close)
+        for name in ("_reader", "_leases"):
+            other = getattr(self, name)
+            setattr(self, name, None)
+            if other is not None:
+                other.close()
 
     async def _submit(self, run: Callable[[sqlite3.Connection], T]) -> T:
         """Queue ``run`` for the next batch and return its result once that batch committed."""
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed; open a new SQLiteMemory to use the file")
+        self._check_open()
         op = _Op(run)
         self._queue.append(op)
         if self._busy:
@@ -251,6 +289,42 @@ class SQLiteMemory(Memory):
             raise
         self._connection = connection
         return connection
+
+
+def _open(path: str, *, synchronous: str) -> sqlite3.Connection:
+    """A connection in WAL mode for use on the caller's thread (reads, leases)."""
+    connection = sqlite3.connect(
+        path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+    )
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute(f"PRAGMA synchronous = {synchronous}")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _snapshot(connection: sqlite3.Connection, run: Callable[[sqlite3.Connection], T]) -> T:
+    """Run reads in one read transaction, so they see one consistent committed state."""
+    connection.execute("BEGIN")
+    try:
+        return run(connection)
+    finally:
+        connection.execute("COMMIT")
+
+
+def _in_write_transaction(
+    connection: sqlite3.Connection, run: Callable[[sqlite3.Connection], T]
+) -> T:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        value = run(connection)
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+    return value
 
 
 def _read(connection: sqlite3.Connection, key: str, journal: bool) -> Stored | None:

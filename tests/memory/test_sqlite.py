@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
+import resumable.memory.sqlite as sqlite_module
 from resumable.errors import ConflictError
 from resumable.memory import SQLiteMemory, Stored
 
@@ -151,16 +152,30 @@ async def test_failed_operations_do_not_stop_the_rest_of_their_batch(
     assert await memory.read("taken", journal=True) == Stored(1, "s", b"h", [b"x"])
 
 
-async def test_cancelled_callers_do_not_stall_the_queue(tmp_path: Path) -> None:
-    def slow_clock() -> float:
-        time.sleep(0.05)  # runs inside the batch, in the worker thread
-        return time.time()
+def _slow_writes_of(key: str, seconds: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make writes of ``key`` take ``seconds`` inside the batch, in the worker thread."""
+    write = sqlite_module._write
 
-    memory = SQLiteMemory(tmp_path / "memory.db", clock=slow_clock)
+    def slow(connection: Any, name: str, *args: Any) -> int:
+        if name == key:
+            time.sleep(seconds)
+        return write(connection, name, *args)
+
+    monkeypatch.setattr(sqlite_module, "_write", slow)
+
+
+async def test_cancelled_callers_do_not_stall_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _slow_writes_of("slow", 0.05, monkeypatch)
+    memory = SQLiteMemory(tmp_path / "memory.db")
+    await memory.read("warm-up")  # open the file before timing anything
     with anyio.fail_after(10):  # a stalled queue would hang close() too
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(memory.lock, "k", "alice", 60.0)  # a slow first batch
+                group.start_soon(
+                    partial(memory.write, "slow", revision=0, status="s", header=b"")
+                )  # a slow first batch
                 await anyio.sleep(0)
                 with anyio.move_on_after(0.01):
                     await memory.write("withdrawn", revision=0, status="s", header=b"")
@@ -174,11 +189,9 @@ async def test_cancelled_callers_do_not_stall_the_queue(tmp_path: Path) -> None:
 async def test_caller_cancelled_as_it_is_made_leader_passes_the_lead_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def slow_clock() -> float:
-        time.sleep(0.02)  # keeps the first batch in flight while the others queue
-        return time.time()
-
-    memory = SQLiteMemory(tmp_path / "memory.db", clock=slow_clock)
+    _slow_writes_of("slow", 0.02, monkeypatch)  # keeps the first batch in flight
+    memory = SQLiteMemory(tmp_path / "memory.db")
+    await memory.read("warm-up")
     scope = anyio.CancelScope()
     hand_over = memory._hand_over
 
@@ -197,13 +210,13 @@ async def test_caller_cancelled_as_it_is_made_leader_passes_the_lead_on(
     with anyio.fail_after(10):  # a stalled queue would hang close() too
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(memory.lock, "k", "alice", 60.0)
+                group.start_soon(partial(memory.write, "slow", revision=0, status="s", header=b""))
                 await anyio.sleep(0)
                 group.start_soon(doomed)
                 await anyio.sleep(0)
                 group.start_soon(partial(memory.write, "after", revision=0, status="s", header=b""))
             assert scope.cancelled_caught
-            assert await memory.keys() == ["after"]
+            assert await memory.keys() == ["after", "slow"]
         finally:
             await memory.close()
 
