@@ -107,6 +107,8 @@ class _Live:
     ctx: Context[Any]
     header: Header
     revision: int
+    replies: dict[int, Event] = attrs.Factory(dict)
+    """Replies already in for the current wait, by slot, decoded."""
 
 
 # Outcomes of stepping a generator once.
@@ -580,38 +582,36 @@ class Resumable(Generic[S]):
         headers: TraceHeaders,
     ) -> list[Event]:
         header = live.header
-        header.waiting[slot_index].reply = wire(event)
+        header.waiting[slot_index].reply = event.id
+        live.replies[slot_index] = typed
         if any(slot.reply is None for slot in header.waiting):
             header.seq += 1
             entry = Entry(event=wire(event), produced=[], resumed=None, yielded=None)
             live.revision = await self._write(key, live.revision, header, entry, event)
             self._remember(key, live)
             return []
-        replies = [slot.reply for slot in header.waiting if slot.reply is not None]
-        value, error = self._reply_value(replies, header.gather, typed)
+        replies = [live.replies[index] for index in range(len(header.waiting))]
+        value, error = self._reply_value(replies, header.gather)
         live.ctx._enter_step(header.seq, event.time)
         return await self._advance(
             key, live, event, subject, headers, [r.id for r in replies], value, error
         )
 
-    def _reply_value(
-        self, replies: list[Event], is_gather: bool, decoded: Event | None = None
-    ) -> tuple[Any, ServiceError | None]:
-        """The value to send into the generator; ``decoded`` is a reply already typed."""
-        typed: list[Event] = []
+    def _reply_value(self, replies: list[Event], is_gather: bool) -> tuple[Any, Any]:
+        """What to send into the generator: the reply (a list for a gather), and the
+        ``ServiceError`` for the first system-error reply in call order, if any."""
         first_error: ServiceError | None = None
         for reply in replies:
-            versioned = self._reply_types[reply.type]
-            if decoded is not None and reply.id == decoded.id:
-                item = decoded
-            else:
-                schema = versioned.schema_for(reply.type)
-                assert schema is not None
-                item = with_data(reply, msgspec.convert(reply.data, schema))
-            typed.append(item)
-            if reply.type == versioned.system_error_type and first_error is None:
-                first_error = ServiceError(item)
-        return (typed if is_gather else typed[0]), first_error
+            if reply.type == self._reply_types[reply.type].system_error_type:
+                first_error = ServiceError(reply)
+                break
+        return (replies if is_gather else replies[0]), first_error
+
+    def _typed_reply(self, reply: Event) -> Event:
+        """A stored reply with its payload decoded into its contract's Struct."""
+        schema = self._reply_types[reply.type].schema_for(reply.type)
+        assert schema is not None
+        return with_data(reply, msgspec.convert(reply.data, schema))
 
     async def _advance(
         self,
@@ -680,14 +680,15 @@ class Resumable(Generic[S]):
         else:
             request = outcome.value
             calls = request.calls if isinstance(request, Gather) else (request,)
-            slots = [
-                self._request(c, i, event, subject, header, seq, headers)
-                for i, c in enumerate(calls)
-            ]
-            header.waiting = slots
+            header.waiting = []
+            for index, item in enumerate(calls):
+                slot, requests = self._request(item, index, event, subject, header, seq, headers)
+                header.waiting.append(slot)
+                produced.extend(requests)
+            header.sent_by = event.id
             header.gather = isinstance(request, Gather)
             header.waits_for = yielded
-            produced = [r for slot in slots for r in slot.requests]
+            live.replies = {}
         if failure is not None:
             if is_violation(failure):
                 raise failure
@@ -784,7 +785,7 @@ class Resumable(Generic[S]):
         header: Header,
         seq: int,
         headers: TraceHeaders,
-    ) -> Slot:
+    ) -> tuple[Slot, list[Event]]:
         versioned = self._service(call)
         try:
             _, data = versioned.validate_accepts(call.data)
@@ -851,7 +852,7 @@ class Resumable(Generic[S]):
                     f"workflow {self.contract.uri!r} step {seq}: could not build the request "
                     f"to {versioned.type}: {error}"
                 ) from None
-        return Slot(service=versioned.uri, requests=requests)
+        return Slot(service=versioned.uri, requests=[r.id for r in requests]), requests
 
     def _completion(
         self,
@@ -942,7 +943,7 @@ class Resumable(Generic[S]):
                 received[entry.event.id] = entry.event
                 if entry.resumed is None:
                     continue
-                replies = [received.pop(i) for i in entry.resumed]
+                replies = [self._typed_reply(received.pop(i)) for i in entry.resumed]
                 value, error = self._reply_value(replies, waiting_gather)
                 ctx._enter_step(seq, entry.event.time)
                 outcome = _step(gen, value, error)
@@ -975,7 +976,12 @@ class Resumable(Generic[S]):
                 replayed=repr(rebuilt),
             )
         ctx.is_replaying = False
-        return _Live(gen, ctx, header, stored.revision)
+        partial = {  # replies already in for the current wait (a gather part-way through)
+            index: self._typed_reply(received[slot.reply])
+            for index, slot in enumerate(header.waiting)
+            if slot.reply is not None
+        }
+        return _Live(gen, ctx, header, stored.revision, partial)
 
     # ---------------------------------------------------------------------------------
     # queries
@@ -1020,13 +1026,19 @@ class Resumable(Generic[S]):
         if stored is None or stored.status != ACTIVE:
             return []
         header = decode_header(stored.header)
-        return [r for slot in header.waiting if slot.reply is None for r in slot.requests]
+        missing = {r for slot in header.waiting if slot.reply is None for r in slot.requests}
+        if not missing or header.sent_by is None:
+            return []
+        raw = await self.memory.entry(subject, header.sent_by)
+        if raw is None:
+            return []
+        return [e for e in decode_entry(raw).produced if e.id in missing]
 
 
 def _find_slot(header: Header, event: Event) -> int | None:
     if event.parentid is None:
         return None
     for index, slot in enumerate(header.waiting):
-        if slot.reply is None and any(r.id == event.parentid for r in slot.requests):
+        if slot.reply is None and event.parentid in slot.requests:
             return index
     return None

@@ -1,10 +1,11 @@
 """The persisted record of one workflow instance: a small header and an append-only journal.
 
-The header is rewritten on every step: status, explicit state, and the replies the
-workflow waits for (with the requests that asked for them, so they can be re-sent after a
-crash). The journal gets one entry per consumed event: the event, what the step emitted,
-and what the workflow yielded, which is everything needed to replay the generator and to
-answer a redelivered event with the events it produced the first time.
+The header is rewritten on every step: status, explicit state, and the ids of the
+replies the workflow waits for, so it stays small however wide a ``gather`` is. The
+journal gets one entry per consumed event: the event, what the step emitted, and what the
+workflow yielded. That is everything needed to replay the generator, to answer a
+redelivered event with the events it produced the first time, and to re-send the requests
+still unanswered after a crash (the journal is the outbox).
 
 Everything is msgpack through msgspec: a record read from storage can never run code.
 """
@@ -40,13 +41,14 @@ Status = Literal["active", "done", "failed"]
 
 
 class Slot(msgspec.Struct, kw_only=True):
-    """One reply the workflow waits for: the request(s) sent and, once in, the reply."""
+    """One reply the workflow waits for, by id: the events themselves are in the journal."""
 
     service: str
     """The uri of the service contract that answers."""
-    requests: list[Event]
-    """The request event, one copy per domain; any copy's reply fills the slot."""
-    reply: Event | None = None
+    requests: list[str]
+    """Ids of the request event, one copy per domain; a reply to any copy fills the slot."""
+    reply: str | None = None
+    """The id of the reply, once it is in."""
 
 
 class Header(msgspec.Struct, kw_only=True):
@@ -61,6 +63,8 @@ class Header(msgspec.Struct, kw_only=True):
     state: Any
     """The explicit state, unstructured by cattrs."""
     waiting: list[Slot] = []
+    sent_by: str | None = None
+    """The consumed event whose journal entry holds the requests waited on (the outbox)."""
     gather: bool = False
     """Whether the current wait is a ``gather`` (a list reply) rather than a ``call``."""
     waits_for: str | None = None

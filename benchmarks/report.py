@@ -1,0 +1,362 @@
+"""Merge the jobs' rows over rounds, pair each row with its baseline, check the targets, and
+format the table (text) and the report (JSON)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.common import Row, Sizes, count_label, median, p99
+
+__all__ = ["TARGETS", "Target", "build_report", "format_report", "merge"]
+
+
+def merge(results: Iterable[Row]) -> list[Row]:
+    """One row per key: samples of every round concatenated, peak RSS the largest, bytes the
+    median over rounds; the order is that of first appearance."""
+    merged: dict[str, Row] = {}
+    for item in results:
+        key = item["key"]
+        if key not in merged:
+            merged[key] = {
+                **item,
+                "samples": list(item["samples"]),
+                "_record": [item.get("record_bytes")],
+                "_file": [item.get("file_bytes")],
+                "rounds": 1,
+            }
+            continue
+        into = merged[key]
+        into["samples"].extend(item["samples"])
+        into["_record"].append(item.get("record_bytes"))
+        into["_file"].append(item.get("file_bytes"))
+        into["rss_mib"] = max(into.get("rss_mib") or 0.0, item.get("rss_mib") or 0.0)
+        into["rounds"] += 1
+        if item.get("status"):
+            into["status"] = item["status"]
+        for name, value in item.get("extra", {}).items():
+            old = into["extra"].get(name)
+            if isinstance(old, list) and isinstance(value, list):
+                into["extra"][name] = old + value
+            else:
+                into["extra"][name] = value
+    rows = list(merged.values())
+    for item in rows:
+        records = [b for b in item.pop("_record") if b is not None]
+        files = [b for b in item.pop("_file") if b is not None]
+        item["record_bytes"] = median(records) if records else None
+        item["file_bytes"] = median(files) if files else None
+    return rows
+
+
+def _stats(item: Row) -> None:
+    samples: list[float] = item["samples"]
+    item["n"] = len(samples)
+    if samples:
+        item["median_us"] = median(samples)
+        item["p99_us"] = p99(samples)
+        item["steps_per_s"] = 1e6 / item["median_us"] if item["median_us"] > 0 else None
+    else:
+        item["median_us"] = item["p99_us"] = item["steps_per_s"] = None
+
+
+def baseline_key(item: Row, sizes: Sizes) -> str | None:
+    """The key of the row ``item`` is measured against (its "matching baseline")."""
+    impl, memory, conc = item["impl"], item["memory"], item["concurrency"]
+    floor_events = "W10/floor-mem-events/mem/-/x1"
+    floor_sqlite = "W10/floor-sqlite/sqlite/-/x1"
+    floor_group = f"W10/floor-sqlite-group/sqlite/-/x{sizes.concurrency}"
+    floor_for = floor_events if memory == "mem" else floor_sqlite
+    workload = item["workload"]
+    part = item.get("extra", {}).get("part")
+    if impl == "floor-mem":
+        return None
+    if impl == "floor-mem-events":
+        return "W10/floor-mem/mem/-/x1"
+    if impl == "floor-sqlite":
+        return floor_events
+    if impl == "floor-sqlite-group":
+        return floor_sqlite
+    if impl == "floor-replay":
+        return None
+    if impl == "dbos":
+        return floor_sqlite if conc == 1 else floor_group
+    if workload == "W10":
+        if memory == "sqlite" and conc > 1:
+            return floor_group
+        return floor_for
+    if workload.startswith("F"):
+        return f"{count_label('S', sizes.fan)}/resumable/{memory}/{item['path']}/x1"
+    if workload.startswith("L"):
+        if part == "last":
+            return f"{workload}/resumable/{memory}/first"
+        return floor_for
+    if workload.startswith("R"):
+        return f"{workload}/floor-replay/{memory}/-/x1"
+    return floor_for  # S100
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target from the issue: ``subject`` against ``baseline`` within ``limit``.
+
+    ``kind`` is ``time`` (median µs/step ratio ≤ limit), ``rate`` (steps/s ratio ≥ limit)
+    or ``bytes`` (stored bytes per step ratio ≤ limit).
+    """
+
+    name: str
+    subject: str
+    baseline: str
+    limit: float
+    kind: str = "time"
+
+
+def targets_for(sizes: Sizes) -> list[Target]:
+    conc = sizes.concurrency
+    long_mem = count_label("L", sizes.long_steps_mem)
+    long_sqlite = count_label("L", sizes.long_steps_sqlite)
+    resume = count_label("R", sizes.resume_steps)
+    fan = count_label("F", sizes.fan)
+    seq = count_label("S", sizes.fan)
+    window = f"{min(sizes.window, sizes.long_steps_mem // 4):,}"
+    window_sqlite = f"{min(sizes.window, sizes.long_steps_sqlite // 4):,}"
+    return [
+        Target(
+            "W10 in memory, direct execute ÷ floor-mem-events",
+            "W10/resumable/mem/direct/x1",
+            "W10/floor-mem-events/mem/-/x1",
+            3.0,
+        ),
+        Target(
+            "W10 on SQLite, one at a time ÷ floor-sqlite (commit per step)",
+            "W10/resumable/sqlite/direct/x1",
+            "W10/floor-sqlite/sqlite/-/x1",
+            1.3,
+        ),
+        Target(
+            f"W10 on SQLite, {conc} at once ÷ floor-sqlite group commit",
+            f"W10/resumable/sqlite/direct/x{conc}",
+            f"W10/floor-sqlite-group/sqlite/-/x{conc}",
+            3.0,
+        ),
+        Target(
+            f"W10 on SQLite, {conc} at once: steps/s ÷ DBOS's",
+            f"W10/resumable/sqlite/direct/x{conc}",
+            f"W10/dbos/sqlite/-/x{conc}",
+            50.0,
+            "rate",
+        ),
+        Target(
+            f"{long_mem} warm in memory: last {window} steps ÷ first {window}",
+            f"{long_mem}/resumable/mem/last",
+            f"{long_mem}/resumable/mem/first",
+            1.2,
+        ),
+        Target(
+            f"{long_sqlite} warm on SQLite: last {window_sqlite} steps ÷ first {window_sqlite}",
+            f"{long_sqlite}/resumable/sqlite/last",
+            f"{long_sqlite}/resumable/sqlite/first",
+            1.2,
+        ),
+        Target(
+            f"{long_mem} stored bytes per step: last {window} ÷ first {window}",
+            f"{long_mem}/resumable/mem/last",
+            f"{long_mem}/resumable/mem/first",
+            1.2,
+            "bytes",
+        ),
+        Target(
+            f"{resume} cold resume in memory ÷ floor replay",
+            f"{resume}/resumable/mem/direct/x1",
+            f"{resume}/floor-replay/mem/-/x1",
+            3.0,
+        ),
+        Target(
+            f"{resume} cold resume on SQLite ÷ floor replay",
+            f"{resume}/resumable/sqlite/direct/x1",
+            f"{resume}/floor-replay/sqlite/-/x1",
+            3.0,
+        ),
+        Target(
+            f"{fan} in memory: one fan-out ÷ {seq} sequential steps",
+            f"{fan}/resumable/mem/direct/x1",
+            f"{seq}/resumable/mem/direct/x1",
+            2.0,
+        ),
+        Target(
+            f"{fan} on SQLite: one fan-out ÷ {seq} sequential steps",
+            f"{fan}/resumable/sqlite/direct/x1",
+            f"{seq}/resumable/sqlite/direct/x1",
+            2.0,
+        ),
+    ]
+
+
+def _check(target: Target, rows: dict[str, Row]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": target.name,
+        "subject": target.subject,
+        "baseline": target.baseline,
+        "kind": target.kind,
+        "limit": target.limit,
+        "op": ">=" if target.kind == "rate" else "<=",
+        "measured": None,
+        "result": None,
+    }
+    subject, baseline = rows.get(target.subject), rows.get(target.baseline)
+    for key, item in ((target.subject, subject), (target.baseline, baseline)):
+        if item is None:
+            out["result"] = f"not run: {key}"
+            return out
+        if item.get("status"):
+            out["result"] = f"{item['impl']}: {item['status']}"
+            return out
+    assert subject is not None and baseline is not None
+    if target.kind == "bytes":
+        top, bottom = subject.get("record_bytes"), baseline.get("record_bytes")
+    elif target.kind == "rate":
+        top, bottom = subject.get("steps_per_s"), baseline.get("steps_per_s")
+    else:
+        top, bottom = subject.get("median_us"), baseline.get("median_us")
+    if not top or not bottom:
+        out["result"] = "no samples"
+        return out
+    measured = top / bottom
+    out["measured"] = measured
+    met = measured >= target.limit if target.kind == "rate" else measured <= target.limit
+    out["result"] = "met" if met else "missed"
+    return out
+
+
+def build_report(results: Iterable[Row], sizes: Sizes, meta: dict[str, Any]) -> dict[str, Any]:
+    """Rows with statistics, baseline and ratio; targets checked; ``meta`` passed through."""
+    rows = merge(results)
+    by_key = {item["key"]: item for item in rows}
+    for item in rows:
+        _stats(item)
+    for item in rows:
+        key = baseline_key(item, sizes)
+        base = by_key.get(key) if key else None
+        item["baseline"] = key if base is not None else None
+        item["ratio"] = (
+            item["median_us"] / base["median_us"]
+            if base is not None and item["median_us"] and base["median_us"]
+            else None
+        )
+    targets = [_check(target, by_key) for target in targets_for(sizes)]
+    for item in rows:
+        item["samples_kept"] = len(item["samples"])
+        del item["samples"]
+    return {"meta": meta, "rows": rows, "targets": targets}
+
+
+# --- text -----------------------------------------------------------------------------------
+
+
+def _us(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 10:
+        return f"{value:.2f}"
+    if value < 100:
+        return f"{value:.1f}"
+    return f"{value:,.0f}"
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+
+
+def label(item: Row) -> str:
+    """A short name: workload, implementation, memory, path, concurrency."""
+    part = item.get("extra", {}).get("part")
+    words = [item["workload"] + (f" {part}" if part else ""), item["impl"], item["memory"]]
+    if item["path"] != "-":
+        words.append(item["path"])
+    if item["concurrency"] > 1:
+        words.append(f"x{item['concurrency']}")
+    return " ".join(words)
+
+
+def _table(headers: list[str], lines: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(cells)
+        ).rstrip()
+
+    return [fmt(headers), fmt(["-" * w for w in widths]), *(fmt(line) for line in lines)]
+
+
+def format_report(report: dict[str, Any]) -> str:
+    rows: list[Row] = report["rows"]
+    by_key = {item["key"]: item for item in rows}
+    headers = [
+        "workload",
+        "impl",
+        "memory",
+        "path",
+        "conc",
+        "steps",
+        "n",
+        "µs/step",
+        "p99",
+        "steps/s",
+        "ratio",
+        "baseline",
+        "RSS MiB",
+        "rec B/step",
+        "file B/step",
+    ]
+    lines: list[list[str]] = []
+    notes: list[str] = []
+    for item in rows:
+        part = item.get("extra", {}).get("part")
+        base = by_key.get(item["baseline"]) if item.get("baseline") else None
+        status = item.get("status")
+        if status:
+            notes.append(f"{label(item)}: {status}")
+        lines.append(
+            [
+                item["workload"] + (f" {part}" if part else ""),
+                item["impl"],
+                item["memory"],
+                item["path"],
+                str(item["concurrency"]),
+                f"{item['steps']:,}",
+                str(item["n"]),
+                _us(item["median_us"]) if not status else status.split(":")[0],
+                _us(item["p99_us"]),
+                _num(item["steps_per_s"]),
+                _ratio(item["ratio"]),
+                label(base) if base is not None else "-",
+                _num(item.get("rss_mib"), 1),
+                _num(item.get("record_bytes")),
+                _num(item.get("file_bytes")),
+            ]
+        )
+    out = _table(headers, lines, right={4, 5, 6, 7, 8, 9, 10, 12, 13, 14})
+    if notes:
+        out.append("")
+        out.extend(notes)
+    out.append("")
+    target_lines = [
+        [
+            t["name"],
+            f"{'≥' if t['op'] == '>=' else '≤'} {t['limit']:g}",
+            _ratio(t["measured"]),
+            t["result"] or "-",
+        ]
+        for t in report["targets"]
+    ]
+    out.extend(_table(["target", "limit", "measured", "result"], target_lines, right={1, 2}))
+    return "\n".join(out)
