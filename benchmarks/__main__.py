@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         reason = "skipped in --smoke" if args.smoke else "skipped (--no-dbos)"
         for job in (j for j in jobs if j.startswith("dbos-")):
             conc = 1 if job == "dbos-seq" else sizes.concurrency
-            skipped.append(_skipped_row(conc, reason))
+            skipped.append({**_skipped_row(conc, reason), "job": job})
         jobs = [j for j in jobs if not j.startswith("dbos-")]
     if not jobs:
         _say(f"no job matches {args.only}; jobs: {', '.join(JOB_ORDER)}")

@@ -8,8 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.common import Row, Sizes, count_label, median, p99
+from benchmarks.run_one import JOB_ORDER
 
-__all__ = ["TARGETS", "Target", "build_report", "format_report", "merge"]
+__all__ = ["Target", "build_report", "format_report", "label", "merge", "targets_for"]
+
+_order = {job: index for index, job in enumerate(JOB_ORDER)}
 
 
 def merge(results: Iterable[Row]) -> list[Row]:
@@ -42,6 +45,7 @@ def merge(results: Iterable[Row]) -> list[Row]:
             else:
                 into["extra"][name] = value
     rows = list(merged.values())
+    rows.sort(key=lambda item: _order.get(item.get("job", ""), len(_order)))
     for item in rows:
         records = [b for b in item.pop("_record") if b is not None]
         files = [b for b in item.pop("_file") if b is not None]
@@ -297,15 +301,17 @@ def _table(headers: list[str], lines: list[list[str]], right: set[int]) -> list[
     return [fmt(headers), fmt(["-" * w for w in widths]), *(fmt(line) for line in lines)]
 
 
+def _bytes(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if value < 10 else f"{value:,.0f}"
+
+
 def format_report(report: dict[str, Any]) -> str:
     rows: list[Row] = report["rows"]
     by_key = {item["key"]: item for item in rows}
     headers = [
-        "workload",
-        "impl",
-        "memory",
-        "path",
-        "conc",
+        "workload / implementation / memory / path / concurrency",
         "steps",
         "n",
         "µs/step",
@@ -320,31 +326,26 @@ def format_report(report: dict[str, Any]) -> str:
     lines: list[list[str]] = []
     notes: list[str] = []
     for item in rows:
-        part = item.get("extra", {}).get("part")
         base = by_key.get(item["baseline"]) if item.get("baseline") else None
         status = item.get("status")
         if status:
             notes.append(f"{label(item)}: {status}")
         lines.append(
             [
-                item["workload"] + (f" {part}" if part else ""),
-                item["impl"],
-                item["memory"],
-                item["path"],
-                str(item["concurrency"]),
+                label(item),
                 f"{item['steps']:,}",
                 str(item["n"]),
-                _us(item["median_us"]) if not status else status.split(":")[0],
+                _us(item["median_us"]) if not status else "n/a",
                 _us(item["p99_us"]),
                 _num(item["steps_per_s"]),
                 _ratio(item["ratio"]),
                 label(base) if base is not None else "-",
                 _num(item.get("rss_mib"), 1),
-                _num(item.get("record_bytes")),
-                _num(item.get("file_bytes")),
+                _bytes(item.get("record_bytes")),
+                _bytes(item.get("file_bytes")),
             ]
         )
-    out = _table(headers, lines, right={4, 5, 6, 7, 8, 9, 10, 12, 13, 14})
+    out = _table(headers, lines, right={1, 2, 3, 4, 5, 6, 8, 9, 10})
     if notes:
         out.append("")
         out.extend(notes)

@@ -58,6 +58,7 @@ from resumable.record import (
     Header,
     Slot,
     decode_entry,
+    decode_for_replay,
     decode_header,
     encode_entry,
     encode_header,
@@ -926,7 +927,7 @@ class Resumable(Generic[S]):
     def _replay(self, key: str, stored: Stored, header: Header, fn: WorkflowFunction) -> _Live:
         """Rebuild the suspended generator by feeding it its journal, checking every step."""
         assert stored.journal is not None
-        entries = [decode_entry(raw) for raw in stored.journal]
+        entries = decode_for_replay(stored.journal)
         ctx = self._new_context(key, header.version)
         ctx.is_replaying = True
         init = entries[0].event

@@ -25,8 +25,10 @@ __all__ = [
     "FAILED",
     "Entry",
     "Header",
+    "ReplayEntry",
     "Slot",
     "decode_entry",
+    "decode_for_replay",
     "decode_header",
     "encode_entry",
     "encode_header",
@@ -85,9 +87,18 @@ class Entry(msgspec.Struct, kw_only=True):
     """What the generator did next: a request description, or how it ended."""
 
 
+class ReplayEntry(msgspec.Struct, kw_only=True):
+    """What replay reads of a journal entry: the emitted events are skipped, not decoded."""
+
+    event: Event
+    resumed: list[str] | None = None
+    yielded: str | None = None
+
+
 _encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(Header)
 _entry_decoder = msgspec.msgpack.Decoder(Entry)
+_replay_decoder = msgspec.msgpack.Decoder(ReplayEntry)
 
 
 def wire(event: Event) -> Event:
@@ -108,6 +119,11 @@ def decode_header(raw: bytes) -> Header:
 
 def encode_entry(entry: Entry) -> bytes:
     return _encoder.encode(entry)
+
+
+def decode_for_replay(raws: list[bytes]) -> list[ReplayEntry]:
+    """Decode journal entries for replay (trusted, and without their emitted events)."""
+    return build_trusted(lambda: [_replay_decoder.decode(raw) for raw in raws])
 
 
 def decode_entry(raw: bytes) -> Entry:
