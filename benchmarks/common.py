@@ -101,7 +101,7 @@ SIZES = {
     ),
     "quick": Sizes(
         mode="quick",
-        budget=0.35,
+        budget=0.5,
         min_samples=10,
         max_samples=20_000,
         warmup=3,
@@ -109,7 +109,7 @@ SIZES = {
         concurrency=100,
         concurrent_min_rounds=2,
         long_steps_mem=10_000,
-        long_steps_sqlite=3_000,
+        long_steps_sqlite=10_000,
         window=1_000,
         resume_steps=1_000,
         resume_samples_mem=5,

@@ -8,6 +8,7 @@ and system errors carry the wildcard version ``0.0.0``.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -68,6 +69,7 @@ def semver_key(version: str) -> tuple[int, int, int]:
     return int(major), int(minor), int(patch)
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_dataschema(value: str | None) -> tuple[str, str] | None:
     """Split ``{uri}/{version}`` into ``(uri, version)``; None if it is not that shape."""
     if not value or "/" not in value:

@@ -64,7 +64,13 @@ from resumable.record import (
     encode_header,
     wire,
 )
-from resumable.subject import Subject, SubjectError, parse_subject, subject_from_parent
+from resumable.subject import (
+    Subject,
+    SubjectError,
+    parse_subject,
+    parse_subject_shared,
+    subject_from_parent,
+)
 from resumable.telemetry import SPAN_KIND_RESUMABLE, TraceHeaders, execution_span
 from resumable.workflow import Call, Complete, Context, Gather, WorkflowFunction
 
@@ -321,7 +327,7 @@ class Resumable(Generic[S]):
             kind=SpanKind.PRODUCER,
         ) as (span, headers):
             try:
-                subject = parse_subject(event.subject)
+                subject = parse_subject_shared(event.subject)
             except SubjectError as error:
                 raise ExecutionViolation(
                     f"event {event.id} ({event.type}) has subject {event.subject!r}, which is "

@@ -184,6 +184,14 @@ def _parse_cached(value: str) -> Subject:
         raise SubjectError(f"orchestration subject {_describe(value)}: {exc}") from None
 
 
+def parse_subject_shared(value: str) -> Subject:
+    """Like ``parse_subject`` but returns the cached instance itself: for hot paths that
+    only read it (its ``meta`` dict must not be changed)."""
+    if not isinstance(value, str):
+        raise SubjectError(f"orchestration subject must be a str, got {type(value).__name__}")
+    return _parse_cached(value)
+
+
 def parse_subject(value: str) -> Subject:
     """Decode and validate a subject string (cached: workflows re-parse it on every step)."""
     if not isinstance(value, str):

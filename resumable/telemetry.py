@@ -7,8 +7,8 @@ non-recording and the incoming trace headers pass through unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
+from types import TracebackType
 from typing import Final
 
 from opentelemetry import trace
@@ -36,24 +36,43 @@ def _tracing_off() -> bool:
     )
 
 
-@contextmanager
-def execution_span(
-    name: str, event: Event, *, arvo_kind: str, source: str, uri: str, kind: SpanKind
-) -> Iterator[tuple[Span, TraceHeaders]]:
-    """Run a block inside a span whose parent is the event's trace; yield it and its headers."""
-    if _tracing_off():
-        yield INVALID_SPAN, (event.traceparent, event.tracestate)
-        return
-    carrier: dict[str, str] = {}
-    if event.traceparent:
-        carrier["traceparent"] = event.traceparent
-        if event.tracestate:
-            carrier["tracestate"] = event.tracestate
-    parent = _propagator.extract(carrier) if carrier else None
-    with _tracer.start_as_current_span(
-        name, context=parent, kind=kind, record_exception=False, set_status_on_exception=False
-    ) as span:
+class execution_span:
+    """A span for one execution whose parent is the event's trace; entering gives the span
+    and the trace headers to put on emitted events. With no SDK installed it costs ~nothing:
+    no span, and the incoming headers pass through, as a no-op span would pass them."""
+
+    __slots__ = ("_attributes", "_event", "_kind", "_manager", "_name", "_span")
+
+    def __init__(
+        self, name: str, event: Event, *, arvo_kind: str, source: str, uri: str, kind: SpanKind
+    ) -> None:
+        self._name = name
+        self._event = event
+        self._kind = kind
+        self._attributes = (arvo_kind, source, uri)
+        self._manager: AbstractContextManager[Span] | None = None
+        self._span: Span = INVALID_SPAN
+
+    def __enter__(self) -> tuple[Span, TraceHeaders]:
+        event = self._event
+        if _tracing_off():
+            return INVALID_SPAN, (event.traceparent, event.tracestate)
+        carrier: dict[str, str] = {}
+        if event.traceparent:
+            carrier["traceparent"] = event.traceparent
+            if event.tracestate:
+                carrier["tracestate"] = event.tracestate
+        parent = _propagator.extract(carrier) if carrier else None
+        self._manager = _tracer.start_as_current_span(
+            self._name,
+            context=parent,
+            kind=self._kind,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        span = self._span = self._manager.__enter__()
         if span.is_recording():
+            arvo_kind, source, uri = self._attributes
             span.set_attribute("arvo.span.kind", arvo_kind)
             span.set_attribute("openinference.span.kind", "CHAIN")
             span.set_attribute("arvo.handler.source", source)
@@ -62,9 +81,17 @@ def execution_span(
                 span.set_attribute(f"consumable.0.{key}", value)
         headers: dict[str, str] = {}
         _propagator.inject(headers)
-        try:
-            yield span, (headers.get("traceparent"), headers.get("tracestate"))
-        except BaseException as error:
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, str(error)))
-            raise
+        return span, (headers.get("traceparent"), headers.get("tracestate"))
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._manager is None:
+            return
+        if error is not None:
+            self._span.record_exception(error)
+            self._span.set_status(Status(StatusCode.ERROR, str(error)))
+        self._manager.__exit__(kind, error, traceback)
