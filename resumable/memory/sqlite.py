@@ -112,7 +112,10 @@ class SQLiteMemory(Memory):
         return f"SQLiteMemory({self.path!r})"
 
     async def read(self, key: str, *, journal: bool = False) -> Stored | None:
-        return _snapshot(await self._reader_connection(), lambda c: _read(c, key, journal))
+        reader = await self._reader_connection()
+        if not journal:  # one statement is a consistent snapshot on its own
+            return _read(reader, key, journal=False)
+        return _snapshot(reader, lambda c: _read(c, key, journal=True))
 
     async def write(
         self,
@@ -137,12 +140,10 @@ class SQLiteMemory(Memory):
         return _snapshot(await self._reader_connection(), lambda c: _keys(c, status))
 
     async def lock(self, key: str, owner: str, ttl: float) -> bool:
-        leases = await self._leases_connection()
-        return _in_write_transaction(leases, lambda c: _lock(c, key, owner, ttl, self._clock()))
+        return _lock(await self._leases_connection(), key, owner, ttl, self._clock())
 
     async def unlock(self, key: str, owner: str) -> bool:
-        leases = await self._leases_connection()
-        return _in_write_transaction(leases, lambda c: _unlock(c, key, owner, self._clock()))
+        return _unlock(await self._leases_connection(), key, owner, self._clock())
 
     async def _reader_connection(self) -> sqlite3.Connection:
         if self._reader is None:
@@ -314,19 +315,6 @@ def _snapshot(connection: sqlite3.Connection, run: Callable[[sqlite3.Connection]
         connection.execute("COMMIT")
 
 
-def _in_write_transaction(
-    connection: sqlite3.Connection, run: Callable[[sqlite3.Connection], T]
-) -> T:
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        value = run(connection)
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
-    return value
-
-
 def _read(connection: sqlite3.Connection, key: str, journal: bool) -> Stored | None:
     row = connection.execute(
         "SELECT revision, status, header FROM records WHERE key = ?", (key,)
@@ -403,21 +391,19 @@ def _keys(connection: sqlite3.Connection, status: str | None) -> list[str]:
 
 
 def _lock(connection: sqlite3.Connection, key: str, owner: str, ttl: float, now: float) -> bool:
-    row = connection.execute("SELECT owner, expires FROM locks WHERE key = ?", (key,)).fetchone()
-    if row is not None and row[0] != owner and row[1] > now:
-        return False
-    connection.execute(
-        "INSERT OR REPLACE INTO locks (key, owner, expires) VALUES (?, ?, ?)",
-        (key, owner, now + ttl),
+    """Take or renew the lease in one statement: it changes a row only if the key is free,
+    expired, or already ``owner``'s."""
+    cursor = connection.execute(
+        "INSERT INTO locks (key, owner, expires) VALUES (?, ?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires = excluded.expires"
+        " WHERE locks.owner = excluded.owner OR locks.expires <= ?",
+        (key, owner, now + ttl, now),
     )
-    return True
+    return cursor.rowcount == 1
 
 
 def _unlock(connection: sqlite3.Connection, key: str, owner: str, now: float) -> bool:
     row = connection.execute(
-        "SELECT expires FROM locks WHERE key = ? AND owner = ?", (key, owner)
+        "DELETE FROM locks WHERE key = ? AND owner = ? RETURNING expires", (key, owner)
     ).fetchone()
-    if row is None:
-        return False
-    connection.execute("DELETE FROM locks WHERE key = ?", (key,))
-    return bool(row[0] > now)
+    return row is not None and bool(row[0] > now)
