@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                 _say(f"{prefix} {job} FAILED: {error}")
                 continue
             rows: list[Row] = result["rows"]
+            for item in rows:
+                item["round"] = round_
             results.extend(rows)
             elapsed = time.perf_counter() - job_started
             _say(f"{prefix} {job} done in {elapsed:.1f} s: {_summary(rows)}")

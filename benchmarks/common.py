@@ -21,9 +21,10 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "KEEP",
     "W10_STEPS",
-    "N",
     "Chain",
+    "N",
     "Row",
     "Sizes",
     "count_label",
@@ -38,6 +39,12 @@ __all__ = [
 ]
 
 Row = dict[str, Any]
+
+KEEP = 10_000
+"""In-memory jobs keep the records of at most this many steps (finished workflows): past it
+they start over on an empty memory, outside the timed part, so peak RSS reflects the
+workload (as much as one L10k holds) rather than how many samples a fast implementation
+fits in its time budget."""
 
 W10_STEPS = 11
 """Steps of one W10 workflow, in every implementation: the start and 10 replies, each

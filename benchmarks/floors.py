@@ -32,6 +32,7 @@ import anyio
 import msgspec
 
 from benchmarks.common import (
+    KEEP,
     W10_STEPS,
     N,
     Row,
@@ -177,6 +178,8 @@ async def floor_mem(sizes: Sizes, tmp: Path) -> list[Row]:
         nonlocal counter
         counter += 1
         key = counter
+        if len(store) * W10_STEPS >= KEEP:
+            store.clear()
         start = time.perf_counter()
         state = FloorState()
         gen = chain(state, 10)
@@ -217,6 +220,9 @@ async def floor_mem_events(sizes: Sizes, tmp: Path) -> list[Row]:
         nonlocal counter
         counter += 1
         key = counter
+        if len(store) * W10_STEPS >= KEEP:
+            store.clear()
+            journals.clear()
         start = time.perf_counter()
         run = Run(10)
         journal = journals[key] = []
@@ -325,14 +331,16 @@ async def _group(
     one step, then commits the round's steps together. Stops early after ``stop_after``
     steps, leaving each run with the request it waits on."""
     runs = [Run(calls) for _ in keys]
-    commit(connection, [(key, 0, await run.start(), None) for key, run in zip(keys, runs)])
+    commit(
+        connection, [(key, 0, await run.start(), None) for key, run in zip(keys, runs, strict=True)]
+    )
     seq = 0
     while any(run.pending is not None for run in runs):
         seq += 1
         if stop_after is not None and seq >= stop_after:
             break
         writes: list[Write] = []
-        for key, run in zip(keys, runs):
+        for key, run in zip(keys, runs, strict=True):
             if run.pending is None:
                 continue
             reply = await serve(run.pending)
@@ -429,12 +437,13 @@ async def floor_replay_sqlite(sizes: Sizes, tmp: Path) -> list[Row]:
         await run.gen.aclose()
     connection.close()
     samples: list[float] = []
-    for key, reply in zip(keys, replies):
+    for key, reply in zip(keys, replies, strict=True):
         await anyio.lowlevel.checkpoint()
         start = time.perf_counter()
         db = connect(path)
         (record,) = db.execute("SELECT record FROM records WHERE key = ?", (key,)).fetchone()
-        entries = [e for (e,) in db.execute("SELECT entry FROM journal WHERE key = ? ORDER BY seq", (key,))]
+        rows = db.execute("SELECT entry FROM journal WHERE key = ? ORDER BY seq", (key,))
+        entries = [entry for (entry,) in rows]
         fresh = Run(calls)
         await fresh.replay(record, entries)
         new_record, entry = await fresh.step(reply)

@@ -21,17 +21,20 @@ def merge(results: Iterable[Row]) -> list[Row]:
     merged: dict[str, Row] = {}
     for item in results:
         key = item["key"]
+        round_ = item.get("round", 1)
         if key not in merged:
             merged[key] = {
                 **item,
                 "samples": list(item["samples"]),
                 "_record": [item.get("record_bytes")],
                 "_file": [item.get("file_bytes")],
+                "_rounds": {round_: list(item["samples"])},
                 "rounds": 1,
             }
             continue
         into = merged[key]
         into["samples"].extend(item["samples"])
+        into["_rounds"].setdefault(round_, []).extend(item["samples"])
         into["_record"].append(item.get("record_bytes"))
         into["_file"].append(item.get("file_bytes"))
         into["rss_mib"] = max(into.get("rss_mib") or 0.0, item.get("rss_mib") or 0.0)
@@ -51,6 +54,11 @@ def merge(results: Iterable[Row]) -> list[Row]:
         files = [b for b in item.pop("_file") if b is not None]
         item["record_bytes"] = median(records) if records else None
         item["file_bytes"] = median(files) if files else None
+        per_round = item.pop("_rounds")
+        item["round_medians_us"] = {
+            str(round_): median(samples) for round_, samples in sorted(per_round.items()) if samples
+        }
+        item.pop("round", None)
     return rows
 
 
@@ -206,15 +214,18 @@ def _check(target: Target, rows: dict[str, Row]) -> dict[str, Any]:
         "limit": target.limit,
         "op": ">=" if target.kind == "rate" else "<=",
         "measured": None,
+        "per_round": [],
         "result": None,
     }
     subject, baseline = rows.get(target.subject), rows.get(target.baseline)
-    for key, item in ((target.subject, subject), (target.baseline, baseline)):
+    pair = ((target.subject, subject), (target.baseline, baseline))
+    for _, item in pair:
+        if item is not None and item.get("status"):
+            out["result"] = f"{item['impl']}: {item['status']}"
+            return out
+    for key, item in pair:
         if item is None:
             out["result"] = f"not run: {key}"
-            return out
-        if item.get("status"):
-            out["result"] = f"{item['impl']}: {item['status']}"
             return out
     assert subject is not None and baseline is not None
     if target.kind == "bytes":
@@ -228,6 +239,12 @@ def _check(target: Target, rows: dict[str, Row]) -> dict[str, Any]:
         return out
     measured = top / bottom
     out["measured"] = measured
+    if target.kind != "bytes":
+        mine, theirs = subject["round_medians_us"], baseline["round_medians_us"]
+        shared = [r for r in mine if r in theirs and mine[r] > 0 and theirs[r] > 0]
+        out["per_round"] = [
+            theirs[r] / mine[r] if target.kind == "rate" else mine[r] / theirs[r] for r in shared
+        ]
     met = measured >= target.limit if target.kind == "rate" else measured <= target.limit
     out["result"] = "met" if met else "missed"
     return out
@@ -355,9 +372,11 @@ def format_report(report: dict[str, Any]) -> str:
             t["name"],
             f"{'≥' if t['op'] == '>=' else '≤'} {t['limit']:g}",
             _ratio(t["measured"]),
+            " ".join(_ratio(r) for r in t["per_round"]) if len(t["per_round"]) > 1 else "-",
             t["result"] or "-",
         ]
         for t in report["targets"]
     ]
-    out.extend(_table(["target", "limit", "measured", "result"], target_lines, right={1, 2}))
+    headers = ["target", "limit", "measured", "each round", "result"]
+    out.extend(_table(headers, target_lines, right={1, 2}))
     return "\n".join(out)
