@@ -351,7 +351,10 @@ async def run(
             "resuming them from their journals\n"
         )
         resent = await broker.recover()
-        out.write(f"  re-sent {resent} requests whose replies were lost\n")
+        out.write(
+            f"  re-sent {_count(resent, 'request whose reply was', 'requests whose replies were')}"
+            " lost with the process\n"
+        )
     progress = _Progress(count, out)
     started_at = time.perf_counter()
     for i in range(count):
@@ -376,7 +379,8 @@ async def run(
         f"  effects: {effect_counts.get('charge', 0)} charges, "
         f"{effect_counts.get('reserve', 0)} reservations, "
         f"{effect_counts.get('label', 0)} labels, {effect_counts.get('refund', 0)} refunds; "
-        f"{effects.repeats} re-sent requests answered from the effect log, not redone\n"
+        f"{_count(effects.repeats, 'repeated request', 'repeated requests')} answered from the "
+        "effect log, not redone\n"
     )
     if summary["completions"] == summary["done"] and summary["done"] == count:
         out.write("  every order completed exactly once; no completed step was run again\n")
@@ -390,6 +394,10 @@ async def run(
     effects.close()
     await memory.close()
     return summary
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 async def _summarise(memory: Memory, count: int) -> dict[str, int]:

@@ -723,3 +723,34 @@ async def test_handler_with_emits_of_typed_reply() -> None:
     )
     done = await broker.resolve(orders.init_event(PlaceOrder("o", 1), source="com.shop.web"))
     assert done is not None and done.data == {"status": "ok", "payment_id": "p-1"}
+
+
+async def test_two_drivers_racing_on_one_subject_never_both_apply_a_step(tmp_path) -> None:
+    """Two Resumables on one SQLite file (two processes' view) get the same reply at once."""
+    import anyio
+
+    path = tmp_path / "race.db"
+    first_memory, second_memory = SQLiteMemory(path), SQLiteMemory(path)
+    first, second = order_workflow(first_memory), order_workflow(second_memory)
+    init = orders.init_event(PlaceOrder("o-1", 4200), source="com.shop.web")
+    (request,) = await first.execute(init)
+    (reply,) = await HANDLERS[0].execute(request)
+    outcomes: list[object] = []
+
+    async def deliver(workflow: Resumable[OrderState]) -> None:
+        try:
+            outcomes.append(await workflow.execute(reply))
+        except TransactionViolation as violation:
+            outcomes.append(violation.cause)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(deliver, first)
+        group.start_soon(deliver, second)
+    applied = [o for o in outcomes if isinstance(o, list)]
+    # At least one applied it; the other was locked out, or got the same events back.
+    assert applied
+    assert all(o == applied[0] for o in applied)
+    stored = await first_memory.read(init.subject, journal=True)
+    assert stored is not None and stored.journal is not None and len(stored.journal) == 2
+    await first_memory.close()
+    await second_memory.close()
