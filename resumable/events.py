@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -114,7 +115,15 @@ class EventError(ValueError):
 
 def now_iso() -> str:
     """The current UTC time as Arvo writes it: ISO 8601 with milliseconds and +00:00."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:  # format the date and time once per second, not per event
+        _second[0] = second
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{int((now - second) * 1000):03d}+00:00"
+
+
+_second: list[Any] = [-1, ""]
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):

@@ -210,3 +210,33 @@ async def test_recover_after_a_lost_reply_mid_gather() -> None:
     assert broker.events[0] == label
     status = await order_workflow(memory).status(init.subject)
     assert status is not None and status.status == "done"
+
+
+async def test_a_long_in_memory_chain_lets_other_tasks_run() -> None:
+    """Handlers that never suspend must not starve the event loop while the broker drains."""
+    import anyio
+
+    class Counter:
+        source = "com.count.down"
+
+        async def execute(self, event: Event) -> list[Event]:
+            n = event.data["n"]
+            return [] if n == 0 else [_event("com.count.down", n - 1)]
+
+    ticks: list[int] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(1)
+            await anyio.sleep(0)
+
+    broker = LocalBroker([Counter()])
+    async with anyio.create_task_group() as group:
+        group.start_soon(ticker)
+        await anyio.sleep(0)
+        before = len(ticks)
+        await broker.publish(_event("com.count.down", 1000))
+        during = len(ticks) - before
+        group.cancel_scope.cancel()
+    assert len(broker.events) == 1001
+    assert during >= 10  # the ticker ran while 1,001 events were delivered

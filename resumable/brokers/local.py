@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 import anyio
+import anyio.lowlevel
 
 from resumable.brokers import Broker, DomainCallback, ErrorCallback, Handler
 from resumable.events import Event
@@ -133,8 +134,12 @@ class LocalBroker(Broker):
         self._draining = True
         self._idle = anyio.Event()
         try:
+            delivered = 0
             while self._queue:
                 await self._deliver(self._queue.popleft())
+                delivered += 1
+                if delivered % 64 == 0:  # handlers may never suspend (in-memory): stay fair
+                    await anyio.lowlevel.checkpoint()
         finally:
             self._draining = False
             self._idle.set()

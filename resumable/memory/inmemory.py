@@ -27,8 +27,9 @@ class _Record:
 class InMemoryMemory(Memory):
     """Records and leases in dictionaries, lost when the process ends.
 
-    Every operation checks and updates its state without awaiting in between, so it is atomic
-    with respect to other tasks. ``clock`` gives the lease time; inject one to test expiry.
+    Operations do not suspend, so each is atomic with respect to other tasks; a loop that
+    only runs in-memory workflows should yield now and then (``LocalBroker`` does).
+    ``clock`` gives the lease time; inject one to test expiry.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -59,7 +60,6 @@ class InMemoryMemory(Memory):
         # Snapshot the arguments first: a caller's bytearray must not change what was stored.
         header = bytes(header)
         entries = [(event_id, bytes(entry)) for event_id, entry in append]
-        await anyio.lowlevel.checkpoint()  # one yield per step, so busy loops stay fair
         record = self._records.get(key)
         found = None if record is None else record.revision
         if found != (revision if revision != 0 else None):
