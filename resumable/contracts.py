@@ -12,7 +12,7 @@ import functools
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import attrs
 import msgspec
@@ -28,6 +28,7 @@ __all__ = [
     "ContractError",
     "ErrorData",
     "OrchestratorContract",
+    "ServiceSpec",
     "VersionedContract",
     "parse_dataschema",
 ]
@@ -420,5 +421,3 @@ class OrchestratorContract(Contract):
 
 ServiceSpec = Contract | VersionedContract
 """A service a workflow calls: a contract (its latest version) or one version of it."""
-
-VersionSelector = Literal["latest", "oldest", "any"] | str

@@ -24,8 +24,10 @@ from opentelemetry.trace import SpanKind
 
 from resumable.contracts import (
     PARENT_SUBJECT_KEY,
+    Contract,
     ErrorData,
     OrchestratorContract,
+    ServiceSpec,
     VersionedContract,
     parse_dataschema,
 )
@@ -194,6 +196,33 @@ def _step(
         sys.set_asyncgen_hooks(*hooks)
 
 
+def _to_next_wait(
+    gen: AsyncGenerator[Any, Any], value: Any = None, error: BaseException | None = None
+) -> _Outcome:
+    """Step until the workflow yields a request to wait on, ends, or raises.
+
+    An empty ``gather`` is answered at once with ``[]``; a yield that is not a request gets
+    a ``TypeError`` thrown in where it stands. Live steps and replay both go through here,
+    so a replay repeats exactly what the live run did.
+    """
+    outcome = _step(gen, value, error)
+    while isinstance(outcome, _Yielded):
+        request = outcome.value
+        if isinstance(request, Gather) and not request.calls:
+            outcome = _step(gen, [])
+        elif not isinstance(request, Call | Gather | Complete):
+            outcome = _step(
+                gen,
+                None,
+                TypeError(
+                    f"workflow yielded {request!r}; yield call(...), gather(...) or complete(...)"
+                ),
+            )
+        else:
+            break
+    return outcome
+
+
 class Resumable(Generic[S]):
     """A durable workflow: ``versions`` maps each contract version to an async generator.
 
@@ -208,7 +237,7 @@ class Resumable(Generic[S]):
         contract: OrchestratorContract,
         versions: Mapping[str, WorkflowFunction],
         *,
-        services: Sequence[Any] = (),
+        services: Sequence[ServiceSpec] = (),
         state: type[S] | None = None,
         memory: Memory | None = None,
         executionunits: float = 0,
@@ -275,13 +304,13 @@ class Resumable(Generic[S]):
         for item in services:
             self._add_service(item)
 
-    def _add_service(self, item: Any) -> None:
-        versioned = item if isinstance(item, VersionedContract) else None
-        if versioned is None:
-            latest = getattr(item, "latest", None)
-            if not isinstance(latest, VersionedContract):
-                raise TypeError(f"services must be contracts, got {item!r}")
-            versioned = latest
+    def _add_service(self, item: ServiceSpec) -> None:
+        if isinstance(item, VersionedContract):
+            versioned = item
+        elif isinstance(item, Contract):
+            versioned = item.latest
+        else:
+            raise TypeError(f"services must be contracts, got {item!r}")
         uri = versioned.uri
         if uri == self.contract.uri:
             raise ConfigViolation(
@@ -349,7 +378,7 @@ class Resumable(Generic[S]):
                     f"{subject.version} (subject of event {event.id}); it runs versions "
                     f"{', '.join(self.functions)}"
                 )
-            typed, service = self._validate(event, subject)
+            typed = self._validate(event, subject)
             owner = lease_owner()
             key = event.subject
             try:
@@ -366,9 +395,7 @@ class Resumable(Generic[S]):
                     f"later (leases expire after {self.lock_ttl}s)",
                 )
             try:
-                events = await self._execute_locked(
-                    key, event, typed, service, subject, fn, headers
-                )
+                events = await self._execute_locked(key, event, typed, subject, fn, headers)
                 span.set_attribute("arvo.handler.execution.status", "normal")
                 return events
             finally:
@@ -379,8 +406,8 @@ class Resumable(Generic[S]):
                         "could not unlock workflow %s; its lease will expire", key, exc_info=True
                     )
 
-    def _validate(self, event: Event, subject: Subject) -> tuple[Event, VersionedContract | None]:
-        """Check the event against its contract; return it typed, and the answering service."""
+    def _validate(self, event: Event, subject: Subject) -> Event:
+        """Check the event against its contract; return it with its payload typed."""
         if event.type == self.source:
             versioned = self.contract.versions.get(subject.version)
             if versioned is None:
@@ -388,7 +415,6 @@ class Resumable(Generic[S]):
                     f"workflow {self.contract.uri!r} has no contract version "
                     f"{subject.version} (subject of init event {event.id})"
                 )
-            service = None
         else:
             maybe = self._reply_types.get(event.type)
             if maybe is None:
@@ -398,7 +424,7 @@ class Resumable(Generic[S]):
                     f"type {self.source!r} nor a reply of its services "
                     f"({', '.join(self._services) or 'none'})"
                 )
-            versioned = service = maybe
+            versioned = maybe
         parsed = parse_dataschema(event.dataschema)
         if parsed is None:
             raise ContractViolation(
@@ -431,14 +457,13 @@ class Resumable(Generic[S]):
                 f"event {event.id} ({event.type}) payload does not match "
                 f"{schema.__name__} ({versioned.dataschema}): {error}"
             ) from None
-        return with_data(event, payload), service
+        return with_data(event, payload)
 
     async def _execute_locked(
         self,
         key: str,
         event: Event,
         typed: Event,
-        service: VersionedContract | None,
         subject: Subject,
         fn: WorkflowFunction,
         headers: TraceHeaders,
@@ -635,28 +660,7 @@ class Resumable(Generic[S]):
         header = live.header
         seq = header.seq
         produced: list[Event] = []
-        outcome = _step(live.gen, value, error)
-        while True:
-            if (
-                isinstance(outcome, _Yielded)
-                and isinstance(outcome.value, Gather)
-                and (not outcome.value.calls)
-            ):
-                outcome = _step(live.gen, [])
-                continue
-            if isinstance(outcome, _Yielded) and not isinstance(
-                outcome.value, Call | Gather | Complete
-            ):
-                outcome = _step(
-                    live.gen,
-                    None,
-                    TypeError(
-                        f"workflow yielded {outcome.value!r}; yield call(...), gather(...) or "
-                        "complete(...)"
-                    ),
-                )
-                continue
-            break
+        outcome = _to_next_wait(live.gen, value, error)
         yielded = _describe(outcome)
         failure: BaseException | None = None
         if isinstance(outcome, _Raised):
@@ -741,8 +745,7 @@ class Resumable(Generic[S]):
         header.waiting = []
         header.waits_for = None
         header.state = self._unstructure_state(live.ctx.state)
-        seq = header.seq
-        header.seq = seq + 1
+        header.seq += 1
         entry = Entry(
             event=wire(event),
             produced=produced,
@@ -945,7 +948,7 @@ class Resumable(Generic[S]):
         waiting_gather = False
         for seq, entry in enumerate(entries):
             if seq == 0:
-                outcome = _step(gen)
+                outcome = _to_next_wait(gen)
             else:
                 received[entry.event.id] = entry.event
                 if entry.resumed is None:
@@ -953,13 +956,7 @@ class Resumable(Generic[S]):
                 replies = [self._typed_reply(received.pop(i)) for i in entry.resumed]
                 value, error = self._reply_value(replies, waiting_gather)
                 ctx._enter_step(seq, entry.event.time)
-                outcome = _step(gen, value, error)
-            while (
-                isinstance(outcome, _Yielded)
-                and isinstance(outcome.value, Gather)
-                and (not outcome.value.calls)
-            ):
-                outcome = _step(gen, [])
+                outcome = _to_next_wait(gen, value, error)
             waiting_gather = isinstance(outcome, _Yielded) and isinstance(outcome.value, Gather)
             now = _describe(outcome)
             if now != entry.yielded:

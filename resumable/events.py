@@ -11,8 +11,7 @@ import copy
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -33,7 +32,6 @@ __all__ = [
     "to_dict",
     "to_json",
     "to_msgpack",
-    "trusted",
     "with_data",
 ]
 
@@ -74,19 +72,9 @@ _trusted: ContextVar[bool] = ContextVar("resumable_trusted_events", default=Fals
 T = TypeVar("T")
 
 
-@contextmanager
-def trusted() -> Iterator[None]:
-    """Skip field validation for events built inside: only for events the library builds
-    from parts that were validated already (or decodes from its own records)."""
-    token = _trusted.set(True)
-    try:
-        yield
-    finally:
-        _trusted.reset(token)
-
-
 def build_trusted(factory: Callable[[], T]) -> T:
-    """``factory()`` with validation of the events it builds skipped (see ``trusted``)."""
+    """``factory()`` with field validation skipped for the events it builds: only for events
+    the library builds from parts validated already, or decodes from its own records."""
     token = _trusted.set(True)
     try:
         return factory()

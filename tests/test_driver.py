@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import re
 from collections.abc import AsyncIterator
@@ -754,3 +755,21 @@ async def test_two_drivers_racing_on_one_subject_never_both_apply_a_step(tmp_pat
     assert stored is not None and stored.journal is not None and len(stored.journal) == 2
     await first_memory.close()
     await second_memory.close()
+
+
+async def test_replay_repeats_what_a_non_request_yield_did() -> None:
+    """A workflow that caught the TypeError for a bad yield replays the same way."""
+
+    async def wf(ctx, order):
+        with contextlib.suppress(TypeError):  # thrown in at the bad yield
+            yield "charge please"
+        reply = yield call(payments, ChargeCard(order.order_id, 1))
+        yield complete(OrderResult("ok", reply.data.payment_id))
+
+    workflow = Resumable(orders, versions={"1.0.0": wf}, services=SERVICES)
+    net = Network([*HANDLERS, workflow])
+    net.add([orders.init_event(PlaceOrder("o", 1), source="com.shop.web")])
+    while net.inflight:
+        workflow.evict()
+        await net.deliver()
+    assert [e.data for e in net.outside] == [{"status": "ok", "payment_id": "pay-o"}]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from resumable.events import Event
 
@@ -46,9 +46,6 @@ class Broker(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Stop delivering and release resources."""
-
-    def __getattr__(self, name: str) -> Any:  # pragma: no cover - better error for typos
-        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
 
 from resumable.brokers.local import LocalBroker  # noqa: E402

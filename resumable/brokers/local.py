@@ -61,8 +61,7 @@ class LocalBroker(Broker):
         self.events: list[Event] = []
         self.errors: list[tuple[BaseException, Event]] = []
         self.domain_events: list[Event] = []
-        self.handlers = list(handlers)
-        for handler in self.handlers:
+        for handler in handlers:
             self.subscribe(handler.source, handler)
 
     @property
