@@ -160,6 +160,15 @@ class EventHandler:
     def __repr__(self) -> str:
         return f"EventHandler({self.contract.uri!r})"
 
+    def _domains(self, event: Event) -> DomainContext:
+        """What symbolic domains resolve against for the events answering ``event``."""
+        return DomainContext(
+            triggering_domain=event.domain,
+            current_subject=event.subject,
+            self_contract_domain=self.contract.domain,
+            event_contract_domain=self.contract.domain,
+        )
+
     async def execute(self, event: Event) -> list[Event]:
         """Handle one event. Raises violations; other errors become a system error event."""
         with execution_span(
@@ -191,12 +200,7 @@ class EventHandler:
                 if is_violation(error):
                     raise
                 span.set_attribute("arvo.handler.execution.status", "failure")
-                context = DomainContext(
-                    triggering_domain=event.domain,
-                    current_subject=event.subject,
-                    self_contract_domain=self.contract.domain,
-                    event_contract_domain=self.contract.domain,
-                )
+                context = self._domains(event)
                 return system_error_events(
                     error=error,
                     source=self.source,
@@ -224,12 +228,7 @@ class EventHandler:
             return []
         items = [result] if isinstance(result, Emit) else list(result)
         out: list[Event] = []
-        context = DomainContext(
-            triggering_domain=event.domain,
-            current_subject=event.subject,
-            self_contract_domain=self.contract.domain,
-            event_contract_domain=self.contract.domain,
-        )
+        context = self._domains(event)
         for index, item in enumerate(items):
             if not isinstance(item, Emit):
                 raise ExecutionViolation(
