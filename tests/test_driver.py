@@ -773,3 +773,23 @@ async def test_replay_repeats_what_a_non_request_yield_did() -> None:
         workflow.evict()
         await net.deliver()
     assert [e.data for e in net.outside] == [{"status": "ok", "payment_id": "pay-o"}]
+
+
+def test_clock_and_executionunits_are_checked_at_definition() -> None:
+    with pytest.raises(ValueError, match="clock"):
+        Resumable(orders, versions={"1.0.0": fulfil}, clock=lambda: "yesterday")
+    with pytest.raises(TypeError, match="executionunits"):
+        Resumable(orders, versions={"1.0.0": fulfil}, executionunits="3")  # type: ignore[arg-type]
+
+
+async def test_a_call_that_overrides_a_field_is_validated() -> None:
+    """Requests are built unchecked only from validated parts; an override is checked."""
+
+    async def wf(ctx, order):
+        yield call(payments, ChargeCard(order.order_id, 1), to="not a topic")
+
+    memory = InMemoryMemory()
+    workflow = Resumable(orders, versions={"1.0.0": wf}, services=SERVICES, memory=memory)
+    with pytest.raises(ContractViolation, match="could not build the request"):
+        await workflow.execute(orders.init_event(PlaceOrder("o", 1), source="com.shop.web"))
+    assert await memory.keys() == []

@@ -306,3 +306,13 @@ async def test_every_acknowledged_write_survives_a_crash(tmp_path: Path) -> None
         assert set(acknowledged) <= set(await memory.keys())
     finally:
         await memory.close()
+
+
+async def test_leases_stay_out_of_the_commit_queue(memory: SQLiteMemory) -> None:
+    """Leases live in <path>-leases and never wait for (or cost) a record commit."""
+    await memory.read("warm-up")
+    before = memory.commits
+    assert await memory.lock("k", "alice", 30)
+    assert await memory.unlock("k", "alice")
+    assert memory.commits == before
+    assert Path(f"{memory.path}-leases").exists()
