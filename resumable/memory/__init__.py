@@ -9,6 +9,10 @@ A record is stored under a key (the workflow's subject) as three things:
 - a **revision**: starts at 1 on the first write and grows by one on every write.
   ``write`` is a compare-and-set on it, so two writers can never both advance a record.
 
+Each record also has a **due time**: when it next needs waking (a timer, a timeout, a
+retry backoff). ``due`` lists the records whose time has come, so whatever runs the
+workflows (``LocalBroker``, ``Worker``) can fire their timers after a restart.
+
 Plus a lease lock per key, with a time to live so a crashed holder cannot block a key
 forever. Memory never interprets the bytes; ``resumable.record`` does.
 
@@ -60,6 +64,8 @@ class Memory(abc.ABC):
         status: str,
         header: bytes,
         append: Sequence[tuple[str, bytes]] = (),
+        due: float | None = None,
+        reset: bool = False,
     ) -> int:
         """Replace the header and append journal entries, if the record is at ``revision``.
 
@@ -70,6 +76,10 @@ class Memory(abc.ABC):
         ``DuplicateEntryError`` (changing nothing) if an event id in ``append`` is already
         journaled under ``key`` or repeated. When this returns, the write is durable to
         the backend's promise.
+
+        ``due`` replaces the record's due time (seconds since the epoch; None: nothing to
+        wake). ``reset`` drops the whole journal before appending (``continue_as_new``):
+        the event ids of ``append`` are then checked only against each other.
         """
 
     @abc.abstractmethod
@@ -79,6 +89,11 @@ class Memory(abc.ABC):
     @abc.abstractmethod
     async def keys(self, status: str | None = None) -> list[str]:
         """Keys of all records, or of those whose status is ``status``, in key order."""
+
+    @abc.abstractmethod
+    async def due(self, now: float, limit: int = 100) -> list[tuple[str, float]]:
+        """Up to ``limit`` ``(key, due)`` pairs whose due time is at or before ``now``,
+        earliest first (ties in key order). ``now=math.inf`` finds the next one to come."""
 
     @abc.abstractmethod
     async def lock(self, key: str, owner: str, ttl: float) -> bool:

@@ -20,6 +20,7 @@ class _Record:
     revision: int
     status: str
     header: bytes
+    due: float | None = None
     journal: list[bytes] = attrs.field(factory=list)
     index: dict[str, bytes] = attrs.field(factory=dict)
 
@@ -56,6 +57,8 @@ class InMemoryMemory(Memory):
         status: str,
         header: bytes,
         append: Sequence[tuple[str, bytes]] = (),
+        due: float | None = None,
+        reset: bool = False,
     ) -> int:
         # Snapshot the arguments first: a caller's bytearray must not change what was stored.
         header = bytes(header)
@@ -64,12 +67,16 @@ class InMemoryMemory(Memory):
         found = None if record is None else record.revision
         if found != (revision if revision != 0 else None):
             raise ConflictError(key, revision, found)
-        _check_new_event_ids(key, entries, {} if record is None else record.index)
+        _check_new_event_ids(key, entries, {} if record is None or reset else record.index)
         if record is None:
             record = self._records[key] = _Record(0, status, header)
+        elif reset:
+            record.journal = []
+            record.index = {}
         record.revision = revision + 1
         record.status = status
         record.header = header
+        record.due = due
         for event_id, entry in entries:
             record.journal.append(entry)
             record.index[event_id] = entry
@@ -84,6 +91,14 @@ class InMemoryMemory(Memory):
         return sorted(
             key for key, record in self._records.items() if status in (None, record.status)
         )
+
+    async def due(self, now: float, limit: int = 100) -> list[tuple[str, float]]:
+        found = sorted(
+            (record.due, key)
+            for key, record in self._records.items()
+            if record.due is not None and record.due <= now
+        )
+        return [(key, due) for due, key in found[:limit]]
 
     async def lock(self, key: str, owner: str, ttl: float) -> bool:
         now = self._clock()

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS records (
     key TEXT PRIMARY KEY,
     revision INTEGER NOT NULL,
     status TEXT NOT NULL,
-    header BLOB NOT NULL
+    header BLOB NOT NULL,
+    due REAL
 );
 CREATE INDEX IF NOT EXISTS records_by_status ON records (status, key);
 CREATE TABLE IF NOT EXISTS journal (
@@ -125,12 +126,16 @@ class SQLiteMemory(Memory):
         status: str,
         header: bytes,
         append: Sequence[tuple[str, bytes]] = (),
+        due: float | None = None,
+        reset: bool = False,
     ) -> int:
         # Snapshot the arguments now: the write runs later, and a bytearray could change.
         header = bytes(header)
         entries = [(event_id, bytes(entry)) for event_id, entry in append]
         return await self._submit(
-            lambda connection: _write(connection, key, revision, status, header, entries)
+            lambda connection: _write(
+                connection, key, revision, status, header, entries, due, reset
+            )
         )
 
     async def entry(self, key: str, event_id: str) -> bytes | None:
@@ -138,6 +143,9 @@ class SQLiteMemory(Memory):
 
     async def keys(self, status: str | None = None) -> list[str]:
         return _snapshot(await self._reader_connection(), lambda c: _keys(c, status))
+
+    async def due(self, now: float, limit: int = 100) -> list[tuple[str, float]]:
+        return _snapshot(await self._reader_connection(), lambda c: _due(c, now, limit))
 
     async def lock(self, key: str, owner: str, ttl: float) -> bool:
         return _lock(await self._leases_connection(), key, owner, ttl, self._clock())
@@ -285,6 +293,7 @@ class SQLiteMemory(Memory):
                 )
             connection.execute("PRAGMA synchronous = FULL")
             connection.executescript(_SCHEMA)
+            _add_due_column(connection)
         except BaseException:
             connection.close()
             raise
@@ -339,6 +348,8 @@ def _write(
     status: str,
     header: bytes,
     entries: list[tuple[str, bytes]],
+    due: float | None,
+    reset: bool,
 ) -> int:
     row = connection.execute("SELECT revision FROM records WHERE key = ?", (key,)).fetchone()
     found: int | None = None if row is None else row[0]
@@ -346,22 +357,24 @@ def _write(
         raise ConflictError(key, revision, found)
     seen: set[str] = set()
     for event_id, _ in entries:
-        if event_id in seen or _entry(connection, key, event_id) is not None:
+        if event_id in seen or (not reset and _entry(connection, key, event_id) is not None):
             raise DuplicateEntryError(key, event_id)
         seen.add(event_id)
     if revision == 0:
         connection.execute(
-            "INSERT INTO records (key, revision, status, header) VALUES (?, 1, ?, ?)",
-            (key, status, header),
+            "INSERT INTO records (key, revision, status, header, due) VALUES (?, 1, ?, ?, ?)",
+            (key, status, header, due),
         )
     else:
         cursor = connection.execute(
-            "UPDATE records SET revision = ?, status = ?, header = ?"
+            "UPDATE records SET revision = ?, status = ?, header = ?, due = ?"
             " WHERE key = ? AND revision = ?",
-            (revision + 1, status, header, key, revision),
+            (revision + 1, status, header, due, key, revision),
         )
         if cursor.rowcount != 1:
             raise ConflictError(key, revision, None)
+    if reset:
+        connection.execute("DELETE FROM journal WHERE key = ?", (key,))
     if entries:
         (start,) = connection.execute(
             "SELECT COALESCE(MAX(seq) + 1, 0) FROM journal WHERE key = ?", (key,)
@@ -388,6 +401,25 @@ def _keys(connection: sqlite3.Connection, status: str | None) -> list[str]:
             "SELECT key FROM records WHERE status = ? ORDER BY key", (status,)
         )
     return [key for (key,) in rows]
+
+
+def _due(connection: sqlite3.Connection, now: float, limit: int) -> list[tuple[str, float]]:
+    rows = connection.execute(
+        "SELECT key, due FROM records WHERE due IS NOT NULL AND due <= ? ORDER BY due, key"
+        " LIMIT ?",
+        (now, limit),
+    )
+    return [(key, due) for key, due in rows]
+
+
+def _add_due_column(connection: sqlite3.Connection) -> None:
+    """Files written before timers existed have no ``due`` column: add it (idempotent)."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(records)")}
+    if "due" not in columns:
+        connection.execute("ALTER TABLE records ADD COLUMN due REAL")
+    connection.execute(
+        "CREATE INDEX IF NOT EXISTS records_by_due ON records (due) WHERE due IS NOT NULL"
+    )
 
 
 def _lock(connection: sqlite3.Connection, key: str, owner: str, ttl: float, now: float) -> bool:

@@ -14,6 +14,7 @@ clock, closing it after the test::
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
 from collections.abc import Iterable
@@ -61,6 +62,13 @@ class _Write:
     status: str
     header: bytes
     event_ids: list[str]
+    due: float | None = None
+    reset: bool = False
+
+
+@attrs.frozen
+class _Due:
+    now: float
 
 
 @attrs.frozen
@@ -106,7 +114,10 @@ _OPERATIONS = (
         _STATUSES,
         st.binary(max_size=8),
         st.lists(_EVENT_IDS, max_size=3),
+        st.one_of(st.none(), st.sampled_from([5.0, 10.0, 20.0])),
+        st.booleans(),
     ),
+    st.builds(_Due, st.sampled_from([0.0, 5.0, 10.0, 15.0, math.inf])),
     st.builds(_Read, _KEYS, st.booleans()),
     st.builds(_Entry, _KEYS, _EVENT_IDS),
     st.builds(_Keys, st.one_of(st.none(), _STATUSES)),
@@ -122,6 +133,7 @@ class _ModelRecord:
     status: str
     header: bytes
     journal: list[tuple[str, bytes]]
+    due: float | None = None
 
 
 @attrs.define
@@ -173,6 +185,14 @@ class _Model:
                 assert await memory.unlock(p + key, owner) is unexpired
             case _Advance(seconds):
                 clock.advance(seconds)
+            case _Due(now):
+                found = [(k, d) for k, d in await memory.due(now, limit=10_000) if k.startswith(p)]
+                expected = sorted(
+                    (r.due, p + k)
+                    for k, r in self.records.items()
+                    if r.due is not None and r.due <= now
+                )
+                assert found == [(k, d) for d, k in expected]
 
     async def _check_write(self, memory: Memory, write: _Write) -> None:
         record = self.records.get(write.key)
@@ -181,13 +201,17 @@ class _Model:
         append = [
             (event_id, b"%s@%d" % (event_id.encode(), self.step)) for event_id in write.event_ids
         ]
-        known = set() if record is None else {event_id for event_id, _ in record.journal}
+        known = (
+            set() if record is None or write.reset else {event_id for event_id, _ in record.journal}
+        )
         call = memory.write(
             self.prefix + write.key,
             revision=revision,
             status=write.status,
             header=write.header,
             append=append,
+            due=write.due,
+            reset=write.reset,
         )
         if revision != current:
             with pytest.raises(ConflictError):
@@ -200,7 +224,8 @@ class _Model:
             if record is None:
                 record = self.records[write.key] = _ModelRecord(0, write.status, b"", [])
             record.revision, record.status, record.header = revision + 1, write.status, write.header
-            record.journal += append
+            record.due = write.due
+            record.journal = append if write.reset else record.journal + append
 
 
 def _has_duplicates(event_ids: Iterable[str], known: set[str]) -> bool:
@@ -468,6 +493,56 @@ class MemoryConformance:
             for index in range(50):
                 group.start_soon(take, f"owner-{index}")
         assert sum(results.values()) == 1
+
+    # Due times (timers) and journal reset (continue-as-new).
+
+    async def test_due_lists_past_records_earliest_first(self, memory: Memory) -> None:
+        await memory.write("b", revision=0, status="s", header=b"", due=20.0)
+        await memory.write("a", revision=0, status="s", header=b"", due=10.0)
+        await memory.write("c", revision=0, status="s", header=b"", due=10.0)
+        await memory.write("d", revision=0, status="s", header=b"")
+        assert await memory.due(5.0) == []
+        assert await memory.due(10.0) == [("a", 10.0), ("c", 10.0)]
+        assert await memory.due(25.0) == [("a", 10.0), ("c", 10.0), ("b", 20.0)]
+        assert await memory.due(25.0, limit=2) == [("a", 10.0), ("c", 10.0)]
+        assert await memory.due(math.inf, limit=1) == [("a", 10.0)]
+
+    async def test_each_write_replaces_the_due_time(self, memory: Memory) -> None:
+        revision = await memory.write("k", revision=0, status="s", header=b"", due=10.0)
+        revision = await memory.write("k", revision=revision, status="s", header=b"", due=30.0)
+        assert await memory.due(20.0) == []
+        assert await memory.due(30.0) == [("k", 30.0)]
+        await memory.write("k", revision=revision, status="s", header=b"")
+        assert await memory.due(math.inf) == []
+
+    async def test_a_conflicting_write_keeps_the_due_time(self, memory: Memory) -> None:
+        await memory.write("k", revision=0, status="s", header=b"", due=10.0)
+        with pytest.raises(ConflictError):
+            await memory.write("k", revision=5, status="s", header=b"", due=1.0)
+        assert await memory.due(math.inf) == [("k", 10.0)]
+
+    async def test_reset_replaces_the_journal(self, memory: Memory) -> None:
+        revision = await memory.write(
+            "k", revision=0, status="s", header=b"", append=[("e1", b"1"), ("e2", b"2")]
+        )
+        revision = await memory.write(
+            "k", revision=revision, status="s", header=b"h", append=[("e1", b"new")], reset=True
+        )
+        assert revision == 2
+        stored = await memory.read("k", journal=True)
+        assert stored is not None and stored.journal == [b"new"]
+        assert await memory.entry("k", "e1") == b"new"
+        assert await memory.entry("k", "e2") is None
+        with pytest.raises(DuplicateEntryError):
+            await memory.write(
+                "k",
+                revision=revision,
+                status="s",
+                header=b"",
+                append=[("e3", b""), ("e3", b"")],
+                reset=True,
+            )
+        assert await memory.read("k", journal=True) == stored
 
     # Bytes.
 
