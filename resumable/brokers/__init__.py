@@ -1,8 +1,17 @@
 """How events travel between handlers and workflows.
 
-A broker delivers each event to the one handler subscribed to the event's ``to`` topic and
-publishes what the handler returns. Events with a ``domain`` are not published: they are
-handed to the domain's owner (``on_domain``), as Arvo does.
+A broker is a transport: ``publish`` puts an event on the queue of its ``to`` topic, and
+``receive`` takes deliveries from a topic's queue, shared by every consumer of that topic
+(a consumer group). Each delivery is settled once: ``ack`` (done), ``nack`` (deliver again
+after a delay) or ``dead_letter`` (set aside with the reason). A delivery not settled
+within the broker's ``ack_wait`` is delivered again, so delivery is at least once;
+``resumable.worker.Worker`` runs handlers on any broker and makes processing effectively
+once. ``LocalBroker`` also runs handlers itself, in process (``subscribe``, ``resolve``).
+
+Events with a ``domain`` are not published: they are handed to the domain's owner
+(``on_domain``), as Arvo does.
+
+Every backend passes the same conformance suite (``tests/brokers/conformance.py``).
 """
 
 from __future__ import annotations
@@ -11,9 +20,19 @@ import abc
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
+import msgspec
+
 from resumable.events import Event
 
-__all__ = ["Broker", "DomainCallback", "ErrorCallback", "Handler", "LocalBroker"]
+__all__ = [
+    "Broker",
+    "DeadLetter",
+    "Delivery",
+    "DomainCallback",
+    "ErrorCallback",
+    "Handler",
+    "LocalBroker",
+]
 
 
 @runtime_checkable
@@ -33,16 +52,56 @@ DomainCallback = Callable[[Event, "Broker"], Awaitable[None] | None]
 """Called with an event that has a domain, instead of publishing it."""
 
 
+class Delivery(abc.ABC):
+    """One delivery of one event from a topic's queue. Settle it exactly once."""
+
+    event: Event
+    topic: str
+    attempt: int
+    """1 on the first delivery, 2 on the second, and so on (redelivery counts too)."""
+
+    @abc.abstractmethod
+    async def ack(self) -> None:
+        """The event is handled: never deliver it again."""
+
+    @abc.abstractmethod
+    async def nack(self, delay: float = 0.0) -> None:
+        """Deliver the event again, no sooner than ``delay`` seconds from now."""
+
+    @abc.abstractmethod
+    async def dead_letter(self, reason: str) -> None:
+        """Set the event aside on the topic's dead-letter queue with ``reason``; it is
+        not delivered again."""
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """An event set aside by ``Delivery.dead_letter``."""
+
+    event: Event
+    topic: str
+    reason: str
+    attempts: int
+
+
 class Broker(abc.ABC):
-    """The interface every broker implements."""
+    """The interface every broker implements: a transport with at-least-once delivery."""
 
     @abc.abstractmethod
     async def publish(self, event: Event) -> None:
-        """Send ``event`` to the handler subscribed to ``event.to``."""
+        """Put ``event`` on the queue of the topic ``event.to``; durable when this returns
+        (to the backend's promise)."""
 
     @abc.abstractmethod
-    def subscribe(self, topic: str, handler: Handler) -> Callable[[], None]:
-        """Deliver events addressed to ``topic`` to ``handler``; returns an unsubscribe."""
+    async def receive(
+        self, topic: str, *, max_messages: int = 16, timeout: float = 1.0
+    ) -> list[Delivery]:
+        """Up to ``max_messages`` deliveries from ``topic``, oldest first, waiting up to
+        ``timeout`` seconds for the first; ``[]`` if none came. Consumers of one topic
+        share its queue: each message goes to one of them at a time."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, topic: str) -> list[DeadLetter]:
+        """What was dead-lettered from ``topic``, oldest first."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Stop delivering and release resources."""
