@@ -4,24 +4,31 @@ For each event: open a span, check the subject, take the subject's lease, read t
 validate the event, resume the generator (from the live cache, or rebuilt by replaying
 the journal), turn what it yields into events, compare-and-set the record, release the
 lease, and return the events. Violations are raised with nothing persisted; any other
-exception from workflow code fails the instance and reports a system error.
+exception from workflow code ends the instance (after its compensations) with a system
+error. An instance whose history no longer matches its code is parked, not retried.
+
+Besides replies, an instance consumes three kinds of event of its own: a timer
+(``resumable.timer``, made by ``wake`` when the record's due time has passed), a
+cancellation (``resumable.cancel``) and the signals it lists.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
-import sys
-import types
+import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, Final, Generic, TypeVar
 
 import attrs
 import cattrs
 import msgspec
 from opentelemetry.trace import SpanKind
 
+from resumable.clock import to_epoch, to_iso
 from resumable.contracts import (
     PARENT_SUBJECT_KEY,
     Contract,
@@ -39,12 +46,14 @@ from resumable.domains import (
     resolve_domains,
 )
 from resumable.errors import (
+    Cancelled,
     ConfigViolation,
     ConflictError,
     ContractViolation,
     ExecutionViolation,
     NonDeterminismError,
     ServiceError,
+    StepError,
     TransactionViolation,
     is_violation,
 )
@@ -52,19 +61,38 @@ from resumable.events import Event, EventError, build_trusted, now_iso, with_dat
 from resumable.handler import system_error_events
 from resumable.ids import derive_id, lease_owner
 from resumable.memory import InMemoryMemory, Memory, Stored
+from resumable.queries import WorkflowStatus, read_status
 from resumable.record import (
     ACTIVE,
+    CANCELLED,
     DONE,
     FAILED,
+    IGNORED_LIMIT,
+    PARKED,
     Entry,
     Header,
+    Inline,
+    Mode,
+    Parked,
+    RetrySpec,
     Slot,
+    Undo,
+    Unwind,
     decode_entry,
     decode_for_replay,
     decode_header,
     encode_entry,
     encode_header,
     wire,
+)
+from resumable.stepping import (
+    Ended,
+    Outcome,
+    Raised,
+    WorkflowAwaitError,
+    Yielded,
+    describe,
+    step,
 )
 from resumable.subject import (
     Subject,
@@ -74,45 +102,40 @@ from resumable.subject import (
     subject_from_parent,
 )
 from resumable.telemetry import SPAN_KIND_RESUMABLE, TraceHeaders, execution_span
-from resumable.workflow import Call, Complete, Context, Gather, WorkflowFunction
+from resumable.workflow import (
+    Call,
+    Complete,
+    Context,
+    ContinueAsNew,
+    Gather,
+    Race,
+    Retry,
+    Sleep,
+    Step,
+    WaitFor,
+    WorkflowFunction,
+)
 
-__all__ = ["Resumable", "WorkflowAwaitError", "WorkflowStatus"]
+__all__ = ["CANCEL_TYPE", "TIMER_TYPE", "Resumable", "WorkflowAwaitError", "WorkflowStatus"]
 
 log = logging.getLogger("resumable")
 
 S = TypeVar("S")
 
+TIMER_TYPE: Final = "resumable.timer"
+"""The type of the event that wakes an instance whose due time has passed."""
+CANCEL_TYPE: Final = "resumable.cancel"
+"""The type of the event that cancels an instance; its data is ``{"reason": str}``."""
+
 _converter = cattrs.Converter()
-
-
-class WorkflowAwaitError(RuntimeError):
-    """Raised inside a workflow at an ``await`` that waits on the event loop (I/O, sleep).
-
-    A workflow's code runs between events and is replayed after a restart, so it must not
-    wait on anything itself: ask a service with ``yield call(...)``, fan out with
-    ``yield gather(...)``. Awaiting a coroutine that finishes without suspending is fine.
-    """
-
-
-@attrs.frozen
-class WorkflowStatus(Generic[S]):
-    """A workflow instance as stored: read from memory only, no code runs."""
-
-    subject: str
-    status: str
-    version: str
-    steps: int
-    state: S
-    waits_for: str | None
-    result: Any
-    error: ErrorData | None
+_WAITS = (Call, Gather, Race, Sleep, WaitFor, Complete, ContinueAsNew)
 
 
 @attrs.define
 class _Live:
     """A suspended generator kept between steps, valid for one revision of its record."""
 
-    gen: AsyncGenerator[Any, Any]
+    gen: Any
     ctx: Context[Any]
     header: Header
     revision: int
@@ -120,116 +143,72 @@ class _Live:
     """Replies already in for the current wait, by slot, decoded."""
 
 
-# Outcomes of stepping a generator once.
-@attrs.frozen
-class _Yielded:
-    value: Any
+@attrs.define
+class _Run:
+    """One event being applied: what it changes, collected until the record is written."""
+
+    key: str
+    event: Event
+    subject: Subject
+    headers: TraceHeaders
+    header: Header
+    revision: int
+    stored: Stored
+    live: _Live | None = None
+    produced: list[Event] = attrs.Factory(list)
+    resumed: list[str] | None = None
+    how: str = ""
+    inline: list[Inline] = attrs.Factory(list)
+    yielded: str | None = None
+    reset: list[tuple[str, bytes]] | None = None
+    """For continue-as-new: the new journal, replacing the old one."""
+
+    @property
+    def seed(self) -> str:
+        """What emitted ids derive from: the subject, and the generation after a restart."""
+        return _seed(self.key, self.header.generation)
 
 
-@attrs.frozen
-class _Ended:
-    pass
+def _seed(key: str, generation: int) -> str:
+    return key if generation == 0 else f"{key}#{generation}"
 
 
-@attrs.frozen
-class _Raised:
-    error: BaseException
+def _retry_spec(retry: Retry | None) -> RetrySpec | None:
+    if retry is None:
+        return None
+    return RetrySpec(
+        attempts=retry.attempts,
+        initial=retry.initial,
+        factor=retry.factor,
+        max_interval=retry.max_interval,
+        non_retryable=retry.non_retryable,
+    )
 
 
-_Outcome = _Yielded | _Ended | _Raised
+def _ignore(header: Header, ids: Iterable[str]) -> None:
+    """Remember request ids whose replies are no longer wanted, so they are dropped quietly."""
+    header.ignored.extend(ids)
+    if len(header.ignored) > IGNORED_LIMIT:
+        del header.ignored[: len(header.ignored) - IGNORED_LIMIT]
 
 
-def _ignore_firstiter(agen: Any) -> None:
-    return None
-
-
-def _drop_finalizer(agen: Any) -> None:
-    """Installed as the finalizer of every workflow generator: eviction runs no user code."""
-    return None
-
-
-def _describe(outcome: _Outcome) -> str:
-    if isinstance(outcome, _Yielded):
-        value = outcome.value
-        describe = getattr(value, "describe", None)
-        return describe() if callable(describe) else f"yield {type(value).__name__}"
-    if isinstance(outcome, _Ended):
-        return "end"
-    return f"raise {type(outcome.error).__name__}"
-
-
-def _step(
-    gen: AsyncGenerator[Any, Any], value: Any = None, error: BaseException | None = None
-) -> _Outcome:
-    """Advance the generator to its next ``yield`` by hand, without an event loop.
-
-    An ``await`` that suspends (it yielded to the loop) gets a ``WorkflowAwaitError``
-    thrown in at that point, naming the line.
-    """
-    hooks = sys.get_asyncgen_hooks()
-    sys.set_asyncgen_hooks(firstiter=_ignore_firstiter, finalizer=_drop_finalizer)
-    try:
-        awaitable = gen.athrow(error) if error is not None else gen.asend(value)
-        throw: BaseException | None = None
-        while True:
-            try:
-                pending = awaitable.throw(throw) if throw is not None else awaitable.send(None)
-            except StopIteration as stop:
-                return _Yielded(stop.value)
-            except StopAsyncIteration:
-                return _Ended()
-            except BaseException as raised:
-                return _Raised(raised)
-            cancel = getattr(pending, "cancel", None)
-            if callable(cancel):
-                cancel()
-            agen = cast(types.AsyncGeneratorType[Any, Any], gen)
-            frame = agen.ag_frame
-            where = f"line {frame.f_lineno} of {frame.f_code.co_filename}" if frame else "?"
-            throw = WorkflowAwaitError(
-                f"workflow {agen.ag_code.co_name!r} awaited something that waits on the event "
-                f"loop at {where}. Workflow code is replayed and must not wait itself: use "
-                "'yield call(...)' to ask a service and 'yield gather(...)' to run several "
-                "at once; asyncio.sleep, asyncio.gather and I/O are not allowed here."
-            )
-    finally:
-        sys.set_asyncgen_hooks(*hooks)
-
-
-def _to_next_wait(
-    gen: AsyncGenerator[Any, Any], value: Any = None, error: BaseException | None = None
-) -> _Outcome:
-    """Step until the workflow yields a request to wait on, ends, or raises.
-
-    An empty ``gather`` is answered at once with ``[]``; a yield that is not a request gets
-    a ``TypeError`` thrown in where it stands. Live steps and replay both go through here,
-    so a replay repeats exactly what the live run did.
-    """
-    outcome = _step(gen, value, error)
-    while isinstance(outcome, _Yielded):
-        request = outcome.value
-        if isinstance(request, Gather) and not request.calls:
-            outcome = _step(gen, [])
-        elif not isinstance(request, Call | Gather | Complete):
-            outcome = _step(
-                gen,
-                None,
-                TypeError(
-                    f"workflow yielded {request!r}; yield call(...), gather(...) or complete(...)"
-                ),
-            )
-        else:
-            break
-    return outcome
+def _abandon(header: Header, keep: int | None = None) -> None:
+    """Stop waiting for every open slot but ``keep``: their late replies will be ignored."""
+    for index, slot in enumerate(header.waiting):
+        if index != keep and slot.reply is None:
+            _ignore(header, slot.requests)
 
 
 class Resumable(Generic[S]):
     """A durable workflow: ``versions`` maps each contract version to an async generator.
 
     ``services`` lists the contracts the workflow may call (a plain contract means its
-    latest version). ``state`` is an attrs class built with no arguments for each new
-    instance and persisted after every step. ``memory`` stores the records (in-process by
-    default). ``cache_size`` bounds the live generators kept between steps.
+    latest version) and ``signals`` the events it may ``wait_for`` (contracts, or bare
+    types for untyped data). ``state`` is an attrs class built with no arguments for each
+    new instance and persisted after every step. ``memory`` stores the records (in-process
+    by default). ``timeout`` ends an instance still running that long after it started.
+    ``clock`` gives event times (ISO 8601 UTC); pass a ``VirtualClock`` in tests.
+    ``cache_size`` bounds the live generators kept between steps.
     """
 
     def __init__(
@@ -238,8 +217,10 @@ class Resumable(Generic[S]):
         versions: Mapping[str, WorkflowFunction],
         *,
         services: Sequence[ServiceSpec] = (),
+        signals: Sequence[Contract | str] = (),
         state: type[S] | None = None,
         memory: Memory | None = None,
+        timeout: float | timedelta | None = None,
         executionunits: float = 0,
         cache_size: int = 1024,
         lock_ttl: float = 30.0,
@@ -275,6 +256,9 @@ class Resumable(Generic[S]):
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         if isinstance(executionunits, bool) or not isinstance(executionunits, int | float):
             raise TypeError(f"executionunits must be a number, got {executionunits!r}")
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if seconds is not None and (isinstance(seconds, bool) or seconds <= 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         try:
             Event(
                 source="com.resumable.clock",
@@ -291,6 +275,7 @@ class Resumable(Generic[S]):
         self.functions = dict(versions)
         self.state_type = state
         self.memory: Memory = memory if memory is not None else InMemoryMemory()
+        self.timeout: float | None = None if seconds is None else float(seconds)
         self.executionunits = executionunits
         self.cache_size = cache_size
         self.lock_ttl = lock_ttl
@@ -301,8 +286,11 @@ class Resumable(Generic[S]):
         self._cache: OrderedDict[str, _Live] = OrderedDict()
         self._services: dict[str, VersionedContract] = {}
         self._reply_types: dict[str, VersionedContract] = {}
+        self._signals: dict[str, Contract | None] = {}
         for item in services:
             self._add_service(item)
+        for signal in signals:
+            self._add_signal(signal)
 
     def _add_service(self, item: ServiceSpec) -> None:
         if isinstance(item, VersionedContract):
@@ -326,6 +314,21 @@ class Resumable(Generic[S]):
         for type_ in (*versioned.emits, versioned.system_error_type):
             self._reply_types.setdefault(type_, versioned)
 
+    def _add_signal(self, signal: Contract | str) -> None:
+        if isinstance(signal, Contract):
+            type_, contract = signal.type, signal
+        elif isinstance(signal, str) and signal:
+            type_, contract = signal, None
+        else:
+            raise TypeError(f"signals must be contracts or event types, got {signal!r}")
+        reserved = {self.source, TIMER_TYPE, CANCEL_TYPE, *self._reply_types}
+        if type_ in reserved or type_ in self._signals:
+            raise ConfigViolation(
+                f"workflow {self.contract.uri!r}: signal type {type_!r} is listed twice or is "
+                "already the type of its init event, a service reply, a timer or a cancellation"
+            )
+        self._signals[type_] = contract
+
     @property
     def source(self) -> str:
         """The topic this workflow listens on: ``arvo.orc.<name>``."""
@@ -341,6 +344,9 @@ class Resumable(Generic[S]):
             self._cache.clear()
         else:
             self._cache.pop(subject, None)
+
+    def _now(self) -> float:
+        return to_epoch(self.clock())
 
     # ---------------------------------------------------------------------------------
     # execute
@@ -379,35 +385,55 @@ class Resumable(Generic[S]):
                     f"{', '.join(self.functions)}"
                 )
             typed = self._validate(event, subject)
-            owner = lease_owner()
             key = event.subject
-            try:
-                locked = await self.memory.lock(key, owner, self.lock_ttl)
-            except Exception as error:
-                raise TransactionViolation(
-                    TransactionViolation.LOCK_FAILURE,
-                    f"could not lock workflow {key!r} for event {event.id}: {error}",
-                ) from error
-            if not locked:
-                raise TransactionViolation(
-                    TransactionViolation.LOCK_UNACQUIRED,
-                    f"workflow {key!r} is locked by another execution; retry event {event.id} "
-                    f"later (leases expire after {self.lock_ttl}s)",
-                )
+            owner = await self._lock(key, event.id)
             try:
                 events = await self._execute_locked(key, event, typed, subject, fn, headers)
                 span.set_attribute("arvo.handler.execution.status", "normal")
                 return events
             finally:
-                try:
-                    await self.memory.unlock(key, owner)
-                except Exception:  # a lease that is not released expires on its own
-                    log.warning(
-                        "could not unlock workflow %s; its lease will expire", key, exc_info=True
-                    )
+                await self._unlock(key, owner)
+
+    async def _lock(self, key: str, why: str) -> str:
+        owner = lease_owner()
+        try:
+            locked = await self.memory.lock(key, owner, self.lock_ttl)
+        except Exception as error:
+            raise TransactionViolation(
+                TransactionViolation.LOCK_FAILURE,
+                f"could not lock workflow {key!r} for event {why}: {error}",
+            ) from error
+        if not locked:
+            raise TransactionViolation(
+                TransactionViolation.LOCK_UNACQUIRED,
+                f"workflow {key!r} is locked by another execution; retry event {why} "
+                f"later (leases expire after {self.lock_ttl}s)",
+            )
+        return owner
+
+    async def _unlock(self, key: str, owner: str) -> None:
+        try:
+            await self.memory.unlock(key, owner)
+        except Exception:  # a lease that is not released expires on its own
+            log.warning("could not unlock workflow %s; its lease will expire", key, exc_info=True)
+
+    def _kind(self, event: Event) -> str:
+        if event.type == self.source:
+            return "init"
+        if event.type == TIMER_TYPE:
+            return "timer"
+        if event.type == CANCEL_TYPE:
+            return "cancel"
+        if event.type in self._signals:
+            return "signal"
+        return "reply"
 
     def _validate(self, event: Event, subject: Subject) -> Event:
         """Check the event against its contract; return it with its payload typed."""
+        if event.type in (TIMER_TYPE, CANCEL_TYPE):
+            return self._validate_own(event)
+        if event.type in self._signals:
+            return self._validate_signal(event)
         if event.type == self.source:
             versioned = self.contract.versions.get(subject.version)
             if versioned is None:
@@ -421,8 +447,9 @@ class Resumable(Generic[S]):
                 raise ConfigViolation(
                     f"workflow {self.contract.uri!r} received event {event.id} of type "
                     f"{event.type!r}, which matches no contract it knows: neither its init "
-                    f"type {self.source!r} nor a reply of its services "
-                    f"({', '.join(self._services) or 'none'})"
+                    f"type {self.source!r}, a reply of its services "
+                    f"({', '.join(self._services) or 'none'}), nor one of its signals "
+                    f"({', '.join(self._signals) or 'none'})"
                 )
             versioned = maybe
         parsed = parse_dataschema(event.dataschema)
@@ -459,6 +486,38 @@ class Resumable(Generic[S]):
             ) from None
         return with_data(event, payload)
 
+    def _validate_own(self, event: Event) -> Event:
+        data = event.data
+        field, kind = ("now", (int, float)) if event.type == TIMER_TYPE else ("reason", (str,))
+        if not isinstance(data, dict) or not isinstance(data.get(field), kind):
+            raise ContractViolation(
+                f"event {event.id} ({event.type}) needs data {{{field!r}: ...}}, got {data!r}; "
+                "build it with Resumable.wake(...) or Resumable.cancel_event(...)"
+            )
+        return event
+
+    def _validate_signal(self, event: Event) -> Event:
+        contract = self._signals[event.type]
+        if contract is None:
+            return event
+        parsed = parse_dataschema(event.dataschema)
+        versioned = (
+            contract.versions.get(parsed[1]) if parsed and parsed[0] == contract.uri else None
+        )
+        if versioned is None:
+            raise ContractViolation(
+                f"signal {event.id} ({event.type}) has dataschema {event.dataschema!r}; expected "
+                f"one of {', '.join(v.dataschema for v in contract.versions.values())}. Build "
+                "signals with Resumable.signal_event(...)"
+            )
+        try:
+            return with_data(event, msgspec.convert(wire(event).data, versioned.accepts))
+        except msgspec.ValidationError as error:
+            raise ContractViolation(
+                f"signal {event.id} ({event.type}) payload does not match "
+                f"{versioned.accepts.__name__}: {error}"
+            ) from None
+
     async def _execute_locked(
         self,
         key: str,
@@ -469,8 +528,9 @@ class Resumable(Generic[S]):
         headers: TraceHeaders,
     ) -> list[Event]:
         stored = await self._read(key, event, journal=False)
+        kind = self._kind(event)
         if stored is None:
-            if event.type != self.source:
+            if kind != "init":
                 raise ExecutionViolation(
                     f"workflow {key!r} does not exist, and event {event.id} ({event.type}) is "
                     f"not its init event ({self.source}); a workflow starts with an init event"
@@ -483,7 +543,9 @@ class Resumable(Generic[S]):
         else:
             live = None
             header = decode_header(stored.header)
-        if header.status != ACTIVE or event.type == self.source:
+        if header.status == PARKED:
+            return await self._while_parked(key, stored.revision, header, event)
+        if header.status != ACTIVE or kind == "init":
             return await self._already_seen_or(
                 key,
                 event,
@@ -493,41 +555,68 @@ class Resumable(Generic[S]):
                 if header.status == ACTIVE
                 else None,
             )
-        slot_index = _find_slot(header, event)
-        if slot_index is None:
-            return await self._already_seen_or(
-                key,
-                event,
-                header,
-                f"workflow {key!r} is not waiting for a reply to event {event.parentid!r} "
-                f"(event {event.id}, {event.type}); it waits for "
-                f"{header.waits_for or 'nothing'}",
-            )
-        if live is None:
-            live = await self._rebuild(key, stored, fn)
+        index: int | None = None
+        if kind == "reply":
+            index = _find_slot(header, event)
+            if index is None:
+                quiet = event.parentid is not None and event.parentid in header.ignored
+                return await self._already_seen_or(
+                    key,
+                    event,
+                    header,
+                    None
+                    if quiet
+                    else f"workflow {key!r} is not waiting for a reply to event "
+                    f"{event.parentid!r} (event {event.id}, {event.type}); it waits for "
+                    f"{header.waits_for or 'nothing'}",
+                )
+        else:  # nothing in the header tells a redelivered timer, signal or cancel: look
+            raw = await self._journal_entry(key, event)
+            if raw is not None:
+                return list(decode_entry(raw).produced)
+        run = _Run(key, event, subject, headers, header, stored.revision, stored, live)
         try:
-            return await self._resume(key, live, event, typed, slot_index, subject, headers)
+            if header.unwinding is not None:
+                changed = await self._on_unwinding(run, kind, index, typed)
+            elif kind == "reply":
+                assert index is not None
+                changed = await self._on_reply(run, index, typed, fn)
+            elif kind == "timer":
+                changed = await self._on_timer(run, fn)
+            elif kind == "cancel":
+                changed = await self._on_cancel(run, fn)
+            else:
+                changed = await self._on_signal(run, typed, fn)
+            if changed:
+                await self._commit(run)
+        except NonDeterminismError as error:
+            self._cache.pop(key, None)
+            return await self._park(key, stored, event, error)
         except BaseException:
             self._cache.pop(key, None)
             raise
+        return run.produced
 
     async def _already_seen_or(
         self, key: str, event: Event, header: Header, violation: str | None
     ) -> list[Event]:
         """A redelivered event gets the events it produced; anything else is rejected."""
+        raw = await self._journal_entry(key, event)
+        if raw is not None:
+            return list(decode_entry(raw).produced)
+        if violation is None:
+            log.info("workflow %s is %s: event %s ignored", key, header.status, event.id)
+            return []
+        raise ExecutionViolation(violation)
+
+    async def _journal_entry(self, key: str, event: Event) -> bytes | None:
         try:
-            raw = await self.memory.entry(key, event.id)
+            return await self.memory.entry(key, event.id)
         except Exception as error:
             raise TransactionViolation(
                 TransactionViolation.READ_FAILURE,
                 f"could not read the journal of workflow {key!r} for event {event.id}: {error}",
             ) from error
-        if raw is not None:
-            return list(decode_entry(raw).produced)
-        if violation is None:
-            log.warning("workflow %s is %s: event %s ignored", key, header.status, event.id)
-            return []
-        raise ExecutionViolation(violation)
 
     async def _read(self, key: str, event: Event, *, journal: bool) -> Stored | None:
         try:
@@ -539,7 +628,14 @@ class Resumable(Generic[S]):
             ) from error
 
     async def _write(
-        self, key: str, revision: int, header: Header, entry: Entry, event: Event
+        self,
+        key: str,
+        revision: int,
+        header: Header,
+        append: list[tuple[str, bytes]],
+        why: str,
+        *,
+        reset: bool = False,
     ) -> int:
         try:
             return await self.memory.write(
@@ -547,26 +643,57 @@ class Resumable(Generic[S]):
                 revision=revision,
                 status=header.status,
                 header=encode_header(header),
-                append=[(event.id, encode_entry(entry))],
+                append=append,
+                due=header.next_due(),
+                reset=reset,
             )
         except ConflictError as error:
             raise TransactionViolation(
                 TransactionViolation.WRITE_FAILURE,
-                f"workflow {key!r} was changed by another writer while event {event.id} was "
+                f"workflow {key!r} was changed by another writer while event {why} was "
                 f"applied ({error}); the event was not applied, retry it",
             ) from error
         except Exception as error:
             raise TransactionViolation(
                 TransactionViolation.WRITE_FAILURE,
-                f"could not write workflow {key!r} for event {event.id}: {error}",
+                f"could not write workflow {key!r} for event {why}: {error}",
             ) from error
 
-    # ---------------------------------------------------------------------------------
-    # steps
+    async def _commit(self, run: _Run) -> None:
+        """Write what the run changed: the header, and one journal entry for its event."""
+        header = run.header
+        header.seq += 1
+        entry = Entry(
+            event=wire(run.event),
+            produced=run.produced,
+            resumed=run.resumed,
+            how=run.how,
+            inline=run.inline,
+            yielded=run.yielded,
+        )
+        if run.reset is not None:
+            append = [*run.reset, (run.event.id, encode_entry(entry))]
+        else:
+            append = [(run.event.id, encode_entry(entry))]
+        revision = await self._write(
+            run.key, run.revision, header, append, run.event.id, reset=run.reset is not None
+        )
+        live = run.live
+        if live is not None and header.status == ACTIVE and header.unwinding is None:
+            live.revision = revision
+            self._remember(run.key, live)
+        else:
+            self._cache.pop(run.key, None)
 
-    def _new_context(self, subject: str, version: str) -> Context[Any]:
-        state = self.state_type() if self.state_type is not None else None
-        return Context(state=state, subject=subject, version=version)
+    async def _ensure_live(self, run: _Run, fn: WorkflowFunction) -> _Live:
+        """The suspended generator: the cached one, or rebuilt by replaying the journal."""
+        if run.live is None:
+            run.live = await self._rebuild(run.key, run.stored, fn)
+            run.header = run.live.header
+        return run.live
+
+    # ---------------------------------------------------------------------------------
+    # what each kind of event does
 
     async def _start(
         self,
@@ -585,9 +712,8 @@ class Resumable(Generic[S]):
                 raise ExecutionViolation(
                     f"init event {event.id} has an invalid '{PARENT_SUBJECT_KEY}': {error}"
                 ) from None
-        ctx = self._new_context(key, subject.version)
+        ctx = self._new_context(key, subject.version, 0)
         ctx._enter_step(0, event.time)
-        gen = fn(ctx, typed.data)
         header = Header(
             status=ACTIVE,
             version=subject.version,
@@ -595,166 +721,579 @@ class Resumable(Generic[S]):
             init_event_id=event.id,
             parent_subject=parent,
             state=None,
+            workflow_deadline=None if self.timeout is None else self._now() + self.timeout,
         )
-        live = _Live(gen, ctx, header, 0)
+        live = _Live(fn(ctx, typed.data), ctx, header, 0)
+        run = _Run(key, event, subject, headers, header, 0, Stored(0, ACTIVE, b""), live)
+        run.resumed, run.how = [], "start"
         try:
-            return await self._advance(key, live, event, subject, headers, [], None, None)
+            await self._advance(run, fn, None, None)
+            await self._commit(run)
         except BaseException:
             self._cache.pop(key, None)
             raise
+        return run.produced
+
+    async def _on_reply(self, run: _Run, index: int, typed: Event, fn: WorkflowFunction) -> bool:
+        header = run.header
+        slot = header.waiting[index]
+        if self._retries(slot, typed):
+            return True
+        live = await self._ensure_live(run, fn)
+        header = run.header
+        slot = header.waiting[index]
+        slot.reply = run.event.id
+        live.replies[index] = typed
+        if header.mode == "gather":
+            if any(s.reply is None for s in header.waiting):
+                return True  # stored; the generator resumes when all are in
+            replies = [live.replies[i] for i in range(len(header.waiting))]
+            self._push_undo(header, range(len(replies)), replies)
+            await self._resume(run, fn, "gather", replies)
+        elif header.mode == "race":
+            _abandon(header, keep=index)
+            self._push_undo(header, [index], [typed])
+            await self._resume(run, fn, f"race:{index}", [typed])
+        else:
+            self._push_undo(header, [index], [typed])
+            await self._resume(run, fn, "call", [typed])
+        return True
+
+    def _retries(self, slot: Slot, reply: Event) -> bool:
+        """If ``reply`` is a system error and the slot's retry policy allows another attempt,
+        schedule it (a durable timer) and say so."""
+        retry = slot.retry
+        if retry is None or slot.attempt >= retry.attempts or not self._is_error(reply):
+            return False
+        if reply.data.errorName in retry.non_retryable:
+            return False
+        slot.due = self._now() + retry.delay(slot.attempt)
+        log.info("retrying %s in %.3gs (attempt %d)", slot.service, slot.due, slot.attempt + 1)
+        return True
+
+    def _push_undo(self, header: Header, indexes: Iterable[int], replies: list[Event]) -> None:
+        """Push the compensations of the calls that succeeded, in call order."""
+        for index, reply in zip(indexes, replies, strict=True):
+            undo = header.waiting[index].undo
+            if undo is not None and not self._is_error(reply):
+                header.undo.append(undo)
+
+    async def _on_timer(self, run: _Run, fn: WorkflowFunction) -> bool:
+        header = run.header
+        now = float(run.event.data["now"])
+        if header.workflow_deadline is not None and header.workflow_deadline <= now:
+            _abandon(header)
+            run.yielded = "timeout"
+            self._cache.pop(run.key, None)
+            run.live = None
+            error = ErrorData(
+                "TimeoutError",
+                f"workflow {self.contract.uri!r} ran past its timeout of {self.timeout}s",
+            )
+            self._start_unwind(run, "failed", error)
+            return True
+        timers = sorted(
+            (slot.due, index)
+            for index, slot in enumerate(header.waiting)
+            if slot.kind == "timer" and slot.reply is None and slot.due is not None
+            if slot.due <= now
+        )
+        deadline = header.deadline
+        if deadline is not None and deadline <= now and (not timers or deadline < timers[0][0]):
+            live = await self._ensure_live(run, fn)
+            _abandon(run.header)
+            await self._resume(run, fn, "timeout", [run.event], live)
+            return True
+        if timers:
+            await self._ensure_live(run, fn)
+            index = timers[0][1]
+            run.header.waiting[index].reply = run.event.id
+            if run.header.mode == "race":
+                _abandon(run.header, keep=index)
+                await self._resume(run, fn, f"race:{index}", [run.event])
+            else:
+                await self._resume(run, fn, "sleep", [run.event])
+            return True
+        return await self._resend_due(run, now)
+
+    async def _resend_due(self, run: _Run, now: float) -> bool:
+        """Send again the calls whose retry backoff has passed."""
+        sent = False
+        for index, slot in enumerate(run.header.waiting):
+            due = slot.due
+            if slot.kind == "call" and slot.reply is None and due is not None and due <= now:
+                await self._resend(run, index)
+                sent = True
+        return sent
+
+    async def _resend(self, run: _Run, index: int) -> None:
+        header = run.header
+        slot = header.waiting[index]
+        assert slot.sent_by is not None
+        raw = await self._journal_entry(
+            run.key, msgspec.structs.replace(run.event, id=slot.sent_by)
+        )
+        if raw is None:
+            raise TransactionViolation(
+                TransactionViolation.READ_FAILURE,
+                f"workflow {run.key!r}: the journal entry {slot.sent_by} holding the request to "
+                f"retry ({slot.service}) is missing; the record is damaged",
+            )
+        old = [e for e in decode_entry(raw).produced if e.id in slot.requests]
+        slot.attempt += 1
+        _ignore(header, slot.requests)
+        time = self.clock()
+
+        def again(e: Event) -> Event:
+            return msgspec.structs.replace(
+                e,
+                id=derive_id(run.seed, header.seq, index, e.domain, "attempt", slot.attempt),
+                time=time,
+                parentid=run.event.id,
+            )
+
+        new = [build_trusted(functools.partial(again, e)) for e in old]
+        slot.requests = [e.id for e in new]
+        slot.sent_by = run.event.id
+        slot.due = None
+        run.produced.extend(new)
+
+    async def _on_cancel(self, run: _Run, fn: WorkflowFunction) -> bool:
+        if run.header.cancelling:
+            return True  # journaled, so a redelivery is known; nothing more to do
+        live = await self._ensure_live(run, fn)
+        run.header.cancelling = True
+        _abandon(run.header)
+        await self._resume(run, fn, "cancel", [run.event], live)
+        return True
+
+    async def _on_signal(self, run: _Run, typed: Event, fn: WorkflowFunction) -> bool:
+        for index, slot in enumerate(run.header.waiting):
+            if slot.kind == "signal" and slot.reply is None and slot.service == typed.type:
+                await self._ensure_live(run, fn)
+                run.header.waiting[index].reply = run.event.id
+                if run.header.mode == "race":
+                    _abandon(run.header, keep=index)
+                    await self._resume(run, fn, f"race:{index}", [typed])
+                else:
+                    await self._resume(run, fn, "signal", [typed])
+                return True
+        run.header.inbox.append((typed.type, run.event.id))  # kept until it is waited for
+        return True
+
+    async def _on_unwinding(self, run: _Run, kind: str, index: int | None, typed: Event) -> bool:
+        """While compensations run, only their replies (and retry timers) matter."""
+        header = run.header
+        unwind = header.unwinding
+        assert unwind is not None
+        if kind == "reply":
+            assert index is not None
+            slot = header.waiting[index]
+            if self._retries(slot, typed):
+                return True
+            if self._is_error(typed):
+                unwind.failures.append(typed.data)
+            slot.reply = run.event.id
+            self._next_undo(run)
+            return True
+        if kind == "timer":
+            return await self._resend_due(run, float(run.event.data["now"]))
+        return True  # a signal or cancellation during compensation: journaled, ignored
+
+    # ---------------------------------------------------------------------------------
+    # running the generator
 
     async def _resume(
         self,
-        key: str,
-        live: _Live,
-        event: Event,
-        typed: Event,
-        slot_index: int,
-        subject: Subject,
-        headers: TraceHeaders,
-    ) -> list[Event]:
-        header = live.header
-        header.waiting[slot_index].reply = event.id
-        live.replies[slot_index] = typed
-        if any(slot.reply is None for slot in header.waiting):
-            header.seq += 1
-            entry = Entry(event=wire(event), produced=[], resumed=None, yielded=None)
-            live.revision = await self._write(key, live.revision, header, entry, event)
-            self._remember(key, live)
-            return []
-        replies = [live.replies[index] for index in range(len(header.waiting))]
-        value, error = self._reply_value(replies, header.gather)
-        live.ctx._enter_step(header.seq, event.time)
-        return await self._advance(
-            key, live, event, subject, headers, [r.id for r in replies], value, error
-        )
+        run: _Run,
+        fn: WorkflowFunction,
+        how: str,
+        events: list[Event],
+        live: _Live | None = None,
+    ) -> None:
+        """Send what woke the workflow into its generator and run it to its next wait."""
+        live = live or await self._ensure_live(run, fn)
+        value, error = self._wake_value(how, events, run.header.waits_for)
+        run.resumed = [e.id for e in events]
+        run.how = how
+        live.ctx._enter_step(run.header.seq, run.event.time)
+        await self._advance(run, fn, value, error)
 
-    def _reply_value(self, replies: list[Event], is_gather: bool) -> tuple[Any, Any]:
-        """What to send into the generator: the reply (a list for a gather), and the
-        ``ServiceError`` for the first system-error reply in call order, if any."""
-        first_error: ServiceError | None = None
-        for reply in replies:
-            if reply.type == self._reply_types[reply.type].system_error_type:
-                first_error = ServiceError(reply)
-                break
-        return (replies if is_gather else replies[0]), first_error
+    def _wake_value(
+        self, how: str, events: list[Event], waits_for: str | None
+    ) -> tuple[Any, BaseException | None]:
+        """What a wake-up sends into the generator: a value, or an error to raise at the
+        ``yield``. The same for a live step and for replay."""
+        if how == "call":
+            return events[0], self._service_error(events[0])
+        if how == "gather":
+            first = next((e for e in events if self._is_error(e)), None)
+            return events, None if first is None else ServiceError(first)
+        if how.startswith("race:"):
+            winner = events[0]
+            if winner.type == TIMER_TYPE:
+                return (int(how[5:]), None), None
+            return (int(how[5:]), winner), self._service_error(winner)
+        if how == "timeout":
+            return None, TimeoutError(f"timed out waiting for {waits_for}")
+        if how == "cancel":
+            return None, Cancelled(str(events[0].data.get("reason", "")))
+        if how == "signal":
+            return events[0], None
+        return None, None  # sleep, start
 
-    def _typed_reply(self, reply: Event) -> Event:
-        """A stored reply with its payload decoded into its contract's Struct."""
-        schema = self._reply_types[reply.type].schema_for(reply.type)
-        assert schema is not None
-        return with_data(reply, msgspec.convert(reply.data, schema))
+    def _is_error(self, reply: Event) -> bool:
+        versioned = self._reply_types.get(reply.type)
+        return versioned is not None and reply.type == versioned.system_error_type
+
+    def _service_error(self, reply: Event) -> ServiceError | None:
+        return ServiceError(reply) if self._is_error(reply) else None
 
     async def _advance(
-        self,
-        key: str,
-        live: _Live,
-        event: Event,
-        subject: Subject,
-        headers: TraceHeaders,
-        resumed: list[str],
-        value: Any,
-        error: BaseException | None,
-    ) -> list[Event]:
-        """Run the generator to its next wait, build the events, persist, return them."""
-        header = live.header
-        seq = header.seq
-        produced: list[Event] = []
-        outcome = _to_next_wait(live.gen, value, error)
-        yielded = _describe(outcome)
-        failure: BaseException | None = None
-        if isinstance(outcome, _Raised):
-            failure = outcome.error
-        elif isinstance(outcome, _Ended):
-            failure = RuntimeError(
-                f"workflow {self.contract.uri!r} finished without yielding complete(...); "
-                "end it with 'yield complete(result)'"
+        self, run: _Run, fn: WorkflowFunction, value: Any, error: BaseException | None
+    ) -> None:
+        """Run the generator to its next wait and turn what it yields into events."""
+        live = run.live
+        assert live is not None
+        header = run.header
+        outcome = await self._run_inline(run, live, step(live.gen, value, error))
+        run.yielded = describe(outcome)
+        if isinstance(outcome, Raised):
+            await self._ended_by(run, outcome.error)
+            return
+        if isinstance(outcome, Ended):
+            await self._ended_by(
+                run,
+                RuntimeError(
+                    f"workflow {self.contract.uri!r} finished without yielding complete(...); "
+                    "end it with 'yield complete(result)'"
+                ),
             )
-        elif isinstance(outcome.value, Complete):
-            produced = self._completion(outcome.value, event, subject, header, seq, headers)
-            after = _step(live.gen, None)
-            if isinstance(after, _Ended):
-                header.status = DONE
-                header.result = produced[-1].data if produced else None
-                header.waiting = []
-                header.waits_for = None
-            else:
-                produced = []
-                failure = (
+            return
+        request = outcome.value
+        if isinstance(request, Complete):
+            produced = self._completion(request, run)
+            after = step(live.gen, None)
+            if not isinstance(after, Ended):
+                await self._ended_by(
+                    run,
                     after.error
-                    if isinstance(after, _Raised)
+                    if isinstance(after, Raised)
                     else RuntimeError(
-                        f"workflow {self.contract.uri!r} yielded {_describe(after)} after "
+                        f"workflow {self.contract.uri!r} yielded {describe(after)} after "
                         "complete(...); complete must be the last thing a workflow yields"
-                    )
+                    ),
                 )
+                return
+            run.produced.extend(produced)
+            header.status = DONE
+            header.result = produced[-1].data if produced else None
+            self._clear_wait(header)
+            header.undo = []
+        elif isinstance(request, ContinueAsNew):
+            await self._continue_as_new(run, fn, request)
+            return
         else:
-            request = outcome.value
-            calls = request.calls if isinstance(request, Gather) else (request,)
-            header.waiting = []
-            for index, item in enumerate(calls):
-                slot, requests = self._request(item, index, event, subject, header, seq, headers)
-                header.waiting.append(slot)
-                produced.extend(requests)
-            header.sent_by = event.id
-            header.gather = isinstance(request, Gather)
-            header.waits_for = yielded
-            live.replies = {}
-        if failure is not None:
-            if is_violation(failure):
-                raise failure
-            return await self._fail(key, live, event, failure, subject, headers, resumed)
+            self._wait(run, request)
         header.state = self._unstructure_state(live.ctx.state)
-        header.seq = seq + 1
-        entry = Entry(event=wire(event), produced=produced, resumed=resumed, yielded=yielded)
-        live.revision = await self._write(key, live.revision, header, entry, event)
-        if header.status == ACTIVE:
-            self._remember(key, live)
-        else:
-            self._cache.pop(key, None)
-        return produced
+        header.patches = dict(live.ctx._patches)
 
-    async def _fail(
-        self,
-        key: str,
-        live: _Live,
-        event: Event,
-        error: BaseException,
-        subject: Subject,
-        headers: TraceHeaders,
-        resumed: list[str],
-    ) -> list[Event]:
-        header = live.header
-        context = self._domains(event, header)
-        produced = system_error_events(
-            error=error,
-            source=self.source,
-            contract=self.contract,
-            subject=header.parent_subject or key,
-            to=subject.initiator or event.source,
-            parentid=header.init_event_id or event.id,
-            event=event,
-            executionunits=self.executionunits,
-            headers=headers,
-            domains=resolve_domains(self.system_error_domain, context),
-            id_seed=derive_id(key, header.seq),
-        )
-        log.info("workflow %s failed at step %d: %r", key, header.seq, error)
-        header.status = FAILED
-        header.error = ErrorData.of(error)
+    async def _run_inline(self, run: _Run, live: _Live, outcome: Outcome) -> Outcome:
+        """Answer at once what needs no event (local steps, kept signals, empty gathers),
+        journaling each answer, until the workflow yields something to wait for."""
+        while isinstance(outcome, Yielded):
+            request = outcome.value
+            record = Inline(yielded=describe(outcome))
+            value: Any = None
+            error: BaseException | None = None
+            if isinstance(request, Gather) and not request.calls:
+                value = []
+            elif isinstance(request, Step):
+                value, record.value, record.error = await self._run_step(request)
+                if record.error is not None:
+                    error = StepError(record.error.errorName, record.error.errorMessage)
+            elif isinstance(request, WaitFor | Race) and (kept := self._kept(run.header, request)):
+                index, event_id = kept
+                signal = await self._kept_signal(run, event_id)
+                record.event = event_id
+                if isinstance(request, Race):
+                    record.value = index
+                    value = (index, signal)
+                else:
+                    value = signal
+            elif not isinstance(request, _WAITS):
+                message = (
+                    f"workflow yielded {request!r}; yield call(...), gather(...), race(...), "
+                    "sleep(...), wait_for(...), step(...), continue_as_new(...) or complete(...)"
+                )
+                record.error = ErrorData("TypeError", message)
+                error = TypeError(message)
+            else:
+                return outcome
+            run.inline.append(record)
+            outcome = step(live.gen, value, error)
+        return outcome
+
+    async def _run_step(self, request: Step) -> tuple[Any, Any, ErrorData | None]:
+        """Run a local step once: (value for the workflow, value to journal, error)."""
+        try:
+            result = request.fn(*request.args, **request.kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as error:
+            return None, None, ErrorData(type(error).__name__, str(error))
+        try:
+            plain = msgspec.msgpack.decode(msgspec.msgpack.encode(result))
+            value = self._step_value(request, plain)
+        except (TypeError, msgspec.EncodeError, msgspec.ValidationError) as error:
+            return (
+                None,
+                None,
+                ErrorData(
+                    "TypeError",
+                    f"step {request.name} returned {type(result).__name__}, which cannot be "
+                    f"journaled or converted ({error}); return plain data or a msgspec Struct",
+                ),
+            )
+        return value, plain, None
+
+    @staticmethod
+    def _step_value(request: Step, plain: Any) -> Any:
+        return plain if request.result_type is None else msgspec.convert(plain, request.result_type)
+
+    def _kept(self, header: Header, request: WaitFor | Race) -> tuple[int, str] | None:
+        """The first kept signal this wait (or one arm of this race) takes, removed."""
+        arms = request.arms if isinstance(request, Race) else (request,)
+        for position, (type_, event_id) in enumerate(header.inbox):
+            for index, arm in enumerate(arms):
+                if isinstance(arm, WaitFor) and arm.type == type_:
+                    del header.inbox[position]
+                    return index, event_id
+        return None
+
+    async def _kept_signal(self, run: _Run, event_id: str) -> Event:
+        raw = await self._journal_entry(run.key, msgspec.structs.replace(run.event, id=event_id))
+        if raw is None:
+            raise TransactionViolation(
+                TransactionViolation.READ_FAILURE,
+                f"workflow {run.key!r}: kept signal {event_id} is not in its journal",
+            )
+        return self._typed(decode_entry(raw).event)
+
+    def _wait(self, run: _Run, request: Any) -> None:
+        """Set up what the workflow now waits for, and build the requests it sends."""
+        header = run.header
+        assert run.live is not None
+        arms: tuple[Any, ...]
+        mode: Mode
+        if isinstance(request, Gather):
+            arms, mode, timeout = request.calls, "gather", request.timeout
+        elif isinstance(request, Race):
+            arms, mode, timeout = request.arms, "race", None
+        else:
+            arms, mode = (request,), "call"
+            timeout = None if isinstance(request, Sleep) else request.timeout
+        now: float | None = None
+        if timeout is not None or any(isinstance(a, Sleep) for a in arms):
+            now = self._now()
         header.waiting = []
+        for index, arm in enumerate(arms):
+            if isinstance(arm, Call):
+                slot, requests = self._request(arm, index, run)
+                slot.sent_by = run.event.id
+                slot.retry = _retry_spec(arm.retry)
+                slot.undo = None if arm.compensate is None else self._undo(arm.compensate)
+                run.produced.extend(requests)
+            elif isinstance(arm, Sleep):
+                assert now is not None
+                due = arm.until.timestamp() if arm.until is not None else now + (arm.seconds or 0)
+                slot = Slot(kind="timer", due=due)
+            else:
+                if arm.type not in self._signals:
+                    raise ConfigViolation(
+                        f"workflow {self.contract.uri!r} waits for signal {arm.type!r}, which "
+                        "is not in its signals; add it to Resumable(..., signals=[...])"
+                    )
+                slot = Slot(kind="signal", service=arm.type)
+            header.waiting.append(slot)
+        header.mode = mode
+        header.deadline = None if timeout is None else (now or self._now()) + timeout
+        header.waits_for = run.yielded
+        run.live.replies = {}
+
+    def _undo(self, call: Call) -> Undo:
+        versioned = self._service(call)
+        try:
+            _, data = versioned.validate_accepts(call.data)
+        except msgspec.ValidationError as error:
+            raise ContractViolation(
+                f"workflow {self.contract.uri!r}: the compensation payload for "
+                f"{versioned.type} does not match {versioned.accepts.__name__}: {error}"
+            ) from None
+        return Undo(service=versioned.uri, data=data, retry=_retry_spec(call.retry))
+
+    @staticmethod
+    def _clear_wait(header: Header) -> None:
+        header.waiting = []
+        header.mode = "none"
+        header.deadline = None
         header.waits_for = None
-        header.state = self._unstructure_state(live.ctx.state)
-        header.seq += 1
-        entry = Entry(
-            event=wire(event),
-            produced=produced,
-            resumed=resumed,
-            yielded=f"raise {type(error).__name__}",
+
+    async def _ended_by(self, run: _Run, error: BaseException) -> None:
+        """The generator raised: unwind (compensate, then report), or re-raise a violation."""
+        if is_violation(error):
+            raise error
+        live = run.live
+        assert live is not None
+        run.header.state = self._unstructure_state(live.ctx.state)
+        run.header.patches = dict(live.ctx._patches)
+        run.live = None
+        self._cache.pop(run.key, None)
+        reason = "cancelled" if isinstance(error, Cancelled) else "failed"
+        log.info("workflow %s ended at step %d: %r", run.key, run.header.seq, error)
+        self._start_unwind(run, reason, ErrorData.of(error))
+
+    def _start_unwind(self, run: _Run, reason: str, error: ErrorData) -> None:
+        header = run.header
+        self._clear_wait(header)
+        header.unwinding = Unwind(
+            reason="cancelled" if reason == "cancelled" else "failed", error=error
         )
-        await self._write(key, live.revision, header, entry, event)
-        self._cache.pop(key, None)
-        return produced
+        self._next_undo(run)
+
+    def _next_undo(self, run: _Run) -> None:
+        """Send the next compensation, last pushed first; or report the end."""
+        header = run.header
+        if not header.undo:
+            self._finish_unwind(run)
+            return
+        undo = header.undo.pop()
+        versioned = self._services.get(undo.service)
+        if versioned is None:
+            raise ConfigViolation(
+                f"workflow {self.contract.uri!r} must compensate with {undo.service!r}, which "
+                "is no longer in its services; add it back to Resumable(..., services=[...])"
+            )
+        slot, requests = self._request(Call(versioned, undo.data), 0, run)
+        slot.sent_by = run.event.id
+        slot.retry = undo.retry
+        header.waiting = [slot]
+        header.mode = "call"
+        header.deadline = None
+        header.waits_for = f"compensate {versioned.type}"
+        run.produced.extend(requests)
+
+    def _finish_unwind(self, run: _Run) -> None:
+        header = run.header
+        unwind = header.unwinding
+        assert unwind is not None
+        error = unwind.error
+        if unwind.failures:
+            failed = "; ".join(f"{f.errorName}: {f.errorMessage}" for f in unwind.failures)
+            error = ErrorData(
+                error.errorName,
+                f"{error.errorMessage} (and {len(unwind.failures)} compensation(s) failed: "
+                f"{failed})",
+                error.errorStack,
+            )
+        context = self._domains(run.event, header)
+        run.produced.extend(
+            system_error_events(
+                error=error,
+                source=self.source,
+                contract=self.contract,
+                subject=header.parent_subject or run.key,
+                to=run.subject.initiator or run.event.source,
+                parentid=header.init_event_id or run.event.id,
+                event=run.event,
+                executionunits=self.executionunits,
+                headers=run.headers,
+                domains=resolve_domains(self.system_error_domain, context),
+                id_seed=derive_id(run.seed, header.seq),
+            )
+        )
+        header.status = CANCELLED if unwind.reason == "cancelled" else FAILED
+        header.error = error
+        header.unwinding = None
+        self._clear_wait(header)
+
+    async def _continue_as_new(
+        self, run: _Run, fn: WorkflowFunction, request: ContinueAsNew
+    ) -> None:
+        """Start the next generation: new input, fresh state, a new journal, same subject."""
+        old = run.header
+        versioned = self.contract.versions[old.version]
+        try:
+            _, data = versioned.validate_accepts(request.data)
+        except msgspec.ValidationError as error:
+            raise ContractViolation(
+                f"workflow {self.contract.uri!r}: continue_as_new data does not match "
+                f"{versioned.accepts.__name__}: {error}"
+            ) from None
+        generation = old.generation + 1
+        init = Event(
+            id=derive_id(run.key, "generation", generation),
+            source=self.source,
+            type=self.source,
+            subject=run.key,
+            data={**data, PARENT_SUBJECT_KEY: old.parent_subject},
+            dataschema=versioned.dataschema,
+            time=run.event.time,
+            to=self.source,
+            parentid=run.event.id,
+            redirectto=run.event.redirectto,
+        )
+        kept: list[tuple[str, bytes]] = []
+        for _, event_id in old.inbox:
+            raw = await self._journal_entry(
+                run.key, msgspec.structs.replace(run.event, id=event_id)
+            )
+            if raw is not None:
+                kept.append(
+                    (event_id, encode_entry(Entry(event=decode_entry(raw).event, produced=[])))
+                )
+        _abandon(old)
+        header = Header(
+            status=ACTIVE,
+            version=old.version,
+            seq=0,
+            init_event_id=init.id,
+            parent_subject=old.parent_subject,
+            state=None,
+            workflow_deadline=old.workflow_deadline,
+            inbox=list(old.inbox),
+            ignored=list(old.ignored),
+            generation=generation,
+        )
+        ctx = self._new_context(run.key, old.version, generation)
+        ctx._enter_step(0, init.time)
+        typed = msgspec.convert(init.data, versioned.accepts)
+        live = _Live(fn(ctx, typed), ctx, header, run.revision)
+        first = _Run(
+            run.key, init, run.subject, run.headers, header, run.revision, run.stored, live
+        )
+        first.resumed, first.how = [], "start"
+        await self._advance(first, fn, None, None)
+        if first.reset is not None:
+            raise ContractViolation(
+                f"workflow {self.contract.uri!r} yielded continue_as_new(...) as the first "
+                "thing of a new generation; that would loop forever"
+            )
+        header.seq = 1 + len(kept)
+        entry = Entry(
+            event=wire(init),
+            produced=first.produced,
+            resumed=[],
+            how="start",
+            inline=first.inline,
+            yielded=first.yielded,
+        )
+        run.reset = [(init.id, encode_entry(entry)), *kept]
+        run.header = header
+        run.live = first.live
+        run.produced.extend(first.produced)
+        run.resumed, run.how, run.inline = None, "", []
+        run.yielded = "continue_as_new"
 
     # ---------------------------------------------------------------------------------
     # building events
@@ -786,16 +1325,9 @@ class Resumable(Generic[S]):
             )
         return versioned
 
-    def _request(
-        self,
-        call: Call,
-        index: int,
-        event: Event,
-        subject: Subject,
-        header: Header,
-        seq: int,
-        headers: TraceHeaders,
-    ) -> tuple[Slot, list[Event]]:
+    def _request(self, call: Call, index: int, run: _Run) -> tuple[Slot, list[Event]]:
+        """The request events of one call (one per domain), and the slot for its reply."""
+        event, header, seq, headers = run.event, run.header, run.header.seq, run.headers
         versioned = self._service(call)
         try:
             _, data = versioned.validate_accepts(call.data)
@@ -804,7 +1336,7 @@ class Resumable(Generic[S]):
                 f"workflow {self.contract.uri!r} step {seq}: the payload for "
                 f"{versioned.type} does not match {versioned.accepts.__name__}: {error}"
             ) from None
-        key = event.subject
+        key = run.key
         context = self._domains(event, header, versioned)
         domain_spec = call.domain if call.domain is not None else self.service_domain
         redirectto = call.redirectto or self.source
@@ -823,7 +1355,7 @@ class Resumable(Generic[S]):
                     parent=key,
                     domain=domain,
                     meta={"redirectto": redirectto},
-                    execution_id=derive_id(key, seq, index, "child"),
+                    execution_id=derive_id(run.seed, seq, index, "child"),
                 )
 
             def build(
@@ -832,7 +1364,7 @@ class Resumable(Generic[S]):
                 domain: str | None = domain,
             ) -> Event:
                 return Event(
-                    id=derive_id(key, seq, index, domain),
+                    id=derive_id(run.seed, seq, index, domain),
                     source=self.source,
                     type=versioned.type,
                     subject=request_subject,
@@ -864,15 +1396,14 @@ class Resumable(Generic[S]):
                 ) from None
         return Slot(service=versioned.uri, requests=[r.id for r in requests]), requests
 
-    def _completion(
-        self,
-        done: Complete,
-        event: Event,
-        subject: Subject,
-        header: Header,
-        seq: int,
-        headers: TraceHeaders,
-    ) -> list[Event]:
+    def _completion(self, done: Complete, run: _Run) -> list[Event]:
+        event, subject, header, seq, headers = (
+            run.event,
+            run.subject,
+            run.header,
+            run.header.seq,
+            run.headers,
+        )
         versioned = self.contract.versions[header.version]
         complete_type = self.contract.complete_type
         try:
@@ -882,12 +1413,12 @@ class Resumable(Generic[S]):
                 f"workflow {self.contract.uri!r}: the completion payload does not match "
                 f"{versioned.emits[complete_type].__name__}: {error}"
             ) from None
-        key = event.subject
+        key = run.key
         context = self._domains(event, header)
         domain_spec = done.domain if done.domain is not None else self.complete_domain
         return [
             Event(
-                id=derive_id(key, seq, "complete", domain),
+                id=derive_id(run.seed, seq, "complete", domain),
                 source=self.source,
                 type=complete_type,
                 subject=header.parent_subject or key,
@@ -919,8 +1450,24 @@ class Resumable(Generic[S]):
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
+    def _new_context(self, key: str, version: str, generation: int) -> Context[Any]:
+        state = self.state_type() if self.state_type is not None else None
+        ctx: Context[Any] = Context(state=state, subject=key, version=version)
+        ctx._seed = _seed(key, generation)
+        return ctx
+
     def _unstructure_state(self, state: Any) -> Any:
         return None if state is None else _converter.unstructure(state)
+
+    def _typed(self, event: Event) -> Event:
+        """A journaled event with its payload decoded as the workflow received it."""
+        if event.type in self._reply_types:
+            schema = self._reply_types[event.type].schema_for(event.type)
+            assert schema is not None
+            return with_data(event, msgspec.convert(event.data, schema))
+        if event.type in self._signals:
+            return self._validate_signal(event)
+        return event
 
     async def _rebuild(self, key: str, stored: Stored, fn: WorkflowFunction) -> _Live:
         """The suspended generator for a record whose live one is not cached: replayed."""
@@ -937,38 +1484,35 @@ class Resumable(Generic[S]):
         """Rebuild the suspended generator by feeding it its journal, checking every step."""
         assert stored.journal is not None
         entries = decode_for_replay(stored.journal)
-        ctx = self._new_context(key, header.version)
+        received = {entry.event.id: entry.event for entry in entries}
+        ctx = self._new_context(key, header.version, header.generation)
         ctx.is_replaying = True
+        ctx._recorded_patches = dict(header.patches)
         init = entries[0].event
         versioned = self.contract.versions[header.version]
-        init_data = msgspec.convert(init.data, versioned.accepts)
         ctx._enter_step(0, init.time)
-        gen = fn(ctx, init_data)
-        received: dict[str, Event] = {}
-        waiting_gather = False
+        gen = fn(ctx, msgspec.convert(init.data, versioned.accepts))
+        waits_for: str | None = None
         for seq, entry in enumerate(entries):
             if seq == 0:
-                outcome = _to_next_wait(gen)
+                outcome = step(gen)
+            elif entry.resumed is None:
+                continue
             else:
-                received[entry.event.id] = entry.event
-                if entry.resumed is None:
-                    continue
-                replies = [self._typed_reply(received.pop(i)) for i in entry.resumed]
-                value, error = self._reply_value(replies, waiting_gather)
+                events = [self._typed(received[i]) for i in entry.resumed]
+                value, error = self._wake_value(entry.how, events, waits_for)
                 ctx._enter_step(seq, entry.event.time)
-                outcome = _to_next_wait(gen, value, error)
-            waiting_gather = isinstance(outcome, _Yielded) and isinstance(outcome.value, Gather)
-            now = _describe(outcome)
-            if now != entry.yielded:
-                raise NonDeterminismError(
-                    f"workflow {key!r} no longer matches its history: step {seq} was "
-                    f"`{entry.yielded}`, now `{now}`. The code changed under a running "
-                    "instance; deploy the change as a new contract version instead",
-                    subject=key,
-                    step=seq,
-                    recorded=entry.yielded,
-                    replayed=now,
-                )
+                outcome = step(gen, value, error)
+            for record in entry.inline:
+                now = describe(outcome)
+                if now != record.yielded:
+                    raise self._diverged(key, seq, record.yielded, now)
+                assert isinstance(outcome, Yielded)
+                outcome = step(gen, *self._replayed_inline(outcome.value, record, received))
+            now = describe(outcome)
+            if now != entry.yielded and not (entry.yielded == "timeout" and entry.resumed is None):
+                raise self._diverged(key, seq, entry.yielded, now)
+            waits_for = now
         rebuilt = msgspec.msgpack.decode(msgspec.msgpack.encode(self._unstructure_state(ctx.state)))
         if rebuilt != header.state:
             raise NonDeterminismError(
@@ -981,68 +1525,237 @@ class Resumable(Generic[S]):
             )
         ctx.is_replaying = False
         partial = {  # replies already in for the current wait (a gather part-way through)
-            index: self._typed_reply(received[slot.reply])
+            index: self._typed(received[slot.reply])
             for index, slot in enumerate(header.waiting)
-            if slot.reply is not None
+            if slot.reply is not None and slot.reply in received
         }
         return _Live(gen, ctx, header, stored.revision, partial)
+
+    def _replayed_inline(
+        self, request: Any, record: Inline, received: dict[str, Event]
+    ) -> tuple[Any, BaseException | None]:
+        """What a journaled inline answer sends into the generator on replay."""
+        if record.error is not None:
+            if isinstance(request, Step):
+                return None, StepError(record.error.errorName, record.error.errorMessage)
+            return None, TypeError(record.error.errorMessage)
+        if record.event is not None:
+            signal = self._typed(received[record.event])
+            return ((record.value, signal) if isinstance(request, Race) else signal), None
+        if isinstance(request, Step):
+            return self._step_value(request, record.value), None
+        return [], None  # an empty gather
+
+    @staticmethod
+    def _diverged(key: str, seq: int, recorded: str | None, now: str) -> NonDeterminismError:
+        return NonDeterminismError(
+            f"workflow {key!r} no longer matches its history: step {seq} was "
+            f"`{recorded}`, now `{now}`. The code changed under a running instance; deploy "
+            "the change as a new contract version, or guard it with ctx.patched(...)",
+            subject=key,
+            step=seq,
+            recorded=recorded,
+            replayed=now,
+        )
+
+    # ---------------------------------------------------------------------------------
+    # parked instances
+
+    async def _park(
+        self, key: str, stored: Stored, event: Event, error: NonDeterminismError
+    ) -> list[Event]:
+        """Stop an instance whose history no longer matches its code, keeping the event."""
+        header = decode_header(stored.header)
+        header.status = PARKED
+        header.parked = Parked(
+            message=str(error), step=error.step, recorded=error.recorded, replayed=error.replayed
+        )
+        header.parked_events = [wire(event)]
+        await self._write(key, stored.revision, header, [], event.id)
+        log.error("workflow %s parked: %s", key, error)
+        return []
+
+    async def _while_parked(
+        self, key: str, revision: int, header: Header, event: Event
+    ) -> list[Event]:
+        if any(e.id == event.id for e in header.parked_events):
+            return []
+        header.parked_events.append(wire(event))
+        await self._write(key, revision, header, [], event.id)
+        return []
+
+    async def parked(self) -> list[WorkflowStatus[S]]:
+        """Every parked instance of this workflow, with the step its history diverged at."""
+        out: list[WorkflowStatus[S]] = []
+        for key in await self._keys(PARKED):
+            status = await self.status(key)
+            if status is not None:
+                out.append(status)
+        return out
+
+    async def unpark(self, subject: str) -> list[Event]:
+        """Replay a parked instance against the current code; if it matches now, make it
+        active again and apply the events that came while it was parked. Returns the events
+        they emit (publish them). Raises ``NonDeterminismError`` if it still diverges."""
+        owner = await self._lock(subject, f"unpark {subject}")
+        try:
+            stored = await self.memory.read(subject, journal=True)
+            header = None if stored is None else decode_header(stored.header)
+            if stored is None or header is None or header.status != PARKED:
+                raise ValueError(f"workflow {subject!r} is not parked")
+            fn = self.functions.get(header.version)
+            if fn is None:
+                raise ConfigViolation(
+                    f"workflow {self.contract.uri!r} has no function for version "
+                    f"{header.version}, which parked instance {subject!r} runs"
+                )
+            header.status = ACTIVE
+            try:
+                live = self._replay(subject, stored, header, fn)
+            except NonDeterminismError as error:
+                header.status = PARKED
+                header.parked = Parked(
+                    message=str(error),
+                    step=error.step,
+                    recorded=error.recorded,
+                    replayed=error.replayed,
+                )
+                await self._write(subject, stored.revision, header, [], "unpark")
+                raise
+            pending, header.parked_events, header.parked = header.parked_events, [], None
+            live.revision = await self._write(subject, stored.revision, header, [], "unpark")
+            self._remember(subject, live)
+        finally:
+            await self._unlock(subject, owner)
+        produced: list[Event] = []
+        for event in pending:
+            produced.extend(await self.execute(event))
+        return produced
+
+    # ---------------------------------------------------------------------------------
+    # timers, cancellation, signals
+
+    async def wake(self, subject: str) -> list[Event]:
+        """Fire what is due for ``subject`` (a timer, a timeout, a retry): returns the events
+        it emits, or ``[]`` if nothing is due. ``LocalBroker`` and ``Worker`` call this for
+        the keys ``memory.due(now)`` lists; calling it twice is harmless."""
+        stored = await self.memory.read(subject)
+        if stored is None or stored.status != ACTIVE:
+            return []
+        due = decode_header(stored.header).next_due()
+        now = self._now()
+        if due is None or due > now:
+            return []
+        event = Event(
+            id=derive_id(subject, "timer", stored.revision),
+            source=self.source,
+            type=TIMER_TYPE,
+            subject=subject,
+            data={"now": now},
+            time=to_iso(now),
+            to=self.source,
+        )
+        return await self.execute(event)
+
+    def cancel_event(self, subject: str, reason: str = "", *, source: str | None = None) -> Event:
+        """An event that cancels instance ``subject``: send it through a broker, or pass it
+        to ``execute``. ``Cancelled`` is raised at the workflow's current ``yield``."""
+        return Event(
+            id=str(uuid.uuid4()),
+            source=source or self.source,
+            type=CANCEL_TYPE,
+            subject=subject,
+            data={"reason": reason},
+            time=self.clock(),
+            to=self.source,
+        )
+
+    async def cancel(self, subject: str, reason: str = "") -> list[Event]:
+        """Cancel instance ``subject`` now; returns the events that emits (its compensations
+        or its cancelled report), for the caller to publish."""
+        return await self.execute(self.cancel_event(subject, reason))
+
+    def signal_event(
+        self, subject: str, signal: Contract | str, data: Any, *, source: str
+    ) -> Event:
+        """A signal for running instance ``subject``, as ``wait_for(signal)`` receives it.
+
+        ``signal`` is one of the workflow's ``signals``; ``data`` is validated against its
+        contract. Send the event through a broker (``to`` is this workflow's topic)."""
+        type_ = signal.type if isinstance(signal, Contract) else signal
+        if type_ not in self._signals:
+            raise ConfigViolation(
+                f"workflow {self.contract.uri!r} has no signal {type_!r}; it lists "
+                f"{', '.join(self._signals) or 'none'}"
+            )
+        contract = self._signals[type_]
+        if contract is None:
+            return Event(
+                source=source,
+                type=type_,
+                subject=subject,
+                data=data,
+                to=self.source,
+                time=self.clock(),
+            )
+        return contract.event(
+            data, source=source, subject=subject, to=self.source, time=self.clock()
+        )
 
     # ---------------------------------------------------------------------------------
     # queries
 
-    async def status(self, subject: str) -> WorkflowStatus[S] | None:
-        """The stored status of one instance (from memory only), or None if unknown."""
-        stored = await self.memory.read(subject)
-        if stored is None:
-            return None
-        header = decode_header(stored.header)
-        state: Any = header.state
-        if self.state_type is not None and state is not None:
-            state = _converter.structure(state, self.state_type)
-        return WorkflowStatus(
-            subject=subject,
-            status=header.status,
-            version=header.version,
-            steps=header.seq,
-            state=state,
-            waits_for=header.waits_for,
-            result=header.result,
-            error=header.error,
-        )
+    async def _keys(self, status: str) -> list[str]:
+        out = []
+        for key in await self.memory.keys(status=status):
+            try:
+                if parse_subject(key).name == self.source:
+                    out.append(key)
+            except SubjectError:
+                continue
+        return out
+
+    async def status(self, subject: str, *, history: bool = False) -> WorkflowStatus[S] | None:
+        """The stored status of one instance, read from memory only (no code runs): status,
+        version, typed explicit state, what it waits for, and with ``history=True`` every
+        step it took. None if there is no such instance."""
+        return await read_status(self.memory, subject, history=history, state_type=self.state_type)
 
     async def outbox(self) -> list[Event]:
         """Every unanswered request of this workflow's active instances, read from memory:
         what a broker re-sends after a crash."""
         out: list[Event] = []
-        for key in await self.memory.keys(status=ACTIVE):
-            try:
-                if parse_subject(key).name != self.source:
-                    continue
-            except SubjectError:
-                continue
+        for key in await self._keys(ACTIVE):
             out.extend(await self.pending_requests(key))
         return out
 
     async def pending_requests(self, subject: str) -> list[Event]:
         """Requests an active instance sent and has no reply for yet: what to re-send after
-        a crash (the record is the outbox)."""
+        a crash (the record is the outbox). A call waiting out a retry backoff is not
+        pending: its timer re-sends it."""
         stored = await self.memory.read(subject)
         if stored is None or stored.status != ACTIVE:
             return []
         header = decode_header(stored.header)
-        missing = {r for slot in header.waiting if slot.reply is None for r in slot.requests}
-        if not missing or header.sent_by is None:
-            return []
-        raw = await self.memory.entry(subject, header.sent_by)
-        if raw is None:
-            return []
-        return [e for e in decode_entry(raw).produced if e.id in missing]
+        out: list[Event] = []
+        entries: dict[str, list[Event]] = {}
+        for slot in header.waiting:
+            if slot.kind != "call" or slot.reply is not None or slot.due is not None:
+                continue
+            if slot.sent_by is None:
+                continue
+            if slot.sent_by not in entries:
+                raw = await self.memory.entry(subject, slot.sent_by)
+                entries[slot.sent_by] = [] if raw is None else decode_entry(raw).produced
+            wanted = set(slot.requests)
+            out.extend(e for e in entries[slot.sent_by] if e.id in wanted)
+        return out
 
 
 def _find_slot(header: Header, event: Event) -> int | None:
     if event.parentid is None:
         return None
     for index, slot in enumerate(header.waiting):
-        if slot.reply is None and event.parentid in slot.requests:
+        if slot.kind == "call" and slot.reply is None and event.parentid in slot.requests:
             return index
     return None

@@ -120,6 +120,29 @@ class ServiceError(Exception):
         super().__init__(f"{event.type} from {event.source}: {self.name}: {self.message}")
 
 
+class StepError(Exception):
+    """Raised at ``yield step(fn)`` when ``fn`` raised: the same on replay, where ``fn`` is not
+    run again. ``name`` and ``message`` describe the original exception."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+
+
+class Cancelled(BaseException):
+    """Raised at a workflow's current ``yield`` when the workflow is cancelled.
+
+    It derives from ``BaseException`` (as ``asyncio.CancelledError`` does) so that
+    ``except Exception`` does not swallow it. ``finally`` and ``except Cancelled`` blocks
+    run and may still ``yield`` (to compensate); then the workflow ends as cancelled.
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def is_violation(error: BaseException) -> bool:
     """True for the errors that must be raised to the caller, never turned into events."""
     return isinstance(error, ViolationError)

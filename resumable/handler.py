@@ -82,7 +82,7 @@ def resolve_version(contract: Contract, event: Event, *, owner: str) -> Versione
 
 def system_error_events(
     *,
-    error: BaseException,
+    error: BaseException | ErrorData,
     source: str,
     contract: Contract,
     subject: str,
@@ -95,7 +95,7 @@ def system_error_events(
     id_seed: str,
 ) -> list[Event]:
     """The ``sys.<type>.error`` events reporting ``error`` (one per domain)."""
-    data = msgspec.to_builtins(ErrorData.of(error))
+    data = msgspec.to_builtins(error if isinstance(error, ErrorData) else ErrorData.of(error))
     return [
         Event(
             id=derive_id(id_seed, "error", domain),

@@ -21,12 +21,20 @@ from resumable.events import Event, build_trusted
 
 __all__ = [
     "ACTIVE",
+    "CANCELLED",
     "DONE",
     "FAILED",
+    "PARKED",
     "Entry",
     "Header",
+    "Inline",
+    "Mode",
+    "Parked",
     "ReplayEntry",
+    "RetrySpec",
     "Slot",
+    "Undo",
+    "Unwind",
     "decode_entry",
     "decode_for_replay",
     "decode_header",
@@ -38,22 +46,80 @@ __all__ = [
 ACTIVE: Final = "active"
 DONE: Final = "done"
 FAILED: Final = "failed"
+CANCELLED: Final = "cancelled"
+PARKED: Final = "parked"
 
-Status = Literal["active", "done", "failed"]
+Status = Literal["active", "done", "failed", "cancelled", "parked"]
+
+IGNORED_LIMIT: Final = 1024
+"""How many abandoned request ids (race losers, timed-out calls) a record remembers, so
+their late replies are dropped quietly."""
 
 
-class Slot(msgspec.Struct, kw_only=True):
-    """One reply the workflow waits for, by id: the events themselves are in the journal."""
+class RetrySpec(msgspec.Struct, kw_only=True, frozen=True):
+    """A ``Retry`` policy as persisted with the request it applies to."""
+
+    attempts: int
+    initial: float
+    factor: float
+    max_interval: float
+    non_retryable: tuple[str, ...] = ()
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.initial * self.factor ** (attempt - 1), self.max_interval))
+
+
+class Undo(msgspec.Struct, kw_only=True, frozen=True):
+    """A compensation on the stack: the request to send if the workflow has to unwind."""
 
     service: str
-    """The uri of the service contract that answers."""
-    requests: list[str]
+    """The uri of the service contract."""
+    data: Any
+    retry: RetrySpec | None = None
+
+
+class Slot(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One thing the workflow waits for: a reply, a timer or a signal."""
+
+    kind: Literal["call", "timer", "signal"] = "call"
+    service: str = ""
+    """The uri of the contract that answers (a call), or the signal's event type."""
+    requests: list[str] = []
     """Ids of the request event, one copy per domain; a reply to any copy fills the slot."""
+    sent_by: str | None = None
+    """The consumed event whose journal entry holds those requests (the outbox)."""
     reply: str | None = None
-    """The id of the reply, once it is in."""
+    """The id of the event that filled the slot, once it is in."""
+    due: float | None = None
+    """When a timer fires, or when a failed call is sent again (seconds since the epoch)."""
+    attempt: int = 1
+    retry: RetrySpec | None = None
+    undo: Undo | None = None
+    """Pushed on the compensation stack when the call succeeds."""
 
 
-class Header(msgspec.Struct, kw_only=True):
+class Unwind(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The workflow ended by an error or a cancellation and runs its compensations."""
+
+    reason: Literal["failed", "cancelled"]
+    error: ErrorData
+    failures: list[ErrorData] = []
+    """Compensations whose reply was a system error: reported, the rest still run."""
+
+
+class Parked(msgspec.Struct, kw_only=True):
+    """Why an instance stopped: its history no longer matches the code."""
+
+    message: str
+    step: int | None = None
+    recorded: str | None = None
+    replayed: str | None = None
+
+
+Mode = Literal["call", "gather", "race", "none"]
+
+
+class Header(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The rewritten part of a record."""
 
     status: Status
@@ -65,24 +131,64 @@ class Header(msgspec.Struct, kw_only=True):
     state: Any
     """The explicit state, unstructured by cattrs."""
     waiting: list[Slot] = []
-    sent_by: str | None = None
-    """The consumed event whose journal entry holds the requests waited on (the outbox)."""
-    gather: bool = False
-    """Whether the current wait is a ``gather`` (a list reply) rather than a ``call``."""
+    mode: Mode = "none"
+    """How the slots resume the workflow: one reply, all of them, or the first."""
+    deadline: float | None = None
+    """When the current wait times out."""
     waits_for: str | None = None
     """What the workflow yielded and waits on, e.g. ``call com.payments.charge``."""
+    workflow_deadline: float | None = None
+    cancelling: bool = False
+    """A cancellation was raised in the workflow; its end counts as cancelled."""
+    inbox: list[tuple[str, str]] = []
+    """``(type, id)`` of signals that came before the workflow waited for them (in the journal)."""
+    ignored: list[str] = []
+    """Request ids whose late replies are dropped (losers of a race, timed-out calls)."""
+    undo: list[Undo] = []
+    """The compensation stack, last pushed last."""
+    unwinding: Unwind | None = None
+    patches: dict[str, bool] = {}
+    generation: int = 0
+    """How many times the workflow continued as new."""
+    parked: Parked | None = None
+    parked_events: list[Event] = []
+    """Events that came while parked, applied in order once it is unparked."""
     result: Any = None
     error: ErrorData | None = None
 
+    def next_due(self) -> float | None:
+        """When the record next needs waking, for ``Memory.write(due=...)``."""
+        if self.status != ACTIVE:
+            return None
+        times = [slot.due for slot in self.waiting if slot.due is not None and slot.reply is None]
+        if self.deadline is not None:
+            times.append(self.deadline)
+        if self.workflow_deadline is not None and self.unwinding is None:
+            times.append(self.workflow_deadline)
+        return min(times) if times else None
 
-class Entry(msgspec.Struct, kw_only=True):
+
+class Inline(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A yield answered within the step that made it: a local step, a kept signal."""
+
+    yielded: str
+    value: Any = None
+    error: ErrorData | None = None
+    event: str | None = None
+    """The id of the signal event returned (already in the journal)."""
+
+
+class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One journal entry: a consumed event and what the step did with it."""
 
     event: Event
     produced: list[Event]
     resumed: list[str] | None = None
-    """Ids of the replies sent into the generator, in call order; ``[]`` for the start;
-    None if the event was only stored (a partial ``gather``)."""
+    """Ids of the events sent into the generator, in call order; ``[]`` for the start;
+    None if the event was only stored (a partial ``gather``, an early signal, a retry)."""
+    how: str = ""
+    """How those events resumed it: call, gather, race:<i>, sleep, signal, timeout, cancel."""
+    inline: list[Inline] = []
     yielded: str | None = None
     """What the generator did next: a request description, or how it ended."""
 
@@ -92,6 +198,8 @@ class ReplayEntry(msgspec.Struct, kw_only=True):
 
     event: Event
     resumed: list[str] | None = None
+    how: str = ""
+    inline: list[Inline] = []
     yielded: str | None = None
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random as _random
 import uuid as _uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -28,15 +28,57 @@ __all__ = [
     "Call",
     "Complete",
     "Context",
+    "ContinueAsNew",
     "Gather",
+    "Race",
     "Request",
+    "Retry",
+    "Sleep",
+    "Step",
+    "WaitFor",
     "WorkflowFunction",
     "call",
     "complete",
+    "continue_as_new",
     "gather",
+    "race",
+    "sleep",
+    "sleep_until",
+    "step",
+    "wait_for",
 ]
 
 S = TypeVar("S")
+
+
+@attrs.frozen
+class Retry:
+    """How to re-send a request whose reply is a system error.
+
+    ``attempts`` counts every send, the first included. The wait before attempt ``n + 1`` is
+    ``initial * factor ** (n - 1)`` seconds, at most ``max_interval``; it is a durable
+    timer, so a crash in the middle neither loses nor resets the count. A system error whose
+    ``errorName`` is in ``non_retryable`` is raised at once.
+    """
+
+    attempts: int = 3
+    initial: float = 1.0
+    factor: float = 2.0
+    max_interval: float = 60.0
+    non_retryable: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"Retry(attempts=...) must be at least 1, got {self.attempts}")
+        if self.initial < 0 or self.factor < 1 or self.max_interval < 0:
+            raise ValueError(
+                f"Retry needs initial >= 0, factor >= 1 and max_interval >= 0, got {self!r}"
+            )
+        object.__setattr__(self, "non_retryable", tuple(self.non_retryable))
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return float(min(self.initial * self.factor ** (attempt - 1), self.max_interval))
 
 
 @attrs.frozen
@@ -51,6 +93,9 @@ class Call:
     executionunits: float | None = None
     domain: DomainSpec = None
     extensions: Mapping[str, str | int | float | bool | None] = attrs.field(factory=dict)
+    timeout: float | None = None
+    retry: Retry | None = None
+    compensate: Call | None = None
 
     def describe(self) -> str:
         return f"call {self.service.type}"
@@ -61,9 +106,69 @@ class Gather:
     """Send several requests at once and wait for all replies, returned in call order."""
 
     calls: tuple[Call, ...]
+    timeout: float | None = None
 
     def describe(self) -> str:
         return f"gather({', '.join(c.describe() for c in self.calls)})"
+
+
+@attrs.frozen
+class Sleep:
+    """Wait until a moment: ``seconds`` after the current step's event, or ``until``."""
+
+    seconds: float | None = None
+    until: datetime | None = None
+
+    def describe(self) -> str:
+        return "sleep"
+
+
+@attrs.frozen
+class WaitFor:
+    """Wait for an event of ``type`` sent to this workflow's subject (a signal)."""
+
+    type: str
+    timeout: float | None = None
+
+    def describe(self) -> str:
+        return f"wait_for {self.type}"
+
+
+RaceArm = Call | Sleep | WaitFor
+
+
+@attrs.frozen
+class Race:
+    """Wait for the first of several requests, timers or signals; the rest are ignored."""
+
+    arms: tuple[RaceArm, ...]
+
+    def describe(self) -> str:
+        return f"race({', '.join(a.describe() for a in self.arms)})"
+
+
+@attrs.frozen
+class Step:
+    """Run a local function once and journal its result (``step(fn, *args)``)."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    name: str
+    result_type: Any = None
+
+    def describe(self) -> str:
+        return f"step {self.name}"
+
+
+@attrs.frozen
+class ContinueAsNew:
+    """Restart the workflow on the same subject with new input and an empty journal."""
+
+    data: Any
+
+    def describe(self) -> str:
+        return "continue_as_new"
 
 
 @attrs.frozen
@@ -78,7 +183,16 @@ class Complete:
         return "complete"
 
 
-Request = Call | Gather | Complete
+Request = Call | Gather | Race | Sleep | WaitFor | Step | ContinueAsNew | Complete
+
+
+def _check_timeout(timeout: float | timedelta | None, where: str) -> float | None:
+    if timeout is None:
+        return None
+    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+        raise ValueError(f"{where} must be a positive number of seconds, got {timeout!r}")
+    return float(seconds)
 
 
 def call(
@@ -91,17 +205,32 @@ def call(
     executionunits: float | None = None,
     domain: DomainSpec = None,
     extensions: Mapping[str, str | int | float | bool | None] | None = None,
+    timeout: float | timedelta | None = None,
+    retry: Retry | None = None,
+    compensate: Call | None = None,
 ) -> Call:
     """A request to ``service`` with payload ``data``; ``yield`` it to get the reply Event.
 
-    A ``sys.<type>.error`` reply raises ``ServiceError`` at the ``yield``. Calling an
-    ``OrchestratorContract`` starts a child workflow whose completion is the reply.
-    ``domain`` None means the workflow's default (``Resumable(service_domain=...)``, local
-    unless set); a domain sends the request to that domain's owner instead of the broker.
+    A ``sys.<type>.error`` reply raises ``ServiceError`` at the ``yield`` (after the
+    ``retry`` policy, if any, is spent). ``timeout`` raises ``TimeoutError`` at the
+    ``yield`` if no reply came in time; a later reply is ignored. ``compensate`` is the
+    undo of this call: once the call succeeds it is pushed on the workflow's compensation
+    stack, run in reverse order if the workflow later fails or is cancelled.
+
+    Calling an ``OrchestratorContract`` starts a child workflow whose completion is the
+    reply. ``domain`` None means the workflow's default (``Resumable(service_domain=...)``,
+    local unless set); a domain sends the request to that domain's owner instead.
     """
     if not isinstance(service, Contract | VersionedContract):
         raise TypeError(f"call() needs a contract as its first argument, got {service!r}")
     check_domain_spec(domain, "call(domain=...)")
+    if retry is not None and not isinstance(retry, Retry):
+        raise TypeError(f"call(retry=...) takes a Retry(...), got {retry!r}")
+    if compensate is not None:
+        if not isinstance(compensate, Call):
+            raise TypeError(f"call(compensate=...) takes a call(...), got {compensate!r}")
+        if compensate.compensate is not None or compensate.timeout is not None:
+            raise ValueError("a compensation call cannot itself have compensate= or timeout=")
     return Call(
         service,
         data,
@@ -111,19 +240,102 @@ def call(
         executionunits,
         domain,
         dict(extensions or {}),
+        _check_timeout(timeout, "call(timeout=...)"),
+        retry,
+        compensate,
     )
 
 
-def gather(*calls: Call) -> Gather:
+def gather(*calls: Call, timeout: float | timedelta | None = None) -> Gather:
     """Several requests sent together; ``yield`` it to get their replies in call order.
 
     If any reply is a system error, ``ServiceError`` for the first of them (in call order)
-    is raised once all replies are in.
+    is raised once all replies are in. ``timeout`` raises ``TimeoutError`` if they are not
+    all in by then; the missing replies are ignored when they come.
     """
     for item in calls:
         if not isinstance(item, Call):
             raise TypeError(f"gather() takes call(...) values, got {item!r}")
-    return Gather(tuple(calls))
+        if item.timeout is not None:
+            raise ValueError("give gather(...) one timeout= instead of one per call")
+    return Gather(tuple(calls), _check_timeout(timeout, "gather(timeout=...)"))
+
+
+def race(*arms: RaceArm) -> Race:
+    """The first of several calls, sleeps or signals to finish; ``yield`` it to get
+    ``(index, value)``: which one won, and its reply event (None for a sleep).
+
+    The winner is journaled, so a replay picks the same one; the losers' late replies are
+    ignored. A winning system-error reply raises ``ServiceError``.
+    """
+    if len(arms) < 2:
+        raise ValueError(f"race() needs at least two arms, got {len(arms)}")
+    for arm in arms:
+        if not isinstance(arm, Call | Sleep | WaitFor):
+            raise TypeError(f"race() takes call(...), sleep(...) or wait_for(...), got {arm!r}")
+        if arm.timeout is not None if not isinstance(arm, Sleep) else False:
+            raise ValueError("inside race() use a sleep(...) arm instead of timeout=")
+        if isinstance(arm, Call) and arm.retry is not None:
+            raise ValueError(
+                "retry= is not supported inside race(); race the retried call "
+                "from a child workflow instead"
+            )
+    return Race(tuple(arms))
+
+
+def sleep(duration: float | timedelta) -> Sleep:
+    """A durable timer: ``yield sleep(30)`` resumes 30 seconds (of workflow time) later,
+    even across a restart."""
+    seconds = duration.total_seconds() if isinstance(duration, timedelta) else duration
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise ValueError(f"sleep() needs a duration >= 0 (seconds or timedelta), got {duration!r}")
+    return Sleep(seconds=float(seconds))
+
+
+def sleep_until(moment: datetime) -> Sleep:
+    """A durable timer until ``moment``, a timezone-aware datetime."""
+    if not isinstance(moment, datetime) or moment.tzinfo is None:
+        raise ValueError(
+            f"sleep_until() needs a timezone-aware datetime (e.g. datetime.now(UTC)), got "
+            f"{moment!r}"
+        )
+    return Sleep(until=moment.astimezone(UTC))
+
+
+def wait_for(signal: str | Contract, *, timeout: float | timedelta | None = None) -> WaitFor:
+    """Wait for a signal: an event of this type (or contract) sent to the workflow's subject.
+
+    The workflow must list it in ``Resumable(signals=[...])``. A signal that arrived before
+    the workflow waits is kept and returned at once. ``timeout`` raises ``TimeoutError``.
+    """
+    if isinstance(signal, Contract):
+        type_ = signal.type
+    elif isinstance(signal, str) and signal:
+        type_ = signal
+    else:
+        raise TypeError(f"wait_for() takes an event type or a Contract, got {signal!r}")
+    return WaitFor(type_, _check_timeout(timeout, "wait_for(timeout=...)"))
+
+
+def step(fn: Callable[..., Any], *args: Any, result_type: Any = None, **kwargs: Any) -> Step:
+    """Run ``fn(*args, **kwargs)`` (sync or async) once and journal its result.
+
+    ``yield step(...)`` returns the result; on replay the journaled value is returned and
+    ``fn`` is not run again. The result must be plain data or a msgspec Struct; it comes
+    back as plain data unless ``result_type`` says what to convert it to. An exception from ``fn``
+    is raised at the ``yield`` as ``StepError``. A crash after ``fn`` ran and before the
+    step was journaled runs it again: make it idempotent, as any at-least-once step.
+    """
+    if not callable(fn):
+        raise TypeError(f"step() needs a function, got {fn!r}")
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return Step(fn, tuple(args), dict(kwargs), str(name), result_type)
+
+
+def continue_as_new(data: Any) -> ContinueAsNew:
+    """Restart this workflow with ``data`` as its new input and an empty history, on the
+    same subject: ``yield continue_as_new(...)`` keeps a long-running loop's record small."""
+    return ContinueAsNew(data)
 
 
 def complete(
@@ -148,7 +360,18 @@ class Context(Generic[S]):
     the same values when the workflow is replayed, so they are safe to branch on.
     """
 
-    __slots__ = ("_counter", "_seq", "_time", "is_replaying", "state", "subject", "version")
+    __slots__ = (
+        "_counter",
+        "_patches",
+        "_recorded_patches",
+        "_seed",
+        "_seq",
+        "_time",
+        "is_replaying",
+        "state",
+        "subject",
+        "version",
+    )
 
     def __init__(self, *, state: S, subject: str, version: str) -> None:
         self.state = state
@@ -158,6 +381,9 @@ class Context(Generic[S]):
         self._seq = 0
         self._time = ""
         self._counter = 0
+        self._patches: dict[str, bool] = {}
+        self._recorded_patches: dict[str, bool] = {}
+        self._seed = subject
 
     def _enter_step(self, seq: int, time: str) -> None:
         self._seq = seq
@@ -171,9 +397,26 @@ class Context(Generic[S]):
     def uuid(self) -> _uuid.UUID:
         """A UUID unique to this workflow, step and call: the same on replay."""
         self._counter += 1
-        return _uuid.UUID(derive_id(self.subject, self._seq, "uuid", self._counter))
+        return _uuid.UUID(derive_id(self._seed, self._seq, "uuid", self._counter))
+
+    def patched(self, change_id: str) -> bool:
+        """Whether this instance runs the code of change ``change_id``.
+
+        True for an instance that reaches this line with the new code running live; False
+        for an older instance replaying history that was made before the change. The answer
+        is persisted, so it stays the same for the rest of the instance's life::
+
+            if ctx.patched("send-receipt"):
+                yield call(email, Receipt(...))
+        """
+        decided = self._patches.get(change_id)
+        if decided is None:
+            recorded = self._recorded_patches.get(change_id)
+            decided = recorded if recorded is not None else not self.is_replaying
+            self._patches[change_id] = decided
+        return decided
 
     def random(self) -> _random.Random:
         """A random generator seeded from the workflow and step: the same sequence on replay."""
         self._counter += 1
-        return _random.Random(derive_id(self.subject, self._seq, "random", self._counter))
+        return _random.Random(derive_id(self._seed, self._seq, "random", self._counter))

@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-POSTGRES_URL = os.environ.get("RESUMABLE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "RESUMABLE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
 REDIS_URL = os.environ.get("RESUMABLE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 NATS_URL = os.environ.get("RESUMABLE_TEST_NATS", "nats://127.0.0.1:4222")
 

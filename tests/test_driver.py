@@ -20,7 +20,6 @@ from resumable import (
     Event,
     EventHandler,
     ExecutionViolation,
-    NonDeterminismError,
     OrchestratorContract,
     Resumable,
     ServiceError,
@@ -407,7 +406,7 @@ async def test_event_for_another_orchestrator_is_ignored() -> None:
 # determinism, cache, await guard
 
 
-async def test_changed_code_between_steps_raises_non_determinism(memory: Memory) -> None:
+async def test_changed_code_between_steps_parks_the_instance(memory: Memory) -> None:
     workflow = order_workflow(memory)
     init = orders.init_event(PlaceOrder("o-1", 4200), source="com.shop.web")
     (request,) = await workflow.execute(init)
@@ -419,14 +418,24 @@ async def test_changed_code_between_steps_raises_non_determinism(memory: Memory)
     redeployed = Resumable(
         orders, versions={"1.0.0": changed}, services=SERVICES, state=OrderState, memory=memory
     )
-    before = await snapshot(memory)
-    with pytest.raises(NonDeterminismError) as caught:
-        await redeployed.execute(reply)
-    assert "step 0 was `call com.payments.charge`, now `call com.shipping.label`" in str(
-        caught.value
+    before = await memory.read(init.subject, journal=True)
+    assert await redeployed.execute(reply) == []  # parked: not raised, so never retried
+    status = await redeployed.status(init.subject)
+    assert status is not None and status.status == "parked"
+    assert status.parked is not None
+    assert status.parked.step == 0
+    assert status.parked.recorded == "call com.payments.charge"
+    assert status.parked.replayed == "call com.shipping.label"
+    assert "step 0 was `call com.payments.charge`, now `call com.shipping.label`" in (
+        status.parked.message
     )
-    assert caught.value.step == 0
-    assert await snapshot(memory) == before
+    after = await memory.read(init.subject, journal=True)
+    assert before is not None and after is not None
+    assert after.journal == before.journal  # history untouched: only the header says parked
+    assert [s.subject for s in await redeployed.parked()] == [init.subject]
+    # a redelivery, and any later event, is kept for when the instance is unparked
+    assert await redeployed.execute(reply) == []
+    assert await memory.read(init.subject, journal=True) == after
 
 
 async def test_state_changed_outside_the_workflow_is_detected() -> None:
@@ -450,8 +459,10 @@ async def test_state_changed_outside_the_workflow_is_detected() -> None:
     (request,) = await workflow.execute(init)
     (reply,) = await HANDLERS[0].execute(request)
     workflow.evict()
-    with pytest.raises(NonDeterminismError, match="explicit state"):
-        await workflow.execute(reply)
+    assert await workflow.execute(reply) == []
+    status = await workflow.status(init.subject)
+    assert status is not None and status.status == "parked" and status.parked is not None
+    assert "explicit state" in status.parked.message
 
 
 async def test_cache_eviction_runs_no_workflow_code() -> None:

@@ -110,9 +110,9 @@ def test_record_round_trips_through_msgpack() -> None:
         init_event_id="i",
         parent_subject=None,
         state={"payment_id": None},
-        waiting=[Slot(service="#/p", requests=[request.id], reply="r")],
-        sent_by="i",
-        gather=False,
+        waiting=[Slot(service="#/p", requests=[request.id], reply="r", sent_by="i")],
+        mode="gather",
+        inbox=[("com.approval", "e1")],
         waits_for="call com.payments.charge",
         error=ErrorData("E", "m", None),
     )

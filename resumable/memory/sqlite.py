@@ -405,8 +405,7 @@ def _keys(connection: sqlite3.Connection, status: str | None) -> list[str]:
 
 def _due(connection: sqlite3.Connection, now: float, limit: int) -> list[tuple[str, float]]:
     rows = connection.execute(
-        "SELECT key, due FROM records WHERE due IS NOT NULL AND due <= ? ORDER BY due, key"
-        " LIMIT ?",
+        "SELECT key, due FROM records WHERE due IS NOT NULL AND due <= ? ORDER BY due, key LIMIT ?",
         (now, limit),
     )
     return [(key, due) for key, due in rows]
