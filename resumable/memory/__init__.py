@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -114,3 +115,21 @@ class Memory(abc.ABC):
 
 from resumable.memory.inmemory import InMemoryMemory  # noqa: E402
 from resumable.memory.sqlite import SQLiteMemory  # noqa: E402
+
+if TYPE_CHECKING:
+    from resumable.memory.postgres import PostgresMemory as PostgresMemory
+    from resumable.memory.redis import RedisMemory as RedisMemory
+
+
+def __getattr__(name: str) -> Any:
+    """Import the backends that need an optional client on first use, so a missing client
+    only fails when that backend is used."""
+    if name == "RedisMemory":
+        from resumable.memory.redis import RedisMemory
+
+        return RedisMemory
+    if name == "PostgresMemory":
+        from resumable.memory.postgres import PostgresMemory
+
+        return PostgresMemory
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,386 @@
+"""Memory in Redis: records shared by every process that reaches one server.
+
+Every key lives under ``{prefix}:``. Per record ``k``:
+
+- ``{prefix}:r:{k}``: a hash with ``revision``, ``status``, ``header``, ``due`` (absent when
+  nothing is due) and ``writer`` (the token of the last write, so a retried write is
+  recognised);
+- ``{prefix}:j:{k}``: the journal, a list only ever appended to (RPUSH);
+- ``{prefix}:e:{k}``: a hash from event id to journal entry, for ``entry``;
+- ``{prefix}:l:{k}``: the lease, a hash with ``owner`` and ``expires``.
+
+And for all records: ``{prefix}:keys`` (a sorted set of every key, all at score 0, so it is
+in byte order, which for UTF-8 is ``str`` order), ``{prefix}:s:{status}`` (the keys whose
+status is ``status``) and ``{prefix}:due`` (keys scored by due time).
+
+``write``, ``lock`` and ``unlock`` are Lua scripts, so each runs atomically on the server,
+checking before it changes anything. A write is as durable as the server is configured to
+make it: run Redis with ``appendonly yes`` and ``appendfsync always`` for a write to be on
+disk when ``write`` returns. The scripts start with a Redis 7 shebang, so the server must be
+Redis 7 or later; they name keys they compute (the status sets), so it must be a standalone
+server (or a single-shard proxy), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+try:
+    import redis.asyncio
+    import redis.exceptions
+except ModuleNotFoundError as missing:  # pragma: no cover - depends on the environment
+    raise ModuleNotFoundError(
+        "RedisMemory needs the redis package (redis-py): pip install 'resumable[redis]'",
+        name=missing.name,
+    ) from missing
+
+from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
+
+__all__ = ["RedisMemory"]
+
+_MAX_CONNECTIONS = 50
+_POOL_TIMEOUT = 20.0
+"""Connections per memory, and seconds a call waits for one when all are busy: redis-py's
+defaults for a blocking pool. ``max_connections=`` and ``timeout=`` in the URL override them."""
+
+_LEASE_GC_MARGIN_MS = 1000
+"""How much longer than its ttl Redis keeps a lease key. The lease's own ``expires`` (by the
+injected clock) decides who holds it; the key's expiry only collects abandoned leases."""
+
+# Checks everything first, then changes: an error reply leaves the record as it was. The
+# shebang makes Redis refuse the whole script up front when out of memory, not midway.
+_WRITE = """#!lua
+local record, journal, index, all, due_set = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local key, expected, status, header = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local due, reset, statuses, token = ARGV[5], ARGV[6] == '1', ARGV[7], ARGV[8]
+local stored = redis.call('HMGET', record, 'revision', 'status', 'writer')
+local found = tonumber(stored[1]) or 0
+if found ~= expected then
+  if found == expected + 1 and stored[3] == token then
+    return {1, found}  -- this very write, retried after its reply was lost: it landed
+  end
+  return {0, found}
+end
+local seen = {}
+for i = 9, #ARGV, 2 do
+  local id = ARGV[i]
+  if seen[id] or (not reset and redis.call('HEXISTS', index, id) == 1) then
+    return {2, id}
+  end
+  seen[id] = true
+end
+if stored[2] and stored[2] ~= status then
+  redis.call('ZREM', statuses .. stored[2], key)
+end
+redis.call('ZADD', statuses .. status, 0, key)
+redis.call('ZADD', all, 0, key)
+redis.call('HSET', record, 'revision', expected + 1, 'status', status, 'header', header,
+  'writer', token)
+if due == '' then
+  redis.call('HDEL', record, 'due')
+  redis.call('ZREM', due_set, key)
+else
+  redis.call('HSET', record, 'due', due)
+  redis.call('ZADD', due_set, due, key)
+end
+if reset then
+  redis.call('DEL', journal, index)
+end
+-- In chunks: unpack() of thousands of values overflows Lua's C stack.
+local entries, indexed = {}, {}
+for i = 9, #ARGV, 2 do
+  entries[#entries + 1] = ARGV[i + 1]
+  indexed[#indexed + 1] = ARGV[i]
+  indexed[#indexed + 1] = ARGV[i + 1]
+  if #entries == 1000 or i + 2 > #ARGV then
+    redis.call('RPUSH', journal, unpack(entries))
+    redis.call('HSET', index, unpack(indexed))
+    entries, indexed = {}, {}
+  end
+end
+return {1, expected + 1}
+"""
+
+_LOCK = """#!lua
+local held = redis.call('HMGET', KEYS[1], 'owner', 'expires')
+if held[1] and held[1] ~= ARGV[1] and tonumber(held[2]) > tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'expires', ARGV[3])
+if ARGV[4] == '' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return 1
+"""
+
+_UNLOCK = """#!lua
+local held = redis.call('HMGET', KEYS[1], 'owner', 'expires')
+if held[1] ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+if tonumber(held[2]) > tonumber(ARGV[2]) then
+  return 1
+end
+return 0
+"""
+
+_OK, _CONFLICT, _DUPLICATE = 1, 0, 2
+"""The first element of the write script's reply."""
+
+
+class RedisMemory(Memory):
+    """Records, journals and leases in a Redis server, under keys starting ``{prefix}:``.
+
+    Several processes may share one server and prefix. Leases compare ``expires`` times from
+    ``clock``, so the processes sharing a prefix need clocks that agree. The client connects
+    on first use; it runs on asyncio (anyio's asyncio backend), not trio.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "resumable",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not prefix:
+            raise ValueError("RedisMemory needs a non-empty prefix: its keys live under it")
+        self.prefix = prefix
+        self._where = _redact(url)
+        self._clock = clock
+        try:
+            # Blocking: with every connection busy, callers queue for one instead of failing.
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                url,
+                decode_responses=False,
+                max_connections=_MAX_CONNECTIONS,
+                timeout=_POOL_TIMEOUT,
+            )
+        except ValueError as error:
+            raise ValueError(
+                f"invalid Redis URL {self._where!r}: {error}; write it as "
+                "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS)"
+            ) from error
+        self._pool = pool
+        self._client = redis.asyncio.Redis.from_pool(pool)  # closes the pool with it
+        self._write_script = self._client.register_script(_WRITE)
+        self._lock_script = self._client.register_script(_LOCK)
+        self._unlock_script = self._client.register_script(_UNLOCK)
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisMemory:
+        """A memory for ``url``, whose optional ``prefix=`` query parameter sets the prefix;
+        the other parameters go to redis-py (``socket_timeout=``, ``max_connections=``...)."""
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        prefixes = [value for name, value in query if name == "prefix"]
+        rest = urlencode([(name, value) for name, value in query if name != "prefix"])
+        plain = urlunsplit(parts._replace(query=rest))
+        if not prefixes:
+            return cls(plain)
+        return cls(plain, prefix=prefixes[-1])
+
+    def __repr__(self) -> str:
+        return f"RedisMemory({self._where!r}, prefix={self.prefix!r})"
+
+    async def read(self, key: str, *, journal: bool = False) -> Stored | None:
+        with self._failures():
+            if not journal:
+                fields = await self._client.hmget(
+                    self._record(key), ["revision", "status", "header"]
+                )
+                entries = None
+            else:  # one transaction, so the header and the journal are of the same revision
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.hmget(self._record(key), ["revision", "status", "header"])
+                    pipe.lrange(self._journal(key), 0, -1)
+                    fields, entries = await pipe.execute()
+        revision, status, header = fields
+        if revision is None:
+            return None
+        return Stored(
+            revision=int(revision),
+            status=_text(status),
+            header=_bytes(header),
+            journal=None if entries is None else [_bytes(entry) for entry in entries],
+        )
+
+    async def write(
+        self,
+        key: str,
+        *,
+        revision: int,
+        status: str,
+        header: bytes,
+        append: Sequence[tuple[str, bytes]] = (),
+        due: float | None = None,
+        reset: bool = False,
+    ) -> int:
+        if due is not None and math.isnan(due):
+            raise ValueError(f"due time of {key!r} is NaN; pass seconds since the epoch or None")
+        args: list[str | int | bytes] = [
+            key,
+            revision,
+            status,
+            bytes(header),
+            "" if due is None else repr(float(due)),
+            "1" if reset else "0",
+            f"{self.prefix}:s:",
+            os.urandom(16).hex(),  # this write's token: a retry of it is not a conflict
+        ]
+        for event_id, entry in append:
+            args += [event_id, bytes(entry)]
+        keys = [
+            self._record(key),
+            self._journal(key),
+            self._index(key),
+            f"{self.prefix}:keys",
+            f"{self.prefix}:due",
+        ]
+        with self._failures():
+            code, value = await self._write_script(keys=keys, args=args)
+        if code == _OK:
+            return int(value)
+        if code == _CONFLICT:
+            raise ConflictError(key, revision, int(value) or None)
+        raise DuplicateEntryError(key, _text(value))
+
+    async def entry(self, key: str, event_id: str) -> bytes | None:
+        with self._failures():
+            found = await self._client.hget(self._index(key), event_id)
+        return None if found is None else _bytes(found)
+
+    async def keys(self, status: str | None = None) -> list[str]:
+        name = f"{self.prefix}:keys" if status is None else f"{self.prefix}:s:{status}"
+        with self._failures():
+            found = await self._client.zrange(name, 0, -1)
+        return [_text(member) for member in found]
+
+    async def due(self, now: float, limit: int = 100) -> list[tuple[str, float]]:
+        if limit <= 0:  # Redis reads a count of 0 or less as "no limit"
+            return []
+        with self._failures():
+            found = await self._client.zrangebyscore(
+                f"{self.prefix}:due",
+                "-inf",
+                "+inf" if now == math.inf else repr(float(now)),
+                start=0,
+                num=limit,
+                withscores=True,
+            )
+        return [(_text(member), float(score)) for member, score in cast(list[Any], found)]
+
+    async def lock(self, key: str, owner: str, ttl: float) -> bool:
+        if math.isnan(ttl):
+            raise ValueError(f"lease ttl for {key!r} is NaN; pass a number of seconds")
+        now = float(self._clock())
+        gc_ms = "" if ttl == math.inf else str(max(0, math.ceil(ttl * 1000)) + _LEASE_GC_MARGIN_MS)
+        with self._failures():
+            taken = await self._lock_script(
+                keys=[self._lease(key)], args=[owner, repr(now), repr(now + ttl), gc_ms]
+            )
+        return bool(taken)
+
+    async def unlock(self, key: str, owner: str) -> bool:
+        now = float(self._clock())
+        with self._failures():
+            released = await self._unlock_script(keys=[self._lease(key)], args=[owner, repr(now)])
+        return bool(released)
+
+    async def close(self) -> None:
+        """Close the client and its connection pool. Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            await self._client.aclose()
+
+    def _record(self, key: str) -> str:
+        return f"{self.prefix}:r:{key}"
+
+    def _journal(self, key: str) -> str:
+        return f"{self.prefix}:j:{key}"
+
+    def _index(self, key: str) -> str:
+        return f"{self.prefix}:e:{key}"
+
+    def _lease(self, key: str) -> str:
+        return f"{self.prefix}:l:{key}"
+
+    @contextlib.contextmanager
+    def _failures(self) -> Iterator[None]:
+        """Refuse calls after ``close``, and turn redis-py's errors into ones that say what
+        went wrong where, and what to do about it."""
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; open a new RedisMemory to use the server")
+        try:
+            yield
+        except (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError) as error:
+            raise PermissionError(
+                f"Redis at {self._where} refused access: {error}; check the user and password "
+                "in the URL and the user's ACL (it needs hashes, lists, sorted sets and EVALSHA)"
+            ) from error
+        except redis.exceptions.TimeoutError as error:
+            raise TimeoutError(
+                f"Redis at {self._where} did not answer in time: {error}; check the server is "
+                "not overloaded, or raise socket_timeout= in the URL"
+            ) from error
+        except redis.exceptions.ConnectionError as error:
+            if "No connection available" in str(error):
+                raise TimeoutError(
+                    f"all {self._pool.max_connections} connections to Redis at {self._where} "
+                    f"stayed busy for {self._pool.timeout}s: run fewer concurrent operations, "
+                    "or raise max_connections= or timeout= in the URL"
+                ) from error
+            raise ConnectionError(
+                f"cannot reach Redis at {self._where}: {error}; check the server runs there "
+                "(redis-server) and the URL's host, port and scheme (rediss:// for TLS)"
+            ) from error
+        except redis.exceptions.ReadOnlyError as error:
+            raise RuntimeError(
+                f"Redis at {self._where} is a read-only replica: {error}; point the URL at "
+                "the primary"
+            ) from error
+        except redis.exceptions.OutOfMemoryError as error:
+            raise RuntimeError(
+                f"Redis at {self._where} is out of memory and refused the write, which "
+                f"changed nothing: {error}; raise maxmemory or free space"
+            ) from error
+        except redis.exceptions.ResponseError as error:
+            if "WRONGTYPE" not in str(error):
+                raise
+            raise RuntimeError(
+                f"a key under {self.prefix!r}: on Redis at {self._where} does not have the "
+                f"type RedisMemory gives it ({error}); another program uses this prefix: "
+                "give RedisMemory a prefix of its own"
+            ) from error
+
+
+def _bytes(value: object) -> bytes:
+    """A value as Redis returned it: bytes, since the client never decodes."""
+    if not isinstance(value, bytes):
+        raise TypeError(f"expected bytes from Redis, got {type(value).__name__}: {value!r}")
+    return value
+
+
+def _text(value: object) -> str:
+    """A key, status or event id as Redis returned it, as the ``str`` it was written from."""
+    return _bytes(value).decode()
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password, to put in messages and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
