@@ -12,22 +12,42 @@ from resumable.contracts import (
     OrchestratorContract,
     VersionedContract,
 )
-from resumable.driver import Resumable, WorkflowAwaitError, WorkflowStatus
+from resumable.clock import VirtualClock
+from resumable.driver import CANCEL_TYPE, TIMER_TYPE, Resumable
 from resumable.errors import (
+    Cancelled,
     ConfigViolation,
     ConflictError,
     ContractViolation,
     ExecutionViolation,
     NonDeterminismError,
     ServiceError,
+    StepError,
     TransactionViolation,
     ViolationError,
 )
 from resumable.events import Event, EventError
 from resumable.handler import Emit, EventHandler
-from resumable.workflow import Context, call, complete, gather
+from resumable.queries import HistoryStep, WorkflowStatus
+from resumable.stepping import WorkflowAwaitError
+from resumable.workflow import (
+    Context,
+    Retry,
+    call,
+    complete,
+    continue_as_new,
+    gather,
+    race,
+    sleep,
+    sleep_until,
+    step,
+    wait_for,
+)
 
 __all__ = [
+    "CANCEL_TYPE",
+    "TIMER_TYPE",
+    "Cancelled",
     "ConfigViolation",
     "ConflictError",
     "Context",
@@ -40,18 +60,28 @@ __all__ = [
     "EventError",
     "EventHandler",
     "ExecutionViolation",
+    "HistoryStep",
     "NonDeterminismError",
     "OrchestratorContract",
     "Resumable",
+    "Retry",
     "ServiceError",
+    "StepError",
     "TransactionViolation",
     "VersionedContract",
     "ViolationError",
+    "VirtualClock",
     "WorkflowAwaitError",
     "WorkflowStatus",
     "call",
     "complete",
+    "continue_as_new",
     "gather",
+    "race",
+    "sleep",
+    "sleep_until",
+    "step",
+    "wait_for",
 ]
 
 __version__ = "0.1.0"
