@@ -5,6 +5,7 @@ journal after every step and resumes them, here or on another machine, when the 
 arrives. Events, contracts and subjects follow Arvo's wire format.
 """
 
+from resumable.clock import VirtualClock
 from resumable.contracts import (
     Contract,
     ContractError,
@@ -12,7 +13,6 @@ from resumable.contracts import (
     OrchestratorContract,
     VersionedContract,
 )
-from resumable.clock import VirtualClock
 from resumable.driver import CANCEL_TYPE, TIMER_TYPE, Resumable
 from resumable.errors import (
     Cancelled,
