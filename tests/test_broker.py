@@ -71,7 +71,7 @@ async def test_unsubscribe_frees_the_topic() -> None:
     assert log == ["com.a.a:1"]
 
 
-async def test_missing_topic_and_handler_errors_go_to_on_error() -> None:
+async def test_handler_errors_go_to_on_error() -> None:
     seen: list[tuple[str, str]] = []
 
     class Failing:
@@ -86,17 +86,52 @@ async def test_missing_topic_and_handler_errors_go_to_on_error() -> None:
     broker = LocalBroker([Failing()], on_error=on_error)
     await broker.publish(_event("com.nobody.here", 1))
     await broker.publish(_event("com.fail.fail", 2))
-    assert seen == [("LookupError", "com.nobody.here"), ("RuntimeError", "com.fail.fail")]
-    assert [type(e).__name__ for e, _ in broker.errors] == ["LookupError", "RuntimeError"]
+    assert seen == [("RuntimeError", "com.fail.fail")]
+    assert [type(e).__name__ for e, _ in broker.errors] == ["RuntimeError"]
 
 
 async def test_default_on_error_logs_and_keeps_going(caplog: pytest.LogCaptureFixture) -> None:
+    class Failing:
+        source = "com.fail.fail"
+
+        async def execute(self, event: Event) -> list[Event]:
+            raise RuntimeError("handler broke")
+
     log: list[str] = []
-    broker = LocalBroker([Recorder("com.a.a", log)])
-    await broker.publish(_event("com.nobody.here", 1))
+    broker = LocalBroker([Failing(), Recorder("com.a.a", log)])
+    await broker.publish(_event("com.fail.fail", 1))
     await broker.publish(_event("com.a.a", 2))
     assert log == ["com.a.a:2"]
-    assert "no handler is subscribed to topic 'com.nobody.here'" in caplog.text
+    assert "failed: handler broke" in caplog.text
+
+
+async def test_unsubscribed_topics_queue_for_receive() -> None:
+    """No subscriber: the event waits on the topic's transport queue, outputs of handlers
+    too, and subscribed topics still run in process."""
+    log: list[str] = []
+    broker = LocalBroker([Recorder("com.a.a", log, then=["com.remote.worker", "com.b.b"])])
+    await broker.publish(_event("com.remote.worker", 1))
+    await broker.publish(_event("com.a.a", 2))
+    assert log == ["com.a.a:2"]
+    assert broker.errors == []
+    deliveries = await broker.receive("com.remote.worker", timeout=0)
+    assert [d.event.data["n"] for d in deliveries] == [1, 20]
+    assert [d.event.data["n"] for d in await broker.receive("com.b.b", timeout=0)] == [21]
+    assert await broker.receive("com.a.a", timeout=0) == []  # ran in process
+    for delivery in deliveries:
+        await delivery.ack()
+    assert await broker.receive("com.remote.worker", timeout=0) == []
+
+
+async def test_a_subscriber_added_later_does_not_take_queued_events() -> None:
+    log: list[str] = []
+    broker = LocalBroker()
+    await broker.publish(_event("com.a.a", 1))
+    broker.subscribe("com.a.a", Recorder("com.a.a", log))
+    await broker.publish(_event("com.a.a", 2))
+    assert log == ["com.a.a:2"]
+    (queued,) = await broker.receive("com.a.a", timeout=0)
+    assert queued.event.data == {"n": 1}
 
 
 async def test_resolve_returns_the_last_event_to_the_initiator() -> None:
@@ -117,7 +152,10 @@ async def test_resolve_returns_the_last_event_to_the_initiator() -> None:
     result = await broker.resolve(_event("com.echo.echo", 1, source="com.caller.app"))
     assert result is not None and result.type == "evt.echo.two"
     assert "com.caller.app" not in broker.topics  # the collector is gone afterwards
+    # nobody runs com.nobody.here in process: the request waits on its queue, no reply
     assert await broker.resolve(_event("com.nobody.here", 1, source="com.caller.app")) is None
+    (waiting,) = await broker.receive("com.nobody.here", timeout=0)
+    assert waiting.event.source == "com.caller.app"
 
 
 async def test_resolve_rejects_a_handler_as_initiator() -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
 
@@ -32,6 +32,7 @@ __all__ = [
     "ErrorCallback",
     "Handler",
     "LocalBroker",
+    "from_url",
 ]
 
 
@@ -108,3 +109,44 @@ class Broker(abc.ABC):
 
 
 from resumable.brokers.local import LocalBroker  # noqa: E402
+
+
+def from_url(url: str) -> Broker:
+    """The broker a URL names: ``nats://host:4222``, ``redis://host:6379/0`` or ``local://``."""
+    scheme, sep, _ = url.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise ValueError(
+            f"broker URL {url!r} has no scheme; use nats://..., redis://... or local://"
+        )
+    if scheme == "local":
+        return LocalBroker()
+    if scheme in ("nats", "tls"):
+        from resumable.brokers.nats import NatsBroker
+
+        return NatsBroker.from_url(url)
+    if scheme in ("redis", "rediss"):
+        from resumable.brokers.redis import RedisBroker
+
+        return RedisBroker.from_url(url)
+    raise ValueError(
+        f"broker URL {url!r} has an unknown scheme {scheme!r}; use nats, redis or local"
+    )
+
+
+if TYPE_CHECKING:
+    from resumable.brokers.nats import NatsBroker as NatsBroker
+    from resumable.brokers.redis import RedisBroker as RedisBroker
+
+
+def __getattr__(name: str) -> Any:
+    """Import the brokers that need an optional client on first use."""
+    if name == "NatsBroker":
+        from resumable.brokers.nats import NatsBroker
+
+        return NatsBroker
+    if name == "RedisBroker":
+        from resumable.brokers.redis import RedisBroker
+
+        return RedisBroker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
