@@ -36,6 +36,7 @@ __all__ = [
     "Memory",
     "SQLiteMemory",
     "Stored",
+    "from_url",
 ]
 
 
@@ -115,6 +116,38 @@ class Memory(abc.ABC):
 
 from resumable.memory.inmemory import InMemoryMemory  # noqa: E402
 from resumable.memory.sqlite import SQLiteMemory  # noqa: E402
+
+
+def from_url(url: str) -> Memory:
+    """The memory a URL names: ``sqlite:///relative.db``, ``sqlite:////abs/path.db``,
+    ``postgresql://user@host/db``, ``redis://host:6379/0``, or ``memory://``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(
+            f"memory URL {url!r} has no scheme; use sqlite:///path.db, postgresql://..., "
+            "redis://... or memory://"
+        )
+    scheme = scheme.lower()
+    if scheme == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest
+        if not path:
+            raise ValueError(f"memory URL {url!r} names no file; use sqlite:///path/to/file.db")
+        return SQLiteMemory(path)
+    if scheme == "memory":
+        return InMemoryMemory()
+    if scheme in ("postgresql", "postgres"):
+        from resumable.memory.postgres import PostgresMemory
+
+        return PostgresMemory.from_url(url)
+    if scheme in ("redis", "rediss"):
+        from resumable.memory.redis import RedisMemory
+
+        return RedisMemory.from_url(url)
+    raise ValueError(
+        f"memory URL {url!r} has an unknown scheme {scheme!r}; use sqlite, postgresql, redis "
+        "or memory"
+    )
+
 
 if TYPE_CHECKING:
     from resumable.memory.postgres import PostgresMemory as PostgresMemory
