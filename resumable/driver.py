@@ -8,7 +8,7 @@ exception from workflow code ends the instance (after its compensations) with a 
 error. An instance whose history no longer matches its code is parked, not retried.
 
 Besides replies, an instance consumes three kinds of event of its own: a timer
-(``resumable.timer``, made by ``wake`` when the record's due time has passed), a
+(``resumable.workflow.timer``, made by ``wake`` when the record's due time has passed), a
 cancellation (``resumable.cancel``) and the signals it lists.
 """
 
@@ -122,9 +122,9 @@ log = logging.getLogger("resumable")
 
 S = TypeVar("S")
 
-TIMER_TYPE: Final = "resumable.timer"
+TIMER_TYPE: Final = "resumable.workflow.timer"
 """The type of the event that wakes an instance whose due time has passed."""
-CANCEL_TYPE: Final = "resumable.cancel"
+CANCEL_TYPE: Final = "resumable.workflow.cancel"
 """The type of the event that cancels an instance; its data is ``{"reason": str}``."""
 
 _converter = cattrs.Converter()
@@ -570,6 +570,12 @@ class Resumable(Generic[S]):
                     f"{event.parentid!r} (event {event.id}, {event.type}); it waits for "
                     f"{header.waits_for or 'nothing'}",
                 )
+            if header.waiting[index].due is not None:
+                # In a retry backoff: this may be the error reply that began it, delivered
+                # again. Answer it from the journal rather than schedule the retry anew.
+                raw = await self._journal_entry(key, event)
+                if raw is not None:
+                    return list(decode_entry(raw).produced)
         else:  # nothing in the header tells a redelivered timer, signal or cancel: look
             raw = await self._journal_entry(key, event)
             if raw is not None:
