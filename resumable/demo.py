@@ -21,7 +21,6 @@ import msgspec
 
 from resumable.contracts import Contract, OrchestratorContract
 from resumable.driver import Resumable
-from resumable.errors import ServiceError
 from resumable.events import Event
 from resumable.handler import Emit, EventHandler
 from resumable.memory import Memory, SQLiteMemory
@@ -45,7 +44,8 @@ class CardDeclined(msgspec.Struct):
 
 
 class RefundCard(msgspec.Struct):
-    payment_id: str
+    order_id: str
+    """Refund whatever was charged for this order (the refund is idempotent per order)."""
 
 
 class CardRefunded(msgspec.Struct):
@@ -145,23 +145,29 @@ class OrderState:
 
 
 async def fulfil(ctx: Context[OrderState], order: PlaceOrder) -> Any:
-    reply = yield call(payments, ChargeCard(order.order_id, order.amount_cents))
+    reply = yield call(
+        payments,
+        ChargeCard(order.order_id, order.amount_cents),
+        compensate=call(payments_refund, RefundCard(order.order_id)),  # undone if we fail
+    )
     ctx.state.steps += 1
     if reply.type == "evt.payments.charge.declined":
         yield complete(OrderResult("declined"))
         return
     ctx.state.payment_id = reply.data.payment_id
-    try:
-        yield gather(
-            call(inventory, ReserveStock(order.order_id, order.sku)),
-            call(shipping, PrintLabel(order.order_id)),
-        )
-        ctx.state.steps += 1
-    except ServiceError:
-        yield call(payments_refund, RefundCard(ctx.state.payment_id or ""))
-        yield complete(OrderResult("compensated", ctx.state.payment_id))
-        return
+    # Out of stock (a ServiceError) or no answer within the timeout (a TimeoutError) is not
+    # handled here: the driver runs the compensation stack (the refund), then reports.
+    yield gather(
+        call(inventory, ReserveStock(order.order_id, order.sku)),
+        call(shipping, PrintLabel(order.order_id)),
+        timeout=STOCK_AND_LABEL_TIMEOUT,
+    )
+    ctx.state.steps += 1
     yield complete(OrderResult("shipped", ctx.state.payment_id))
+
+
+STOCK_AND_LABEL_TIMEOUT = 300.0
+"""Seconds to wait for the stock reservation and the label before refunding."""
 
 
 # --- services -------------------------------------------------------------------------------
@@ -214,7 +220,7 @@ def make_handlers(effects: EffectLog | None = None) -> list[EventHandler]:
         return Emit("evt.payments.charge.success", CardCharged(payment))
 
     async def refund_card(event: Event) -> Emit:
-        refund = once(event, "refund", event.data.payment_id, f"ref-{event.data.payment_id}")
+        refund = once(event, "refund", event.data.order_id, f"ref-{event.data.order_id}")
         return Emit("evt.payments.refund.success", CardRefunded(refund))
 
     async def reserve_stock(event: Event) -> Emit:
@@ -373,7 +379,8 @@ async def run(
     effect_counts = effects.counts()
     out.write(
         f"\n  completed {summary['done']} of {count} orders: {summary['shipped']} shipped, "
-        f"{summary['declined']} declined, {summary['compensated']} compensated (refunded)\n"
+        f"{summary['declined']} declined, {summary['compensated']} failed and compensated "
+        "(refunded)\n"
         f"  this run: {counted.steps} workflow steps, {len(broker.events)} events, "
         f"{counted.steps / max(elapsed, 1e-9):,.0f} steps/s\n"
         f"  effects: {effect_counts.get('charge', 0)} charges, "
@@ -401,11 +408,14 @@ def _count(n: int, one: str, many: str) -> str:
 
 
 async def _summarise(memory: Memory, count: int) -> dict[str, int]:
-    """Outcomes read back from the records: statuses, results and completions journaled."""
+    """Outcomes read back from the records: statuses, results and reports journaled.
+
+    A finished order is ``done`` (shipped or declined) or ``failed`` (it could not ship and
+    its charge was refunded by the compensation stack); each reports to the shop once."""
     summary = {"done": 0, "shipped": 0, "declined": 0, "compensated": 0, "completions": 0}
     for i in range(count):
         stored = await memory.read(init_for(i).subject, journal=True)
-        if stored is None or stored.status != "done" or stored.journal is None:
+        if stored is None or stored.status not in ("done", "failed") or stored.journal is None:
             continue
         summary["done"] += 1
         for raw in stored.journal:
@@ -413,6 +423,9 @@ async def _summarise(memory: Memory, count: int) -> dict[str, int]:
                 if event.type == orders.complete_type:
                     summary["completions"] += 1
                     summary[event.data["status"]] += 1
+                elif event.type == orders.system_error_type:
+                    summary["completions"] += 1
+                    summary["compensated"] += 1
     return summary
 
 

@@ -773,8 +773,9 @@ class Resumable(Generic[S]):
             return False
         if reply.data.errorName in retry.non_retryable:
             return False
-        slot.due = self._now() + retry.delay(slot.attempt)
-        log.info("retrying %s in %.3gs (attempt %d)", slot.service, slot.due, slot.attempt + 1)
+        delay = retry.delay(slot.attempt)
+        slot.due = self._now() + delay
+        log.info("retrying %s in %.3gs (attempt %d)", slot.service, delay, slot.attempt + 1)
         return True
 
     def _push_undo(self, header: Header, indexes: Iterable[int], replies: list[Event]) -> None:
@@ -1216,6 +1217,7 @@ class Resumable(Generic[S]):
                 headers=run.headers,
                 domains=resolve_domains(self.system_error_domain, context),
                 id_seed=derive_id(run.seed, header.seq),
+                time=self.clock(),
             )
         )
         header.status = CANCELLED if unwind.reason == "cancelled" else FAILED

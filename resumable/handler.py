@@ -93,6 +93,7 @@ def system_error_events(
     headers: TraceHeaders,
     domains: list[str | None],
     id_seed: str,
+    time: str | None = None,
 ) -> list[Event]:
     """The ``sys.<type>.error`` events reporting ``error`` (one per domain)."""
     data = msgspec.to_builtins(error if isinstance(error, ErrorData) else ErrorData.of(error))
@@ -104,6 +105,7 @@ def system_error_events(
             subject=subject,
             data=data,
             dataschema=contract.latest.system_error_dataschema,
+            **({"time": time} if time is not None else {}),
             to=to,
             parentid=parentid,
             accesscontrol=event.accesscontrol,

@@ -114,7 +114,7 @@ class Gather:
 
 @attrs.frozen
 class Sleep:
-    """Wait until a moment: ``seconds`` after the current step's event, or ``until``."""
+    """Wait until a moment: ``seconds`` after the step that yields it runs, or ``until``."""
 
     seconds: float | None = None
     until: datetime | None = None

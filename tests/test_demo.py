@@ -53,7 +53,7 @@ def test_crash_then_rerun_completes_every_order_exactly_once(tmp_path: Path) -> 
         duplicate_steps = conn.execute(
             "SELECT key, event_id, COUNT(*) FROM journal GROUP BY key, event_id HAVING COUNT(*) > 1"
         ).fetchall()
-    assert statuses == {"done": 300}
+    assert statuses == {"done": 285, "failed": 15}  # 1 in 20 out of stock: refunded
     assert per_effect == []  # every effect happened once per order
     assert duplicate_steps == []  # no consumed event was stepped twice
     assert journal_after > journal_before

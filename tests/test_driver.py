@@ -84,12 +84,18 @@ async def test_declined_and_compensated_orders(memory: Memory) -> None:
         orders.init_event(PlaceOrder("o-2", 500_000), source="com.shop.web")
     )
     assert declined is not None and declined.data == {"status": "declined", "payment_id": None}
-    failed = await broker.resolve(
-        orders.init_event(PlaceOrder("o-3", 10, "out-of-stock"), source="com.shop.web")
-    )
-    assert failed is not None and failed.data == {"status": "compensated", "payment_id": "pay-o-3"}
+    init = orders.init_event(PlaceOrder("o-3", 10, "out-of-stock"), source="com.shop.web")
+    failed = await broker.resolve(init)
+    # out of stock is not handled by the workflow: the compensation stack refunds, then the
+    # failure is reported to the shop
+    assert failed is not None and failed.type == orders.system_error_type
+    assert failed.data["errorName"] == "ServiceError"
     refunds = [e for e in broker.events if e.type == "com.payments.refund"]
-    assert len(refunds) == 1 and refunds[0].data == {"payment_id": "pay-o-3"}
+    assert len(refunds) == 1 and refunds[0].data == {"order_id": "o-3"}
+    refunded_at = broker.events.index(refunds[0])
+    assert broker.events.index(failed) > refunded_at  # refunded before the report
+    status = await workflow.status(init.subject)
+    assert status is not None and status.status == "failed" and status.compensations == []
 
 
 async def test_request_routing_follows_arvo() -> None:
