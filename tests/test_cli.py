@@ -1,0 +1,89 @@
+"""``resumable inspect`` and ``resumable replay-check`` on a real SQLite file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from resumable.brokers import LocalBroker
+from resumable.cli import main
+from resumable.demo import PlaceOrder, make_handlers, make_workflow, orders
+from resumable.memory import SQLiteMemory
+
+WORKFLOW_MODULE = """
+from resumable import Resumable, call, complete
+from resumable.demo import SERVICES, OrderState, fulfil, orders, shipping, PrintLabel
+from resumable.memory import InMemoryMemory
+
+workflow = Resumable(orders, versions={"1.0.0": fulfil}, services=SERVICES, state=OrderState)
+
+
+async def changed(ctx, order):
+    yield call(shipping, PrintLabel(order.order_id))
+    yield complete({"status": "x"})
+
+broken = Resumable(orders, versions={"1.0.0": changed}, services=SERVICES)
+not_a_workflow = 42
+"""
+
+
+def _orders_db(tmp_path: Path) -> tuple[str, str]:
+    path = str(tmp_path / "orders.db")
+
+    async def run() -> str:
+        memory = SQLiteMemory(path)
+        broker = LocalBroker([*make_handlers(), make_workflow(memory)])
+        init = orders.init_event(PlaceOrder("o-1", 4200), source="com.shop.web")
+        await broker.resolve(init)
+        await broker.resolve(
+            orders.init_event(PlaceOrder("o-2", 10, "out-of-stock"), source="com.shop.web")
+        )
+        await memory.close()
+        return init.subject
+
+    return path, anyio.run(run)
+
+
+def test_inspect_prints_status_state_and_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, subject = _orders_db(tmp_path)
+    assert main(["inspect", subject, "--memory", f"sqlite:///{path}"]) == 0
+    out = capsys.readouterr().out
+    assert "status       done" in out
+    assert '"payment_id": "pay-o-1"' in out
+    assert "arvo.orc.order.fulfil (start): call com.payments.charge" in out
+    assert "evt.shipping.label.success (gather): complete" in out
+    assert main(["inspect", subject, "--memory", f"sqlite:///{path}", "--json"]) == 0
+    assert '"status": "done"' in capsys.readouterr().out
+
+
+def test_inspect_of_an_unknown_subject_or_bad_url_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = _orders_db(tmp_path)
+    assert main(["inspect", "nope", "--memory", f"sqlite:///{path}"]) == 1
+    assert "no instance 'nope'" in capsys.readouterr().err
+    assert main(["inspect", "nope", "--memory", "ftp://x"]) == 2
+    assert "unknown scheme" in capsys.readouterr().err
+
+
+def test_replay_check_passes_and_reports_incompatible_instances(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = _orders_db(tmp_path)
+    (tmp_path / "cli_workflows.py").write_text(WORKFLOW_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    url = f"sqlite:///{path}"
+    assert main(["replay-check", "cli_workflows:workflow", "--memory", url]) == 0
+    assert "replayed 2 instance(s): 0 incompatible" in capsys.readouterr().out
+    assert main(["replay-check", "cli_workflows:broken", "--memory", url]) == 1
+    out = capsys.readouterr().out
+    assert "2 incompatible" in out
+    assert "step 0: was `call com.payments.charge`, now `call com.shipping.label`" in out
+    assert main(["replay-check", "cli_workflows:not_a_workflow", "--memory", url]) == 2
+    assert main(["replay-check", "cli_workflows", "--memory", url]) == 2
+    sys.modules.pop("cli_workflows", None)
