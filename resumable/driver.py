@@ -1230,6 +1230,11 @@ class Resumable(Generic[S]):
     ) -> None:
         """Start the next generation: new input, fresh state, a new journal, same subject."""
         old = run.header
+        if run.how == "start" and old.generation > 0:
+            raise ContractViolation(
+                f"workflow {self.contract.uri!r} yielded continue_as_new(...) as the first "
+                "thing of a new generation; that would loop forever"
+            )
         versioned = self.contract.versions[old.version]
         try:
             _, data = versioned.validate_accepts(request.data)
@@ -1265,7 +1270,7 @@ class Resumable(Generic[S]):
             status=ACTIVE,
             version=old.version,
             seq=0,
-            init_event_id=init.id,
+            init_event_id=old.init_event_id,  # the parent's request: completions answer it
             parent_subject=old.parent_subject,
             state=None,
             workflow_deadline=old.workflow_deadline,
@@ -1282,11 +1287,6 @@ class Resumable(Generic[S]):
         )
         first.resumed, first.how = [], "start"
         await self._advance(first, fn, None, None)
-        if first.reset is not None:
-            raise ContractViolation(
-                f"workflow {self.contract.uri!r} yielded continue_as_new(...) as the first "
-                "thing of a new generation; that would loop forever"
-            )
         header.seq = 1 + len(kept)
         entry = Entry(
             event=wire(init),

@@ -19,7 +19,7 @@ from resumable.domains import (
     resolve_domains,
 )
 from resumable.errors import ConfigViolation, ContractViolation, ExecutionViolation, is_violation
-from resumable.events import Event, build_trusted, with_data
+from resumable.events import Event, build_trusted, now_iso, with_data
 from resumable.ids import derive_id
 from resumable.telemetry import SPAN_KIND_HANDLER, TraceHeaders, execution_span
 
@@ -97,6 +97,7 @@ def system_error_events(
 ) -> list[Event]:
     """The ``sys.<type>.error`` events reporting ``error`` (one per domain)."""
     data = msgspec.to_builtins(error if isinstance(error, ErrorData) else ErrorData.of(error))
+    when = time if time is not None else now_iso()
     return [
         Event(
             id=derive_id(id_seed, "error", domain),
@@ -105,7 +106,7 @@ def system_error_events(
             subject=subject,
             data=data,
             dataschema=contract.latest.system_error_dataschema,
-            **({"time": time} if time is not None else {}),
+            time=when,
             to=to,
             parentid=parentid,
             accesscontrol=event.accesscontrol,
