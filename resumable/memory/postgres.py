@@ -1,0 +1,553 @@
+"""Memory in PostgreSQL: records shared by every process that reaches the server.
+
+Writes: each ``write`` becomes an operation in a queue. One task on the event loop (the
+flusher, started when the queue fills and ending when it empties) takes every queued
+operation and runs them on one connection as one transaction with one commit (group
+commit), so concurrent tasks share the cost of each commit's WAL flush. Each operation runs
+inside its own savepoint: one that fails is rolled back alone and fails only its caller. A
+``write`` returns once the commit holding it is done.
+
+Reads and leases run on other connections of the pool, each as a single statement (a
+consistent snapshot on its own), so they never wait behind a batch.
+
+Tables live in one PostgreSQL schema (``resumable`` unless told otherwise), which isolates
+one memory from another in the same database. They are created on first connect, under a
+transaction-scoped advisory lock so processes starting together do not race, and stamped
+with a version in ``schema_version``; a version newer than this code knows is an error.
+
+Lease times come from ``clock`` (the caller's wall clock), sent as parameters: the server's
+``now()`` is never used, so every process must agree on the time, as with SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar, cast
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
+
+from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
+
+try:
+    import asyncpg
+except ImportError as error:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "PostgresMemory needs asyncpg; install it with: pip install 'resumable[postgres]'"
+    ) from error
+
+__all__ = ["SCHEMA_VERSION", "PostgresMemory"]
+
+T = TypeVar("T")
+
+_MIGRATIONS: tuple[str, ...] = (
+    # Version 1. ``key`` sorts by code point (COLLATE "C"), as ``keys`` and ``due`` promise.
+    """
+    CREATE TABLE {s}.records (
+        key text COLLATE "C" PRIMARY KEY,
+        revision bigint NOT NULL,
+        status text NOT NULL,
+        header bytea NOT NULL,
+        due double precision
+    );
+    CREATE INDEX records_by_status ON {s}.records (status, key);
+    CREATE INDEX records_by_due ON {s}.records (due, key) WHERE due IS NOT NULL;
+    CREATE TABLE {s}.journal (
+        key text COLLATE "C" NOT NULL,
+        seq bigint NOT NULL,
+        event_id text NOT NULL,
+        entry bytea NOT NULL,
+        PRIMARY KEY (key, seq),
+        UNIQUE (key, event_id)
+    );
+    CREATE TABLE {s}.locks (
+        key text COLLATE "C" PRIMARY KEY,
+        owner text NOT NULL,
+        expires double precision NOT NULL
+    );
+    """,
+)
+"""DDL that takes the schema from version ``i`` to ``i + 1``; never edit a released one."""
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+"""The newest schema version this code knows how to use."""
+
+_LOCK_CLASS = 0x7273_6D62
+"""First key of the advisory lock taken while creating tables (``rsmb``); the second is
+derived from the schema name, so different schemas do not wait for each other."""
+
+_POOL_OPTIONS: dict[str, Any] = {}
+if "reset" in inspect.signature(asyncpg.create_pool).parameters:  # asyncpg >= 0.30
+
+    async def _keep_session(connection: Any) -> None:
+        """Skip the reset query on release: nothing here changes session state, so it would
+        only add a round trip to every read. asyncpg still rolls back an open transaction."""
+
+    _POOL_OPTIONS["reset"] = _keep_session
+
+
+class _Statements:
+    """The SQL of every operation, with the schema name quoted in once."""
+
+    def __init__(self, schema: str) -> None:
+        s = _quote_identifier(schema)
+        self.read = f"SELECT revision, status, header FROM {s}.records WHERE key = $1"
+        self.read_journal = (
+            "SELECT r.revision, r.status, r.header,"
+            f" ARRAY(SELECT j.entry FROM {s}.journal j WHERE j.key = r.key ORDER BY j.seq)"
+            f" FROM {s}.records r WHERE r.key = $1"
+        )
+        self.revision = f"SELECT revision FROM {s}.records WHERE key = $1"
+        # A write in one statement: the compare-and-set, then the appends only if it matched.
+        # It returns whether it matched and which event ids were new (``_write`` judges).
+        self.create = _write_statement(
+            s,
+            f"INSERT INTO {s}.records (key, revision, status, header, due)"
+            " VALUES ($1, 1, $2, $3, $4) ON CONFLICT (key) DO NOTHING RETURNING key",
+            arrays=5,
+        )
+        self.update = _write_statement(
+            s,
+            f"UPDATE {s}.records SET revision = revision + 1, status = $3, header = $4, due = $5"
+            " WHERE key = $1 AND revision = $2 RETURNING key",
+            arrays=6,
+        )
+        self.hold = f"SELECT FROM {s}.records WHERE key = $1 FOR UPDATE"
+        self.clear = f"DELETE FROM {s}.journal WHERE key = $1"
+        self.entry = f"SELECT entry FROM {s}.journal WHERE key = $1 AND event_id = $2"
+        self.keys = f"SELECT key FROM {s}.records ORDER BY key"
+        self.keys_by_status = f"SELECT key FROM {s}.records WHERE status = $1 ORDER BY key"
+        self.due = (
+            f"SELECT key, due FROM {s}.records WHERE due IS NOT NULL AND due <= $1"
+            " ORDER BY due, key LIMIT $2"
+        )
+        # Take or renew in one statement: it changes a row only if the key is free, expired,
+        # or already ``owner``'s.
+        self.lock = (
+            f"INSERT INTO {s}.locks AS held (key, owner, expires) VALUES ($1, $2, $3)"
+            " ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires = excluded.expires"
+            " WHERE held.owner = excluded.owner OR held.expires <= $4 RETURNING true"
+        )
+        self.unlock = f"DELETE FROM {s}.locks WHERE key = $1 AND owner = $2 RETURNING expires"
+
+
+def _write_statement(s: str, compare_and_set: str, arrays: int) -> str:
+    """``compare_and_set`` (returning the key if it matched) plus the journal appends, whose
+    event ids and entries are parameters ``arrays`` and ``arrays + 1``."""
+    return (
+        f"WITH written AS ({compare_and_set}), appended AS ("
+        f"INSERT INTO {s}.journal (key, seq, event_id, entry)"
+        " SELECT written.key, start.seq + e.ord - 1, e.event_id, e.entry FROM written,"
+        f" (SELECT COALESCE(MAX(seq) + 1, 0) AS seq FROM {s}.journal WHERE key = $1) AS start,"
+        f" unnest(${arrays}::text[], ${arrays + 1}::bytea[])"
+        " WITH ORDINALITY AS e(event_id, entry, ord)"
+        " ON CONFLICT (key, event_id) DO NOTHING RETURNING event_id)"
+        " SELECT EXISTS (SELECT FROM written), ARRAY(SELECT event_id FROM appended)"
+    )
+
+
+class _Op(Generic[T]):
+    """One queued write: its key, the work to run on the batch's connection, how it ended."""
+
+    __slots__ = ("done", "error", "key", "resolved", "run", "taken", "value")
+
+    def __init__(self, key: str, run: Callable[[Any], Awaitable[T]]) -> None:
+        self.key = key
+        self.run = run
+        self.done = asyncio.Event()
+        self.taken = False  # a batch holds this operation; it can no longer be withdrawn
+        self.resolved = False
+        self.value: T | None = None
+        self.error: BaseException | None = None
+
+    def resolve(self, value: T | None, error: BaseException | None) -> None:
+        self.value, self.error, self.resolved = value, error, True
+        self.done.set()
+
+    def outcome(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return cast(T, self.value)
+
+
+class PostgresMemory(Memory):
+    """Records, journals and leases in tables of one PostgreSQL schema, through asyncpg.
+
+    A write is committed (to the server's ``synchronous_commit`` promise) before it returns.
+    Any number of processes may share the schema; leases use the wall clock ``clock`` for that
+    reason. The constructor does no I/O: the pool of up to ``pool_size`` connections opens,
+    and the tables are created, on first use. asyncio only.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "resumable",
+        clock: Callable[[], float] = time.time,
+        pool_size: int = 10,
+    ) -> None:
+        _check_schema_name(schema)
+        if pool_size < 2:
+            raise ValueError(
+                f"pool_size must be at least 2, not {pool_size}: one connection writes batches "
+                "while the others serve reads and leases"
+            )
+        self.dsn = dsn
+        self.schema = schema
+        self.pool_size = pool_size
+        self.commits = 0
+        """Transactions committed so far; shows group commit at work (tests, metrics)."""
+        self._clock = clock
+        self._sql = _Statements(schema)
+        self._pool: Any = None  # asyncpg.Pool once connected
+        self._connecting = asyncio.Lock()
+        self._queue: list[_Op[Any]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False  # no new calls
+        self._shut = False  # the pool is closed for good
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresMemory:
+        """A memory for ``postgresql://user:password@host:port/database?schema=name``.
+
+        ``postgres://`` works too. ``schema`` is optional (default ``resumable``); every other
+        query parameter goes to asyncpg unchanged.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                f"{_redact(url)!r} is not a PostgreSQL URL: write "
+                "postgresql://user:password@host:port/database?schema=name"
+            )
+        kept: list[str] = []
+        schemas: list[str] = []
+        for pair in parts.query.split("&") if parts.query else []:
+            name, _, value = pair.partition("=")
+            if unquote_plus(name) == "schema":
+                schemas.append(unquote_plus(value))
+            else:
+                kept.append(pair)
+        if len(schemas) > 1:
+            raise ValueError(f"{_redact(url)!r} names the schema {len(schemas)} times; keep one")
+        dsn = urlunsplit(parts._replace(query="&".join(kept)))
+        return cls(dsn, schema=schemas[0]) if schemas else cls(dsn)
+
+    def __repr__(self) -> str:
+        return f"PostgresMemory({_redact(self.dsn)!r}, schema={self.schema!r})"
+
+    async def read(self, key: str, *, journal: bool = False) -> Stored | None:
+        pool = await self._ready()
+        row = await pool.fetchrow(self._sql.read_journal if journal else self._sql.read, key)
+        if row is None:
+            return None
+        entries = list(row[3]) if journal else None
+        return Stored(revision=row[0], status=row[1], header=row[2], journal=entries)
+
+    async def write(
+        self,
+        key: str,
+        *,
+        revision: int,
+        status: str,
+        header: bytes,
+        append: Sequence[tuple[str, bytes]] = (),
+        due: float | None = None,
+        reset: bool = False,
+    ) -> int:
+        # Snapshot the arguments now: the write runs later, and a bytearray could change.
+        header = bytes(header)
+        entries = [(event_id, bytes(entry)) for event_id, entry in append]
+        sql = self._sql
+        return await self._submit(
+            key,
+            lambda connection: _write(
+                connection, sql, key, revision, status, header, entries, due, reset
+            ),
+        )
+
+    async def entry(self, key: str, event_id: str) -> bytes | None:
+        pool = await self._ready()
+        return cast("bytes | None", await pool.fetchval(self._sql.entry, key, event_id))
+
+    async def keys(self, status: str | None = None) -> list[str]:
+        pool = await self._ready()
+        if status is None:
+            rows = await pool.fetch(self._sql.keys)
+        else:
+            rows = await pool.fetch(self._sql.keys_by_status, status)
+        return [row[0] for row in rows]
+
+    async def due(self, now: float, limit: int = 100) -> list[tuple[str, float]]:
+        pool = await self._ready()
+        rows = await pool.fetch(self._sql.due, now, limit)
+        return [(row[0], row[1]) for row in rows]
+
+    async def lock(self, key: str, owner: str, ttl: float) -> bool:
+        now = self._clock()
+        pool = await self._ready()
+        return await pool.fetchval(self._sql.lock, key, owner, now + ttl, now) is not None
+
+    async def unlock(self, key: str, owner: str) -> bool:
+        now = self._clock()
+        pool = await self._ready()
+        expires = await pool.fetchval(self._sql.unlock, key, owner)
+        return expires is not None and bool(expires > now)
+
+    async def close(self) -> None:
+        """Let queued writes finish, then close the pool. Safe to call twice."""
+        self._closed = True
+        flusher = self._flusher
+        if flusher is not None:
+            await asyncio.wait({flusher})  # unlike awaiting it, never cancels the flusher
+        async with self._connecting:
+            pool, self._pool, self._shut = self._pool, None, True
+        if pool is not None:
+            await pool.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; create a new PostgresMemory to go on")
+
+    async def _ready(self) -> Any:
+        """The pool, for a new call: refused once ``close`` began."""
+        self._check_open()
+        return await self._connect()
+
+    async def _connect(self) -> Any:
+        """The pool, opened (and the schema brought up to date) on first use."""
+        if self._pool is not None:
+            return self._pool
+        async with self._connecting:
+            if self._pool is None:
+                if self._shut:
+                    raise RuntimeError(f"{self!r} is closed; create a new PostgresMemory")
+                self._pool = await self._open()
+        return self._pool
+
+    async def _open(self) -> Any:
+        where = _redact(self.dsn)
+        try:
+            pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=self.pool_size, **_POOL_OPTIONS
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise ConnectionError(
+                f"cannot connect to PostgreSQL at {where}: {error}. Check that the server runs "
+                "there and that the user, password and database in the URL are right"
+            ) from error
+        try:
+            async with pool.acquire() as connection:
+                await _migrate(connection, self.schema, where)
+        except BaseException:
+            pool.terminate()
+            raise
+        return pool
+
+    async def _submit(self, key: str, run: Callable[[Any], Awaitable[T]]) -> T:
+        """Queue ``run`` for the next batch and return its result once that batch committed."""
+        self._check_open()
+        op = _Op(key, run)
+        self._queue.append(op)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        try:
+            await op.done.wait()
+        except BaseException:
+            # Cancelled: withdraw the operation unless a batch already holds it.
+            if not op.taken:
+                self._queue.remove(op)
+            raise
+        return op.outcome()
+
+    async def _flush(self) -> None:
+        """Run queued operations, batch after batch, until the queue is empty."""
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                for op in batch:
+                    op.taken = True
+                try:
+                    await self._run_batch(batch)
+                finally:
+                    for op in batch:
+                        if not op.resolved:
+                            op.resolve(None, RuntimeError(f"{self!r}: the batch was interrupted"))
+        finally:
+            self._flusher = None
+            for op in self._queue:  # only if the flusher itself was cancelled
+                op.resolve(None, RuntimeError(f"{self!r}: the writer was stopped"))
+
+    async def _run_batch(self, batch: list[_Op[Any]]) -> None:
+        """Run ``batch`` in one transaction, each op in its own savepoint, and resolve it."""
+        try:
+            pool = await self._connect()
+        except Exception as error:
+            for op in batch:
+                op.resolve(None, error)
+            return
+        # Key order, the same in every process, so batches running at once lock records in one
+        # order and cannot deadlock. The sort is stable: writes to one key keep their order.
+        batch = sorted(batch, key=lambda op: op.key)
+        outcomes: list[tuple[Any, Exception | None]] = []
+        try:
+            async with pool.acquire() as connection:
+                try:
+                    # One round trip between operations: release one savepoint, open the next.
+                    # Read committed whatever the server's default: the compare-and-set relies
+                    # on an UPDATE re-checking its WHERE after waiting for a row lock.
+                    await connection.execute("BEGIN ISOLATION LEVEL READ COMMITTED; SAVEPOINT op")
+                    for index, op in enumerate(batch):
+                        if index:
+                            await connection.execute("RELEASE SAVEPOINT op; SAVEPOINT op")
+                        try:
+                            outcomes.append((await op.run(connection), None))
+                        except Exception as error:
+                            await connection.execute("ROLLBACK TO SAVEPOINT op")
+                            outcomes.append((None, error))
+                    await connection.execute("COMMIT")
+                except BaseException:
+                    if not connection.is_closed() and connection.is_in_transaction():
+                        with contextlib.suppress(Exception):  # keep the first error
+                            await connection.execute("ROLLBACK")
+                    raise
+        except Exception as error:
+            for op in batch:
+                op.resolve(None, error)
+            return
+        self.commits += 1
+        for op, (value, failure) in zip(batch, outcomes, strict=True):
+            op.resolve(value, failure)
+
+
+async def _write(
+    connection: Any,
+    sql: _Statements,
+    key: str,
+    revision: int,
+    status: str,
+    header: bytes,
+    entries: list[tuple[str, bytes]],
+    due: float | None,
+    reset: bool,
+) -> int:
+    """One compare-and-set write, inside the batch's savepoint: raising undoes it."""
+    if reset:  # lock the record before its journal rows, as every write does; undone on failure
+        await connection.execute(sql.hold, key)
+        await connection.execute(sql.clear, key)
+    ids = [event_id for event_id, _ in entries]
+    blobs = [entry for _, entry in entries]
+    if revision == 0:
+        row = await connection.fetchrow(sql.create, key, status, header, due, ids, blobs)
+    else:
+        row = await connection.fetchrow(sql.update, key, revision, status, header, due, ids, blobs)
+    matched, added = row
+    if not matched:
+        raise ConflictError(key, revision, await connection.fetchval(sql.revision, key))
+    if len(added) != len(ids):  # some event id was journaled already, or repeats in ``ids``
+        new = set(added)
+        seen: set[str] = set()
+        for event_id in ids:
+            if event_id in seen or event_id not in new:
+                raise DuplicateEntryError(key, event_id)
+            seen.add(event_id)
+    return revision + 1
+
+
+async def _migrate(connection: Any, schema: str, where: str) -> None:
+    """Bring ``schema`` to ``SCHEMA_VERSION``: nothing to do (and no lock) if it is there."""
+    version = await _installed_version(connection, schema)
+    if version == SCHEMA_VERSION:
+        return
+    _check_known(version, schema, where)
+    s = _quote_identifier(schema)
+    try:
+        async with connection.transaction():
+            # Serialises processes creating the same schema; released by the commit.
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock($1, $2)", _LOCK_CLASS, _lock_key(schema)
+            )
+            version = await _installed_version(connection, schema)  # someone may have won
+            _check_known(version, schema, where)
+            if version is None:
+                await connection.execute(
+                    f"CREATE SCHEMA IF NOT EXISTS {s};"
+                    f" CREATE TABLE {s}.schema_version (version integer PRIMARY KEY,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+            for step in range(version or 0, SCHEMA_VERSION):
+                await connection.execute(_MIGRATIONS[step].format(s=s))
+                await connection.execute(
+                    f"INSERT INTO {s}.schema_version (version) VALUES ($1)", step + 1
+                )
+    except asyncpg.PostgresError as error:
+        raise RuntimeError(
+            f"cannot create the resumable tables in schema {schema!r} at {where}: {error}. "
+            "Connect once as a user allowed to create them, or fix the schema by hand"
+        ) from error
+
+
+async def _installed_version(connection: Any, schema: str) -> int | None:
+    """The schema's version, or None if it has no ``schema_version`` table yet.
+
+    Asks ``pg_tables`` rather than ``to_regclass``: a catalog query reads the statement's
+    snapshot, where ``to_regclass`` may answer from a cache that predates the advisory lock.
+    """
+    exists = await connection.fetchval(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_tables"
+        " WHERE schemaname = $1 AND tablename = 'schema_version')",
+        schema,
+    )
+    if not exists:
+        return None
+    table = f"{_quote_identifier(schema)}.schema_version"
+    version = await connection.fetchval(f"SELECT max(version) FROM {table}")
+    return None if version is None else int(version)
+
+
+def _check_known(version: int | None, schema: str, where: str) -> None:
+    if version is not None and version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"schema {schema!r} at {where} is at version {version}, but this resumable knows "
+            f"versions up to {SCHEMA_VERSION} only: a newer release created it. Upgrade "
+            "resumable, or use another schema"
+        )
+
+
+def _check_schema_name(schema: str) -> None:
+    if not schema or "\x00" in schema or len(schema.encode()) > 63:
+        raise ValueError(
+            f"schema name {schema!r} is unusable: PostgreSQL takes 1 to 63 bytes without NUL"
+        )
+
+
+def _quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lock_key(schema: str) -> int:
+    """A signed 32-bit key for ``schema``, stable across processes (unlike ``hash``)."""
+    return zlib.crc32(schema.encode()) - (1 << 31)
+
+
+def _redact(dsn: str) -> str:
+    """``dsn`` with any password replaced by ``***``, fit for messages and logs."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<unparseable PostgreSQL URL>"
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
+    query = "&".join(
+        f"{pair.partition('=')[0]}=***"
+        if unquote_plus(pair.partition("=")[0]) == "password"
+        else pair
+        for pair in parts.query.split("&")
+        if pair
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
