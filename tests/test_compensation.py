@@ -447,7 +447,7 @@ class Host:
         self.workflow = self._make()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(1, 5), data=st.data())
 def test_crashes_anywhere_send_each_compensation_once_in_reverse(n: int, data) -> None:
     fail_at = data.draw(st.integers(0, n), label="failing step (n: none fails)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +113,8 @@ class Host:
 
 
 @pytest.fixture
-async def sqlite_path(tmp_path: Path) -> AsyncIterator[Path]:
-    yield tmp_path / "wf.db"
+def sqlite_path(tmp_path: Path) -> Path:
+    return tmp_path / "wf.db"
 
 
 CRASHES = ["none", "evict", "restart"]
