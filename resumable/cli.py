@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import anyio.abc
 import attrs
 import msgspec
 
@@ -74,6 +76,65 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("target", metavar="MODULE:WORKFLOW", help="e.g. myapp.orders:workflow")
     check.add_argument("--memory", required=True, metavar="URL", help=_MEMORY_HELP)
+    worker = commands.add_parser(
+        "worker",
+        help="run handlers and workflows on a broker, until SIGTERM",
+        description=(
+            "Consume each handler's topic from the broker, run it, publish what it emits and "
+            "then ack; fire the workflows' timers; on start, re-publish their outboxes. Run "
+            "as many of these processes as you like on the same broker and memory. SIGTERM "
+            "or SIGINT stops taking work, lets what is in flight finish, and exits 0 (a "
+            "second signal exits at once)."
+        ),
+    )
+    worker.add_argument(
+        "target",
+        metavar="MODULE:HANDLERS",
+        help=(
+            "a handler or a list of them, or a callable returning that, called with the "
+            "memory of --memory (or with nothing, without --memory); e.g. myapp.orders:handlers"
+        ),
+    )
+    worker.add_argument(
+        "--broker", required=True, metavar="URL", help="nats://host:4222, redis://host:6379/0"
+    )
+    worker.add_argument(
+        "--memory",
+        metavar="URL",
+        help=f"{_MEMORY_HELP}; passed to HANDLERS, which must then be a callable",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        metavar="N",
+        help="most executions at once in this process (default 16)",
+    )
+    worker.add_argument(
+        "--max-attempts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="dead-letter an event that fails on its Nth delivery (default 5)",
+    )
+    worker.add_argument(
+        "--timer-interval",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="how often to look for due timers (default 0.5)",
+    )
+    worker.add_argument(
+        "--no-recover",
+        action="store_true",
+        help="do not re-publish the workflows' outboxes on start",
+    )
+    worker.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="what to log on stderr (default WARNING; the health line is shown regardless)",
+    )
     return parser
 
 
@@ -96,6 +157,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return anyio.run(_inspect, args.subject, args.memory, args.json)
     if args.command == "replay-check":
         return anyio.run(_replay_check, args.target, args.memory)
+    if args.command == "worker":
+        counts = (("--concurrency", args.concurrency), ("--max-attempts", args.max_attempts))
+        for name, value in counts:
+            if value < 1:
+                print(f"resumable worker: {name} must be at least 1", file=sys.stderr)
+                return 2
+        if not args.timer_interval > 0:
+            print("resumable worker: --timer-interval must be more than 0", file=sys.stderr)
+            return 2
+        return anyio.run(_worker, args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
@@ -183,6 +254,138 @@ async def _replay_check(target: str, url: str) -> int:
         await memory.close()
     print(report)
     return 0 if report.ok else 1
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``error`` itself."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+def _load_handlers_target(target: str) -> Any:
+    """The object ``MODULE:ATTRIBUTE`` names; raises ValueError with a message to print."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"expected MODULE:HANDLERS, got {target!r}")
+    try:
+        value: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            value = getattr(value, part)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"cannot load {target}: {error}") from None
+    return value
+
+
+async def _worker(args: argparse.Namespace) -> int:
+    """Build the handlers, run a Worker until SIGTERM/SIGINT, drain, and exit 0."""
+    import inspect
+    import logging
+    import signal
+
+    from resumable.brokers import Handler
+    from resumable.brokers import from_url as broker_from_url
+    from resumable.worker import Worker, WorkerStats
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        target = _load_handlers_target(args.target)
+    except ValueError as error:
+        print(f"resumable worker: {error}", file=sys.stderr)
+        return 2
+    memory = None
+    factory = callable(target) and not isinstance(target, Handler)
+    if args.memory is not None:
+        if not factory:
+            print(
+                f"resumable worker: {args.target} is not a callable, so --memory is not used; "
+                "name a function taking the memory, or leave --memory out",
+                file=sys.stderr,
+            )
+            return 2
+        memory = _open_memory(args.memory, "worker")
+        if memory is None:
+            return 2
+    try:
+        try:
+            broker = broker_from_url(args.broker)
+        except (ValueError, ImportError) as error:
+            print(f"resumable worker: {error}", file=sys.stderr)
+            return 2
+        try:
+            made = target if not factory else target(memory) if memory is not None else target()
+            if inspect.isawaitable(made):
+                made = await made
+            handlers = [made] if isinstance(made, Handler) else list(made)
+            tty = sys.stderr.isatty()
+
+            def show(line: str, stats: WorkerStats) -> None:
+                sys.stderr.write(f"\r\x1b[K{line}" if tty else f"resumable worker: {line}\n")
+                sys.stderr.flush()
+
+            worker = Worker(
+                handlers,
+                broker=broker,
+                concurrency=args.concurrency,
+                max_attempts=args.max_attempts,
+                timer_interval=args.timer_interval,
+                recover=not args.no_recover,
+                on_health=show,
+            )
+        except (TypeError, ValueError) as error:
+            hint = " (does it take a memory? give --memory URL)" if factory and not memory else ""
+            print(f"resumable worker: {args.target}: {error}{hint}", file=sys.stderr)
+            await broker.close()
+            return 2
+        forced: list[int] = []
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def on_signals(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        task_status.started()
+                        async for number in signals:
+                            if worker.stopping:  # a second signal: stop waiting for the drain
+                                forced.append(number)
+                                group.cancel_scope.cancel()
+                                return
+                            print(
+                                f"\nresumable worker: {signal.Signals(number).name}: draining",
+                                file=sys.stderr,
+                                flush=True,
+                            )
+                            worker.stop()
+
+                async def work(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                    await worker.run(task_status=task_status)
+                    group.cancel_scope.cancel()
+
+                await group.start(on_signals)
+                await group.start(work)
+                print(
+                    f"resumable worker: pid {os.getpid()} consuming {', '.join(worker.topics)} "
+                    f"on {broker!r} (recovered {worker.stats.recovered} requests)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        except Exception as error:
+            for leaf in _leaves(error):
+                print(f"resumable worker: {type(leaf).__name__}: {leaf}", file=sys.stderr)
+            return 1
+        finally:
+            with anyio.CancelScope(shield=True):
+                await broker.close()
+        how = "stopped without draining" if forced else "stopped"
+        print(f"\nresumable worker: {how}; {worker.health_line()}", file=sys.stderr)
+        return 1 if forced else 0
+    finally:
+        if memory is not None:
+            with anyio.CancelScope(shield=True):
+                await memory.close()
 
 
 if __name__ == "__main__":

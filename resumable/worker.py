@@ -1,0 +1,611 @@
+"""``Worker``: runs handlers and workflows on a broker, in as many processes as you like.
+
+A broker delivers at least once; a worker makes processing *effectively once* on top of it:
+
+- **Publish, then ack.** A delivery is acked only after every event its handler emitted is
+  published, so a worker that dies in between leaves the delivery unsettled; the broker
+  delivers it again after its ``ack_wait``, and the handler answers it again with the same
+  events (a workflow from its journal, a service from its idempotency keys), which carry
+  the same ids, so their consumers drop the copies.
+- **Retry what can succeed later.** A ``TransactionViolation`` (lease taken by another
+  execution, memory unreachable, a write that lost a compare-and-set) or any unexpected
+  exception is nacked with exponential backoff; other violations (contract, config,
+  execution) can never succeed and are dead-lettered at once, with the reason; a failure
+  on the ``max_attempts``-th delivery is dead-lettered with its error as the reason.
+- **Timers.** Every ``timer_interval`` the worker asks each memory its workflows use which
+  records are due, and wakes the ones it runs. Several workers may wake one record at once:
+  the lease and the record's revision make the second a no-op.
+- **Recovery.** On start, every workflow's outbox (the requests its records say were sent
+  and never answered) is published again, for requests lost with a process that died
+  between writing a step and publishing it.
+- **Drain.** ``stop()`` stops taking deliveries and lets the ones in flight finish (within
+  ``drain_timeout``), so a rolling restart settles everything it took.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Protocol, runtime_checkable
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import attrs
+
+from resumable.brokers import Broker, Delivery, Handler
+from resumable.clock import to_epoch
+from resumable.errors import TransactionViolation, ViolationError
+from resumable.events import Event
+from resumable.memory import Memory
+from resumable.subject import SubjectError, parse_subject
+
+__all__ = ["Worker", "WorkerStats"]
+
+log = logging.getLogger("resumable.worker")
+
+_MAX_DUE_LISTING = 10_000
+"""The most due records one timer tick lists from one memory."""
+
+WorkerDomainCallback = Callable[[Event], Awaitable[None] | None]
+"""Receives an emitted event that has a domain (Arvo: never published, handed to its owner).
+It may be called again with the same event after a redelivery: make it idempotent by id."""
+
+HealthCallback = Callable[[str, "WorkerStats"], None]
+"""Receives the health line and the counters, every ``health_interval`` seconds."""
+
+
+@runtime_checkable
+class Timed(Protocol):
+    """A handler with durable timers (a ``Resumable``): the worker wakes its due records."""
+
+    @property
+    def source(self) -> str: ...
+
+    memory: Memory
+    clock: Callable[[], str]
+
+    async def wake(self, subject: str) -> list[Event]: ...
+
+
+@runtime_checkable
+class Recoverable(Protocol):
+    """A handler whose records hold an outbox of requests to re-send after a crash."""
+
+    @property
+    def source(self) -> str: ...
+
+    async def outbox(self) -> list[Event]: ...
+
+
+@attrs.define
+class WorkerStats:
+    """What a worker has done since it started. ``in_flight`` is executions running now."""
+
+    received: int = 0
+    acked: int = 0
+    nacked: int = 0
+    dead_lettered: int = 0
+    published: int = 0
+    timers_fired: int = 0
+    in_flight: int = 0
+    domain_events: int = 0
+    """Emitted events with a domain, handed to ``on_domain`` (or only logged) instead."""
+    recovered: int = 0
+    """Requests re-published from the workflows' outboxes on start."""
+    errors: int = 0
+    """Failures outside a delivery's outcome: receive, settle, timer and health problems."""
+
+    def as_dict(self) -> dict[str, int]:
+        return attrs.asdict(self)
+
+
+def _is_lock_denied(error: BaseException) -> bool:
+    return (
+        isinstance(error, TransactionViolation)
+        and error.cause == TransactionViolation.LOCK_UNACQUIRED
+    )
+
+
+def _is_permanent(error: BaseException) -> bool:
+    """A violation other than a transaction one: the same event can never succeed."""
+    return isinstance(error, ViolationError) and not isinstance(error, TransactionViolation)
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+class _Undeliverable(Exception):
+    """A handler emitted an event that has neither a domain nor a ``to`` topic."""
+
+
+class Worker:
+    """Consumes each handler's topic (``handler.source``) from ``broker`` and runs it.
+
+    ``handlers`` are anything with ``source`` and ``async execute(event) -> list[Event]``:
+    ``EventHandler`` services and ``Resumable`` workflows (whose timers and outboxes the
+    worker also serves). At most ``concurrency`` executions (and timer wakes) run at once.
+    A failed delivery is nacked after ``initial * factor ** (attempt - 1)`` seconds, at
+    most ``max``, with ``backoff = (initial, factor, max)``.
+
+    A lease denied by another execution (``TransactionViolation`` ``LOCK_UNACQUIRED``) is
+    contention, not failure: it is retried with backoff past ``max_attempts``, since every
+    lease ends (released, or expired after the workflow's ``lock_ttl``); only the broker's
+    own delivery limit (``max_deliver``, where it has one) dead-letters it.
+
+    ``on_domain(event)`` receives emitted events that carry a domain; without it they are
+    logged and counted. ``poll`` bounds how long one ``receive`` waits, and so how long
+    ``stop()`` takes to stop receiving; ``drain_timeout`` bounds the drain (None: wait for
+    every execution in flight). ``on_health(line, stats)`` gets the health line that is
+    also logged every ``health_interval`` seconds.
+    """
+
+    def __init__(
+        self,
+        handlers: Iterable[Handler],
+        *,
+        broker: Broker,
+        concurrency: int = 16,
+        max_attempts: int = 5,
+        backoff: tuple[float, float, float] = (0.1, 2.0, 30.0),
+        timer_interval: float = 0.5,
+        recover: bool = True,
+        on_domain: WorkerDomainCallback | None = None,
+        poll: float = 1.0,
+        drain_timeout: float | None = 30.0,
+        timer_batch: int = 100,
+        health_interval: float = 5.0,
+        on_health: HealthCallback | None = None,
+    ) -> None:
+        self.handlers: list[Handler] = list(handlers)
+        if not self.handlers:
+            raise ValueError("a Worker needs at least one handler")
+        topics: dict[str, Handler] = {}
+        for handler in self.handlers:
+            if not isinstance(handler, Handler):
+                raise TypeError(
+                    f"{handler!r} is not a handler: it needs a 'source' topic and "
+                    "'async execute(event) -> list[Event]'"
+                )
+            if handler.source in topics:
+                raise ValueError(
+                    f"two handlers consume topic {handler.source!r} ({topics[handler.source]!r} "
+                    f"and {handler!r}); give each topic one handler"
+                )
+            topics[handler.source] = handler
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be 1 or more, got {concurrency!r}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be 1 or more, got {max_attempts!r}")
+        initial, factor, longest = backoff
+        if not (initial >= 0 and factor >= 1 and longest >= initial):
+            raise ValueError(
+                f"backoff must be (initial >= 0, factor >= 1, max >= initial), got {backoff!r}"
+            )
+        for name, value in (
+            ("timer_interval", timer_interval),
+            ("poll", poll),
+            ("health_interval", health_interval),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be more than 0 seconds, got {value!r}")
+        if drain_timeout is not None and not drain_timeout >= 0:
+            raise ValueError(f"drain_timeout must be 0 or more seconds, got {drain_timeout!r}")
+        if timer_batch < 1:
+            raise ValueError(f"timer_batch must be 1 or more, got {timer_batch!r}")
+        self.broker = broker
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.backoff = (float(initial), float(factor), float(longest))
+        self.timer_interval = timer_interval
+        self.recover = recover
+        self.on_domain = on_domain
+        self.poll = poll
+        self.drain_timeout = drain_timeout
+        self.timer_batch = timer_batch
+        self.health_interval = health_interval
+        self.on_health = on_health
+        self.stats = WorkerStats()
+        self._topics = topics
+        self._slots = anyio.Semaphore(concurrency)
+        self._stopping = anyio.Event()
+        self._running = False
+        self._retry_timer_at: dict[str, float] = {}  # key -> when to try a failing wake again
+
+    def __repr__(self) -> str:
+        return f"<Worker {sorted(self._topics)} on {self.broker!r}>"
+
+    @property
+    def topics(self) -> list[str]:
+        """The topics this worker consumes."""
+        return list(self._topics)
+
+    # ---------------------------------------------------------------------------------
+    # running
+
+    def stop(self) -> None:
+        """Stop taking new deliveries; ``run`` returns once those in flight are settled.
+        Safe to call from any task, any number of times, before or during ``run``. A
+        stopped worker stays stopped: ``run`` returns at once; make a new one to go on."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``stop()`` was called."""
+        return self._stopping.is_set()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Recover, then consume, fire timers and report health until ``stop()``; then
+        drain and return. With ``await task_group.start(worker.run)``, resumes the caller
+        once recovery is done and consuming has begun.
+
+        The drain: the receive loops end (each within ``poll``), the timer loop ends after
+        its current tick, and the executions in flight finish, all within ``drain_timeout``
+        of ``stop()``; whatever still runs then is cancelled, and its unsettled deliveries
+        come back from the broker after its ``ack_wait``."""
+        if self._running:
+            raise RuntimeError(f"{self!r} is already running; a worker runs once at a time")
+        self._running = True
+        started = time.monotonic()
+        drained = False
+        try:
+            if self.recover and not self.stopping:
+                await self._recover()
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._health_loop, started)
+                outer.start_soon(self._drain_deadline, outer.cancel_scope)
+                async with anyio.create_task_group() as inflight:
+                    async with anyio.create_task_group() as loops:
+                        for handler in self.handlers:
+                            loops.start_soon(self._consume, handler, inflight)
+                        if self._timed_groups():
+                            loops.start_soon(self._timer_loop)
+                        task_status.started()
+                    # Stopping: nothing new is taken; what is in flight finishes.
+                    if self.stats.in_flight:
+                        log.info("draining %d executions in flight", self.stats.in_flight)
+                drained = True
+                outer.cancel_scope.cancel()
+            if not drained:
+                log.warning(
+                    "the drain took longer than drain_timeout (%.3gs): what still ran was "
+                    "cancelled, and its deliveries come back after the broker's ack_wait",
+                    self.drain_timeout,
+                )
+            log.info("worker stopped: %s", self.health_line(time.monotonic() - started))
+        finally:
+            self._running = False
+
+    async def _drain_deadline(self, scope: anyio.CancelScope) -> None:
+        """Once stopping, give everything ``drain_timeout`` seconds to finish."""
+        await self._stopping.wait()
+        if self.drain_timeout is not None:
+            scope.deadline = anyio.current_time() + self.drain_timeout
+
+    async def _recover(self) -> None:
+        """Publish every workflow's outbox: requests whose publish may have died with a
+        process. Their ids are stable, so a copy of one already delivered is dropped."""
+        for handler in self.handlers:
+            if not isinstance(handler, Recoverable):
+                continue
+            requests = await handler.outbox()
+            for request in requests:
+                await self._emit(request)
+            self.stats.recovered += len(requests)
+            if requests:
+                log.info("recovery: re-published %d requests of %s", len(requests), handler.source)
+
+    # ---------------------------------------------------------------------------------
+    # deliveries
+
+    async def _consume(self, handler: Handler, inflight: anyio.abc.TaskGroup) -> None:
+        """Receive from the handler's topic while not stopping, as many at a time as there
+        are free slots, and start one task per delivery."""
+        topic = handler.source
+        failures = 0
+        while not self.stopping:
+            async with self._slots:  # wait for a free slot, without keeping it
+                pass
+            if self.stopping:
+                break
+            wanted = max(1, min(self.concurrency, self._slots.value))
+            try:
+                deliveries = await self.broker.receive(
+                    topic, max_messages=wanted, timeout=self.poll
+                )
+            except Exception as error:
+                failures += 1
+                self.stats.errors += 1
+                delay = self.delay(failures)
+                log.warning(
+                    "receiving from %r failed (%s); trying again in %.3gs",
+                    topic,
+                    _reason(error),
+                    delay,
+                )
+                with anyio.move_on_after(delay):
+                    await self._stopping.wait()
+                continue
+            failures = 0
+            # Taken deliveries are handled even when stopping: settling them is the drain.
+            for delivery in deliveries:
+                await self._slots.acquire()
+                self.stats.received += 1
+                self.stats.in_flight += 1
+                inflight.start_soon(self._process, handler, delivery)
+
+    async def _process(self, handler: Handler, delivery: Delivery) -> None:
+        try:
+            await self._handle(handler, delivery)
+        finally:
+            self.stats.in_flight -= 1
+            self._slots.release()
+
+    async def _handle(self, handler: Handler, delivery: Delivery) -> None:
+        """Execute, publish everything emitted, then ack; or settle the failure."""
+        event = delivery.event
+        try:
+            outputs = await handler.execute(event)
+        except Exception as error:
+            await self._failed(delivery, error)
+            return
+        try:
+            for output in outputs:
+                if output.domain is None and not output.to:
+                    raise _Undeliverable(
+                        f"{handler.source} emitted event {output.id} ({output.type}) with no "
+                        "'to' topic and no domain; it cannot be routed"
+                    )
+            for output in outputs:
+                await self._emit(output)
+        except Exception as error:
+            await self._failed(delivery, error, publishing=True)
+            return
+        if await self._settle(delivery, "ack", delivery.ack()):
+            self.stats.acked += 1
+
+    def delay(self, attempt: int) -> float:
+        """The backoff before delivery ``attempt + 1``: exponential, capped."""
+        initial, factor, longest = self.backoff
+        exponent = max(attempt - 1, 0)
+        try:
+            value = initial * factor**exponent
+        except OverflowError:
+            return longest
+        return longest if math.isinf(value) else min(value, longest)
+
+    async def _failed(
+        self, delivery: Delivery, error: Exception, *, publishing: bool = False
+    ) -> None:
+        """Dead-letter a delivery that cannot succeed, or that failed too often; nack the
+        rest with backoff."""
+        event, attempt = delivery.event, delivery.attempt
+        what = "publishing what it emitted" if publishing else "executing it"
+        if isinstance(error, _Undeliverable) or _is_permanent(error):
+            await self._dead_letter(delivery, _reason(error))
+            return
+        broker_limit = getattr(self.broker, "max_deliver", None)
+        last_chance = isinstance(broker_limit, int) and 0 < broker_limit <= attempt
+        if _is_lock_denied(error) and not last_chance:
+            delay = self.delay(attempt)
+            log.debug("event %s: lease taken (%s); again in %.3gs", event.id, error, delay)
+            if await self._settle(delivery, "nack", delivery.nack(delay)):
+                self.stats.nacked += 1
+            return
+        if attempt >= self.max_attempts or last_chance:
+            limit = attempt if not last_chance else f"{attempt} (the broker's max_deliver)"
+            await self._dead_letter(delivery, f"failed on attempt {limit}: {_reason(error)}")
+            return
+        delay = self.delay(attempt)
+        log.warning(
+            "event %s (%s) on %r, attempt %d: %s failed (%s); again in %.3gs",
+            event.id,
+            event.type,
+            delivery.topic,
+            attempt,
+            what,
+            _reason(error),
+            delay,
+            exc_info=not isinstance(error, ViolationError),
+        )
+        if await self._settle(delivery, "nack", delivery.nack(delay)):
+            self.stats.nacked += 1
+
+    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        event = delivery.event
+        log.error(
+            "event %s (%s) on %r dead-lettered after %d attempt(s): %s",
+            event.id,
+            event.type,
+            delivery.topic,
+            delivery.attempt,
+            reason,
+        )
+        if await self._settle(delivery, "dead_letter", delivery.dead_letter(reason)):
+            self.stats.dead_lettered += 1
+
+    async def _settle(self, delivery: Delivery, how: str, settling: Awaitable[None]) -> bool:
+        """Run one settle call; a failure is logged (the broker delivers it again after
+        ``ack_wait``, which is safe: handling is idempotent)."""
+        try:
+            await settling
+        except Exception as error:
+            self.stats.errors += 1
+            log.warning(
+                "could not %s event %s on %r (%s); the broker will deliver it again",
+                how,
+                delivery.event.id,
+                delivery.topic,
+                _reason(error),
+            )
+            return False
+        return True
+
+    async def _emit(self, event: Event) -> None:
+        """Publish ``event``, or hand it to ``on_domain`` if it has a domain."""
+        if event.domain is not None:
+            self.stats.domain_events += 1
+            if self.on_domain is None:
+                log.info(
+                    "event %s (%s) has domain %r: not published, and no on_domain was given",
+                    event.id,
+                    event.type,
+                    event.domain,
+                )
+                return
+            result = self.on_domain(event)
+            if inspect.isawaitable(result):
+                await result
+            return
+        await self.broker.publish(event)
+        self.stats.published += 1
+
+    # ---------------------------------------------------------------------------------
+    # timers
+
+    def _timed_groups(self) -> list[tuple[Memory, dict[str, Timed]]]:
+        """The workflows with timers, grouped by the memory they share (by identity)."""
+        groups: dict[int, tuple[Memory, dict[str, Timed]]] = {}
+        for handler in self.handlers:
+            if isinstance(handler, Timed):
+                memory = handler.memory
+                groups.setdefault(id(memory), (memory, {}))[1][handler.source] = handler
+        return list(groups.values())
+
+    async def _timer_loop(self) -> None:
+        """Every ``timer_interval``, wake this worker's workflows whose due time passed."""
+        groups = self._timed_groups()
+        foreign = [0] * len(groups)
+        while not self.stopping:
+            more = False
+            for index, (memory, owners) in enumerate(groups):
+                try:
+                    fired, full, foreign[index] = await self._fire_due(
+                        memory, owners, foreign[index]
+                    )
+                except Exception as error:
+                    self.stats.errors += 1
+                    log.warning("listing due timers failed: %s", _reason(error))
+                    continue
+                more = more or (full and fired > 0)
+            if more:  # a full batch that did something: more may be due right now
+                await anyio.lowlevel.checkpoint()
+                continue
+            with anyio.move_on_after(self.timer_interval):
+                await self._stopping.wait()
+
+    async def _fire_due(
+        self, memory: Memory, owners: dict[str, Timed], foreign: int
+    ) -> tuple[int, bool, int]:
+        """Wake the due records of ``owners``. Returns how many woke, whether the listing
+        was full, and how many due records belong to workflows this worker does not run.
+
+        ``due`` lists the earliest first, so records of workflows nobody runs here would
+        fill every listing: the next listing asks for that many more (up to a bound)."""
+        now = max(to_epoch(owner.clock()) for owner in owners.values())
+        wall = time.monotonic()
+        for key, at in list(self._retry_timer_at.items()):
+            if at <= wall:
+                del self._retry_timer_at[key]
+        limit = min(self.timer_batch + len(self._retry_timer_at) + foreign, _MAX_DUE_LISTING)
+        due = await memory.due(now, limit)
+        work: list[tuple[str, Timed]] = []
+        others = 0
+        for key, _ in due:
+            if key in self._retry_timer_at:
+                continue
+            try:
+                name = parse_subject(key).name
+            except SubjectError:
+                others += 1
+                continue
+            owner = owners.get(name)
+            if owner is None:
+                others += 1
+            else:
+                work.append((key, owner))
+        before = self.stats.timers_fired
+        async with anyio.create_task_group() as group:
+            for key, owner in work:
+                await self._slots.acquire()
+                group.start_soon(self._wake, key, owner)
+        return self.stats.timers_fired - before, len(due) >= limit, others
+
+    async def _wake(self, key: str, owner: Timed) -> None:
+        """Wake one record and publish what that emits. Another worker holding its lease
+        is waking it: skip quietly."""
+        self.stats.in_flight += 1
+        try:
+            try:
+                outputs = await owner.wake(key)
+            except Exception as error:
+                if _is_lock_denied(error):
+                    log.debug("timer of %s: another execution holds it", key)
+                    return
+                self.stats.errors += 1
+                self._retry_timer_at[key] = time.monotonic() + self.delay(2)
+                log.warning("waking %s failed: %s", key, _reason(error))
+                return
+            self.stats.timers_fired += 1
+            await self._emit_patiently(outputs, f"the timer of {key}")
+        finally:
+            self.stats.in_flight -= 1
+            self._slots.release()
+
+    async def _emit_patiently(self, outputs: Sequence[Event], what: str) -> None:
+        """Publish ``outputs``, retrying with backoff up to ``max_attempts`` times: they
+        come from no delivery that the broker could deliver again."""
+        for output in outputs:
+            attempt = 1
+            while True:
+                try:
+                    if output.domain is None and not output.to:
+                        raise _Undeliverable(f"event {output.id} has no 'to' topic")
+                    await self._emit(output)
+                    break
+                except Exception as error:
+                    if isinstance(error, _Undeliverable) or attempt >= self.max_attempts:
+                        self.stats.errors += 1
+                        log.error(
+                            "could not publish event %s (%s) emitted by %s: %s. A request is "
+                            "re-sent by the next worker start's recovery; other events are "
+                            "only in the workflow's journal",
+                            output.id,
+                            output.type,
+                            what,
+                            _reason(error),
+                        )
+                        break
+                    await anyio.sleep(self.delay(attempt))
+                    attempt += 1
+
+    # ---------------------------------------------------------------------------------
+    # health
+
+    def health_line(self, elapsed: float | None = None) -> str:
+        """One line of counters, as logged every ``health_interval`` seconds."""
+        s = self.stats
+        rate = f" ({s.acked / elapsed:,.1f}/s)" if elapsed else ""
+        return (
+            f"in flight {s.in_flight}, received {s.received}, acked {s.acked}{rate}, "
+            f"nacked {s.nacked}, dead-lettered {s.dead_lettered}, published {s.published}, "
+            f"timers {s.timers_fired}, errors {s.errors}"
+        )
+
+    async def _health_loop(self, started: float) -> None:
+        while True:
+            await anyio.sleep(self.health_interval)
+            line = self.health_line(time.monotonic() - started)
+            log.info("worker: %s", line)
+            if self.on_health is not None:
+                try:
+                    self.on_health(line, self.stats)
+                except Exception as error:
+                    self.stats.errors += 1
+                    log.warning("on_health failed: %s", _reason(error))
