@@ -573,11 +573,11 @@ class Resumable(Generic[S]):
             if header.waiting[index].due is not None:
                 # In a retry backoff: this may be the error reply that began it, delivered
                 # again. Answer it from the journal rather than schedule the retry anew.
-                raw = await self._journal_entry(key, event)
+                raw = await self._journal_entry(key, event.id)
                 if raw is not None:
                     return list(decode_entry(raw).produced)
         else:  # nothing in the header tells a redelivered timer, signal or cancel: look
-            raw = await self._journal_entry(key, event)
+            raw = await self._journal_entry(key, event.id)
             if raw is not None:
                 return list(decode_entry(raw).produced)
         run = _Run(key, event, subject, headers, header, stored.revision, stored, live)
@@ -607,7 +607,7 @@ class Resumable(Generic[S]):
         self, key: str, event: Event, header: Header, violation: str | None
     ) -> list[Event]:
         """A redelivered event gets the events it produced; anything else is rejected."""
-        raw = await self._journal_entry(key, event)
+        raw = await self._journal_entry(key, event.id)
         if raw is not None:
             return list(decode_entry(raw).produced)
         if violation is None:
@@ -615,13 +615,13 @@ class Resumable(Generic[S]):
             return []
         raise ExecutionViolation(violation)
 
-    async def _journal_entry(self, key: str, event: Event) -> bytes | None:
+    async def _journal_entry(self, key: str, event_id: str) -> bytes | None:
         try:
-            return await self.memory.entry(key, event.id)
+            return await self.memory.entry(key, event_id)
         except Exception as error:
             raise TransactionViolation(
                 TransactionViolation.READ_FAILURE,
-                f"could not read the journal of workflow {key!r} for event {event.id}: {error}",
+                f"could not read the journal of workflow {key!r} for event {event_id}: {error}",
             ) from error
 
     async def _read(self, key: str, event: Event, *, journal: bool) -> Stored | None:
@@ -743,7 +743,7 @@ class Resumable(Generic[S]):
     async def _on_reply(self, run: _Run, index: int, typed: Event, fn: WorkflowFunction) -> bool:
         header = run.header
         slot = header.waiting[index]
-        if self._retries(slot, typed):
+        if slot.retry is not None and self._retries(slot, typed):
             return True
         live = await self._ensure_live(run, fn)
         header = run.header
@@ -758,10 +758,12 @@ class Resumable(Generic[S]):
             await self._resume(run, fn, "gather", replies)
         elif header.mode == "race":
             _abandon(header, keep=index)
-            self._push_undo(header, [index], [typed])
+            if slot.undo is not None:
+                self._push_undo(header, [index], [typed])
             await self._resume(run, fn, f"race:{index}", [typed])
         else:
-            self._push_undo(header, [index], [typed])
+            if slot.undo is not None:
+                self._push_undo(header, [index], [typed])
             await self._resume(run, fn, "call", [typed])
         return True
 
@@ -807,9 +809,9 @@ class Resumable(Generic[S]):
         )
         deadline = header.deadline
         if deadline is not None and deadline <= now and (not timers or deadline < timers[0][0]):
-            live = await self._ensure_live(run, fn)
+            await self._ensure_live(run, fn)
             _abandon(run.header)
-            await self._resume(run, fn, "timeout", [run.event], live)
+            await self._resume(run, fn, "timeout", [run.event])
             return True
         if timers:
             await self._ensure_live(run, fn)
@@ -837,9 +839,7 @@ class Resumable(Generic[S]):
         header = run.header
         slot = header.waiting[index]
         assert slot.sent_by is not None
-        raw = await self._journal_entry(
-            run.key, msgspec.structs.replace(run.event, id=slot.sent_by)
-        )
+        raw = await self._journal_entry(run.key, slot.sent_by)
         if raw is None:
             raise TransactionViolation(
                 TransactionViolation.READ_FAILURE,
@@ -868,10 +868,10 @@ class Resumable(Generic[S]):
     async def _on_cancel(self, run: _Run, fn: WorkflowFunction) -> bool:
         if run.header.cancelling:
             return True  # journaled, so a redelivery is known; nothing more to do
-        live = await self._ensure_live(run, fn)
+        await self._ensure_live(run, fn)
         run.header.cancelling = True
         _abandon(run.header)
-        await self._resume(run, fn, "cancel", [run.event], live)
+        await self._resume(run, fn, "cancel", [run.event])
         return True
 
     async def _on_signal(self, run: _Run, typed: Event, fn: WorkflowFunction) -> bool:
@@ -916,10 +916,9 @@ class Resumable(Generic[S]):
         fn: WorkflowFunction,
         how: str,
         events: list[Event],
-        live: _Live | None = None,
     ) -> None:
         """Send what woke the workflow into its generator and run it to its next wait."""
-        live = live or await self._ensure_live(run, fn)
+        live = await self._ensure_live(run, fn)
         value, error = self._wake_value(how, events, run.header.waits_for)
         run.resumed = [e.id for e in events]
         run.how = how
@@ -1010,6 +1009,8 @@ class Resumable(Generic[S]):
         journaling each answer, until the workflow yields something to wait for."""
         while isinstance(outcome, Yielded):
             request = outcome.value
+            if isinstance(request, Call | Complete):  # the common case: a wait, not inline
+                return outcome
             record = Inline(yielded=describe(outcome))
             value: Any = None
             error: BaseException | None = None
@@ -1079,7 +1080,7 @@ class Resumable(Generic[S]):
         return None
 
     async def _kept_signal(self, run: _Run, event_id: str) -> Event:
-        raw = await self._journal_entry(run.key, msgspec.structs.replace(run.event, id=event_id))
+        raw = await self._journal_entry(run.key, event_id)
         if raw is None:
             raise TransactionViolation(
                 TransactionViolation.READ_FAILURE,
@@ -1100,9 +1101,7 @@ class Resumable(Generic[S]):
         else:
             arms, mode = (request,), "call"
             timeout = None if isinstance(request, Sleep) else request.timeout
-        now: float | None = None
-        if timeout is not None or any(isinstance(a, Sleep) for a in arms):
-            now = self._now()
+        now: float | None = None  # read from the clock only when a timer needs it
         header.waiting = []
         for index, arm in enumerate(arms):
             if isinstance(arm, Call):
@@ -1112,7 +1111,7 @@ class Resumable(Generic[S]):
                 slot.undo = None if arm.compensate is None else self._undo(arm.compensate)
                 run.produced.extend(requests)
             elif isinstance(arm, Sleep):
-                assert now is not None
+                now = self._now() if now is None else now
                 due = arm.until.timestamp() if arm.until is not None else now + (arm.seconds or 0)
                 slot = Slot(kind="timer", due=due)
             else:
@@ -1124,19 +1123,15 @@ class Resumable(Generic[S]):
                 slot = Slot(kind="signal", service=arm.type)
             header.waiting.append(slot)
         header.mode = mode
-        header.deadline = None if timeout is None else (now or self._now()) + timeout
+        if timeout is None:
+            header.deadline = None
+        else:
+            header.deadline = (self._now() if now is None else now) + timeout
         header.waits_for = run.yielded
         run.live.replies = {}
 
     def _undo(self, call: Call) -> Undo:
-        versioned = self._service(call)
-        try:
-            _, data = versioned.validate_accepts(call.data)
-        except msgspec.ValidationError as error:
-            raise ContractViolation(
-                f"workflow {self.contract.uri!r}: the compensation payload for "
-                f"{versioned.type} does not match {versioned.accepts.__name__}: {error}"
-            ) from None
+        versioned, data = self._payload(call, ": the compensation payload")
         return Undo(service=versioned.uri, data=data, retry=_retry_spec(call.retry))
 
     @staticmethod
@@ -1258,9 +1253,7 @@ class Resumable(Generic[S]):
         )
         kept: list[tuple[str, bytes]] = []
         for _, event_id in old.inbox:
-            raw = await self._journal_entry(
-                run.key, msgspec.structs.replace(run.event, id=event_id)
-            )
+            raw = await self._journal_entry(run.key, event_id)
             if raw is not None:
                 kept.append(
                     (event_id, encode_entry(Entry(event=decode_entry(raw).event, produced=[])))
@@ -1333,17 +1326,22 @@ class Resumable(Generic[S]):
             )
         return versioned
 
-    def _request(self, call: Call, index: int, run: _Run) -> tuple[Slot, list[Event]]:
-        """The request events of one call (one per domain), and the slot for its reply."""
-        event, header, seq, headers = run.event, run.header, run.header.seq, run.headers
+    def _payload(self, call: Call, what: str) -> tuple[VersionedContract, dict[str, Any]]:
+        """The service a call goes to, and its payload validated as plain data."""
         versioned = self._service(call)
         try:
             _, data = versioned.validate_accepts(call.data)
         except msgspec.ValidationError as error:
             raise ContractViolation(
-                f"workflow {self.contract.uri!r} step {seq}: the payload for "
-                f"{versioned.type} does not match {versioned.accepts.__name__}: {error}"
+                f"workflow {self.contract.uri!r}{what} for {versioned.type} does not match "
+                f"{versioned.accepts.__name__}: {error}"
             ) from None
+        return versioned, data
+
+    def _request(self, call: Call, index: int, run: _Run) -> tuple[Slot, list[Event]]:
+        """The request events of one call (one per domain), and the slot for its reply."""
+        event, header, seq, headers = run.event, run.header, run.header.seq, run.headers
+        versioned, data = self._payload(call, f" step {seq}: the payload")
         key = run.key
         context = self._domains(event, header, versioned)
         domain_spec = call.domain if call.domain is not None else self.service_domain
