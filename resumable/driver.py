@@ -1642,17 +1642,25 @@ class Resumable(Generic[S]):
     # timers, cancellation, signals
 
     async def wake(self, subject: str) -> list[Event]:
-        """Fire what is due for ``subject`` (a timer, a timeout, a retry): returns the events
-        it emits, or ``[]`` if nothing is due. ``LocalBroker`` and ``Worker`` call this for
-        the keys ``memory.due(now)`` lists; calling it twice is harmless."""
+        """Fire what is due for ``subject`` (a timer, a timeout, a retry) in this process:
+        returns the events it emits, or ``[]`` if nothing is due. ``LocalBroker`` calls this
+        for the keys ``memory.due(now)`` lists; calling it twice is harmless."""
+        event = await self.timer_event(subject)
+        return [] if event is None else await self.execute(event)
+
+    async def timer_event(self, subject: str) -> Event | None:
+        """The timer event that fires what is due for ``subject`` now, or None if nothing
+        is due. Its id is derived from the record's revision, so every worker that sees
+        the same due record makes the same event. ``Worker`` publishes it to this
+        workflow's topic, so the step it causes is published, then acked, like a reply."""
         stored = await self.memory.read(subject)
         if stored is None or stored.status != ACTIVE:
-            return []
+            return None
         due = decode_header(stored.header).next_due()
         now = self._now()
         if due is None or due > now:
-            return []
-        event = Event(
+            return None
+        return Event(
             id=derive_id(subject, "timer", stored.revision),
             source=self.source,
             type=TIMER_TYPE,
@@ -1661,7 +1669,6 @@ class Resumable(Generic[S]):
             time=to_iso(now),
             to=self.source,
         )
-        return await self.execute(event)
 
     def cancel_event(self, subject: str, reason: str = "", *, source: str | None = None) -> Event:
         """An event that cancels instance ``subject``: send it through a broker, or pass it

@@ -13,8 +13,12 @@ A broker delivers at least once; a worker makes processing *effectively once* on
   execution) can never succeed and are dead-lettered at once, with the reason; a failure
   on the ``max_attempts``-th delivery is dead-lettered with its error as the reason.
 - **Timers.** Every ``timer_interval`` the worker asks each memory its workflows use which
-  records are due, and wakes the ones it runs. Several workers may wake one record at once:
-  the lease and the record's revision make the second a no-op.
+  records are due, and publishes a timer event for each to the workflow's own topic. The
+  event's id comes from the record's revision, so every worker that sees one due record
+  publishes the same event, which the broker's duplicate window keeps to one delivery; the
+  step it causes is then published before it is acked, like any other, so a worker that
+  dies after writing the step and before publishing what it emitted (a completion, say)
+  leaves a delivery that the broker redelivers, and the journal answers.
 - **Recovery.** On start, every workflow's outbox (the requests its records say were sent
   and never answered) is published again, for requests lost with a process that died
   between writing a step and publishing it.
@@ -28,7 +32,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, runtime_checkable
 
 import anyio
@@ -60,7 +64,8 @@ HealthCallback = Callable[[str, "WorkerStats"], None]
 
 @runtime_checkable
 class Timed(Protocol):
-    """A handler with durable timers (a ``Resumable``): the worker wakes its due records."""
+    """A handler with durable timers (a ``Resumable``): the worker publishes the timer
+    events of its due records."""
 
     @property
     def source(self) -> str: ...
@@ -68,7 +73,7 @@ class Timed(Protocol):
     memory: Memory
     clock: Callable[[], str]
 
-    async def wake(self, subject: str) -> list[Event]: ...
+    async def timer_event(self, subject: str) -> Event | None: ...
 
 
 @runtime_checkable
@@ -91,6 +96,7 @@ class WorkerStats:
     dead_lettered: int = 0
     published: int = 0
     timers_fired: int = 0
+    """Timer events published for due records (each is then received like any event)."""
     in_flight: int = 0
     domain_events: int = 0
     """Emitted events with a domain, handed to ``on_domain`` (or only logged) instead."""
@@ -137,6 +143,11 @@ class Worker:
     lease ends (released, or expired after the workflow's ``lock_ttl``); only the broker's
     own delivery limit (``max_deliver``, where it has one) dead-letters it.
 
+    A due record's timer event is published once per ``timer_interval`` tick at most, and
+    not again by this worker for ``timer_resend`` seconds while the record stays due at the
+    same revision (its event was dead-lettered, say); keep ``timer_resend`` longer than the
+    broker's duplicate window, or the broker drops the resend.
+
     ``on_domain(event)`` receives emitted events that carry a domain; without it they are
     logged and counted. ``poll`` bounds how long one ``receive`` waits, and so how long
     ``stop()`` takes to stop receiving; ``drain_timeout`` bounds the drain (None: wait for
@@ -158,6 +169,7 @@ class Worker:
         poll: float = 1.0,
         drain_timeout: float | None = 30.0,
         timer_batch: int = 100,
+        timer_resend: float = 300.0,
         health_interval: float = 5.0,
         on_health: HealthCallback | None = None,
     ) -> None:
@@ -190,6 +202,7 @@ class Worker:
             ("timer_interval", timer_interval),
             ("poll", poll),
             ("health_interval", health_interval),
+            ("timer_resend", timer_resend),
         ):
             if not value > 0:
                 raise ValueError(f"{name} must be more than 0 seconds, got {value!r}")
@@ -207,6 +220,7 @@ class Worker:
         self.poll = poll
         self.drain_timeout = drain_timeout
         self.timer_batch = timer_batch
+        self.timer_resend = timer_resend
         self.health_interval = health_interval
         self.on_health = on_health
         self.stats = WorkerStats()
@@ -214,7 +228,7 @@ class Worker:
         self._slots = anyio.Semaphore(concurrency)
         self._stopping = anyio.Event()
         self._running = False
-        self._retry_timer_at: dict[str, float] = {}  # key -> when to try a failing wake again
+        self._timers_sent: dict[str, tuple[str, float]] = {}  # key -> (timer event id, when)
 
     def __repr__(self) -> str:
         return f"<Worker {sorted(self._topics)} on {self.broker!r}>"
@@ -479,21 +493,25 @@ class Worker:
         return list(groups.values())
 
     async def _timer_loop(self) -> None:
-        """Every ``timer_interval``, wake this worker's workflows whose due time passed."""
+        """Every ``timer_interval``, publish the timer events of this worker's workflows
+        whose due time passed."""
         groups = self._timed_groups()
         foreign = [0] * len(groups)
         while not self.stopping:
             more = False
+            listed: set[str] = set()
             for index, (memory, owners) in enumerate(groups):
                 try:
                     fired, full, foreign[index] = await self._fire_due(
-                        memory, owners, foreign[index]
+                        memory, owners, foreign[index], listed
                     )
                 except Exception as error:
                     self.stats.errors += 1
                     log.warning("listing due timers failed: %s", _reason(error))
                     continue
                 more = more or (full and fired > 0)
+            # Forget what is no longer due (fired), so the map stays as small as the listing.
+            self._timers_sent = {k: v for k, v in self._timers_sent.items() if k in listed}
             if more:  # a full batch that did something: more may be due right now
                 await anyio.lowlevel.checkpoint()
                 continue
@@ -501,25 +519,21 @@ class Worker:
                 await self._stopping.wait()
 
     async def _fire_due(
-        self, memory: Memory, owners: dict[str, Timed], foreign: int
+        self, memory: Memory, owners: dict[str, Timed], foreign: int, listed: set[str]
     ) -> tuple[int, bool, int]:
-        """Wake the due records of ``owners``. Returns how many woke, whether the listing
-        was full, and how many due records belong to workflows this worker does not run.
+        """Publish the timer events of the due records of ``owners``, adding every key
+        listed to ``listed``. Returns how many were published, whether the listing was
+        full, and how many due records belong to workflows this worker does not run.
 
-        ``due`` lists the earliest first, so records of workflows nobody runs here would
-        fill every listing: the next listing asks for that many more (up to a bound)."""
+        ``due`` lists the earliest first, so records of workflows nobody runs here, and
+        records whose timer event is on its way, would fill every listing: the next
+        listing asks for that many more (up to a bound)."""
         now = max(to_epoch(owner.clock()) for owner in owners.values())
-        wall = time.monotonic()
-        for key, at in list(self._retry_timer_at.items()):
-            if at <= wall:
-                del self._retry_timer_at[key]
-        limit = min(self.timer_batch + len(self._retry_timer_at) + foreign, _MAX_DUE_LISTING)
+        limit = min(self.timer_batch + len(self._timers_sent) + foreign, _MAX_DUE_LISTING)
         due = await memory.due(now, limit)
         work: list[tuple[str, Timed]] = []
         others = 0
         for key, _ in due:
-            if key in self._retry_timer_at:
-                continue
             try:
                 name = parse_subject(key).name
             except SubjectError:
@@ -529,61 +543,51 @@ class Worker:
             if owner is None:
                 others += 1
             else:
+                listed.add(key)
                 work.append((key, owner))
         before = self.stats.timers_fired
+        failures: list[tuple[str, Exception]] = []
+        limiter = anyio.CapacityLimiter(self.concurrency)
         async with anyio.create_task_group() as group:
             for key, owner in work:
-                await self._slots.acquire()
-                group.start_soon(self._wake, key, owner)
+                group.start_soon(self._publish_timer, key, owner, limiter, failures)
+        if failures:
+            self.stats.errors += len(failures)
+            key, error = failures[0]
+            log.warning(
+                "publishing the timer events of %d due records failed (%s: %s); trying "
+                "again in %.3gs",
+                len(failures),
+                key,
+                _reason(error),
+                self.timer_interval,
+            )
         return self.stats.timers_fired - before, len(due) >= limit, others
 
-    async def _wake(self, key: str, owner: Timed) -> None:
-        """Wake one record and publish what that emits. Another worker holding its lease
-        is waking it: skip quietly."""
-        self.stats.in_flight += 1
-        try:
+    async def _publish_timer(
+        self,
+        key: str,
+        owner: Timed,
+        limiter: anyio.CapacityLimiter,
+        failures: list[tuple[str, Exception]],
+    ) -> None:
+        """Publish the timer event of one due record, unless this worker published that
+        same event less than ``timer_resend`` seconds ago (it is on its way)."""
+        async with limiter:
             try:
-                outputs = await owner.wake(key)
-            except Exception as error:
-                if _is_lock_denied(error):
-                    log.debug("timer of %s: another execution holds it", key)
+                event = await owner.timer_event(key)
+                if event is None:
                     return
-                self.stats.errors += 1
-                self._retry_timer_at[key] = time.monotonic() + self.delay(2)
-                log.warning("waking %s failed: %s", key, _reason(error))
+                sent = self._timers_sent.get(key)
+                wall = time.monotonic()
+                if sent is not None and sent[0] == event.id and wall - sent[1] < self.timer_resend:
+                    return
+                await self.broker.publish(event)
+            except Exception as error:
+                failures.append((key, error))
                 return
+            self._timers_sent[key] = (event.id, wall)
             self.stats.timers_fired += 1
-            await self._emit_patiently(outputs, f"the timer of {key}")
-        finally:
-            self.stats.in_flight -= 1
-            self._slots.release()
-
-    async def _emit_patiently(self, outputs: Sequence[Event], what: str) -> None:
-        """Publish ``outputs``, retrying with backoff up to ``max_attempts`` times: they
-        come from no delivery that the broker could deliver again."""
-        for output in outputs:
-            attempt = 1
-            while True:
-                try:
-                    if output.domain is None and not output.to:
-                        raise _Undeliverable(f"event {output.id} has no 'to' topic")
-                    await self._emit(output)
-                    break
-                except Exception as error:
-                    if isinstance(error, _Undeliverable) or attempt >= self.max_attempts:
-                        self.stats.errors += 1
-                        log.error(
-                            "could not publish event %s (%s) emitted by %s: %s. A request is "
-                            "re-sent by the next worker start's recovery; other events are "
-                            "only in the workflow's journal",
-                            output.id,
-                            output.type,
-                            what,
-                            _reason(error),
-                        )
-                        break
-                    await anyio.sleep(self.delay(attempt))
-                    attempt += 1
 
     # ---------------------------------------------------------------------------------
     # health

@@ -557,6 +557,8 @@ def test_bad_settings_are_refused() -> None:
         Worker([handler, Scripted(handler.behave)], broker=broker)
     with pytest.raises(TypeError, match="not a handler"):
         Worker([object()], broker=broker)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="timer_resend must be more than 0"):
+        Worker([handler], broker=broker, timer_resend=0)
 
 
 def test_backoff_is_exponential_and_capped() -> None:
@@ -666,6 +668,144 @@ async def test_timers_follow_a_virtual_clock_and_several_workers_fire_each_once(
     assert await memory.due(math.inf) == []
 
 
+class Freezing(Broker):
+    """A view of ``inner`` whose publishes of events to ``SHOP`` never return, as if the
+    process froze (then is killed) after writing the step and before publishing it."""
+
+    def __init__(self, inner: Broker) -> None:
+        self.inner = inner
+        self.frozen = anyio.Event()
+
+    async def publish(self, event: Event) -> None:
+        if event.to == SHOP:
+            self.frozen.set()
+            await anyio.sleep_forever()
+        await self.inner.publish(event)
+
+    async def receive(
+        self, topic: str, *, max_messages: int = 16, timeout: float = 1.0
+    ) -> list[Delivery]:
+        return await self.inner.receive(topic, max_messages=max_messages, timeout=timeout)
+
+    async def dead_letters(self, topic: str) -> list[Any]:
+        return await self.inner.dead_letters(topic)
+
+
+def napper(memory: Memory) -> Resumable[OrderState]:
+    """Sleeps 0.1 s, then completes: the completion is emitted by the timer's step."""
+
+    async def wf(ctx: Any, order: PlaceOrder) -> Any:
+        yield sleep(0.1)
+        yield complete(OrderResult("rested"))
+
+    return Resumable(orders, versions={"1.0.0": wf}, state=OrderState, memory=memory)
+
+
+def overrunner(memory: Memory) -> Resumable[OrderState]:
+    """Calls a service nobody runs and times out after 0.1 s: the system error is emitted
+    by the timer's step."""
+
+    async def wf(ctx: Any, order: PlaceOrder) -> Any:
+        yield call(echo_contract, Number(1))
+        yield complete(OrderResult("unreachable"))
+
+    return Resumable(
+        orders,
+        versions={"1.0.0": wf},
+        services=[echo_contract],
+        state=OrderState,
+        memory=memory,
+        timeout=0.1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "report"),
+    [(napper, orders.complete_type), (overrunner, orders.system_error_type)],
+    ids=["sleep-then-complete", "workflow-timeout"],
+)
+async def test_a_timer_step_lost_between_write_and_publish_is_published_after_a_crash(
+    make: Callable[[Memory], Resumable[OrderState]], report: str
+) -> None:
+    """A worker writes the step a timer causes, then dies before publishing what it emitted:
+    the timer's delivery was not acked, so the broker gives it to another worker, which
+    finds the step in the journal and publishes its events."""
+    broker = LocalBroker(ack_wait=0.3)
+    memory = InMemoryMemory()
+    freezing = Freezing(broker)
+    doomed = worker([make(memory)], freezing)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            await group.start(doomed.run)
+            await broker.publish(start(1))
+            await freezing.frozen.wait()
+            group.cancel_scope.cancel()  # killed: nothing is settled, nothing else published
+    stored = await memory.read(start(1).subject)
+    assert stored is not None and stored.status in ("done", "failed")  # the step is written
+    assert await broker.receive(SHOP, timeout=0) == []  # and its report was never sent
+    assert await memory.due(math.inf) == []  # nothing is due: no timer would fire again
+
+    survivor = worker([make(memory)], broker)
+
+    async def body() -> None:
+        (got,) = await collect(broker, SHOP, 1, limit=5.0)
+        assert got.type == report and got.subject == start(1).subject
+        await eventually(lambda: survivor.stats.acked >= 1)
+
+    await run_until(survivor, body)
+    assert survivor.stats.timers_fired == 0  # the timer was delivered again, not re-fired
+    assert await broker.dead_letters(orders.type) == []
+
+
+class LosingTimers(Broker):
+    """A view of ``inner`` that accepts the first ``lose`` timer events and loses them (as a
+    dead-lettered or purged timer event is gone)."""
+
+    def __init__(self, inner: Broker, lose: int) -> None:
+        self.inner = inner
+        self.lose = lose
+
+    async def publish(self, event: Event) -> None:
+        if event.type == "resumable.workflow.timer" and self.lose:
+            self.lose -= 1
+            return
+        await self.inner.publish(event)
+
+    async def receive(
+        self, topic: str, *, max_messages: int = 16, timeout: float = 1.0
+    ) -> list[Delivery]:
+        return await self.inner.receive(topic, max_messages=max_messages, timeout=timeout)
+
+    async def dead_letters(self, topic: str) -> list[Any]:
+        return await self.inner.dead_letters(topic)
+
+
+async def test_a_timer_event_is_published_once_until_timer_resend_then_again() -> None:
+    """While its timer event is on its way, a due record is not published again on every
+    tick; if it is still due ``timer_resend`` seconds later, the event was lost: again."""
+    memory = InMemoryMemory()
+    patient = worker([napper(memory)], LosingTimers(LocalBroker(), lose=1), timer_resend=300)
+
+    async def stays_due() -> None:
+        await patient.broker.inner.publish(start(1))  # type: ignore[attr-defined]
+        await eventually(lambda: patient.stats.timers_fired == 1)
+        await anyio.sleep(0.3)  # about 15 timer ticks
+        assert patient.stats.timers_fired == 1
+        assert await memory.due(math.inf) != []
+
+    await run_until(patient, stays_due)
+
+    broker = LocalBroker(duplicate_window=0)
+    eager = worker([napper(memory)], LosingTimers(broker, lose=1), timer_resend=0.2)
+
+    async def fires_again() -> None:
+        (done,) = await collect(broker, SHOP, 1)
+        assert done.data["status"] == "rested"
+
+    await run_until(eager, fires_again)
+    assert eager.stats.timers_fired == 2
+
+
 async def test_recovery_republishes_requests_lost_between_write_and_publish() -> None:
     broker = LocalBroker()
     memory = InMemoryMemory()
@@ -695,8 +835,9 @@ async def test_recovery_republishes_requests_lost_between_write_and_publish() ->
 async def test_recovered_copies_of_requests_that_did_arrive_change_nothing() -> None:
     """Recovery cannot know which requests were published: re-sending ones that were is
     harmless (services answer with the same ids; the workflow ignores the duplicates and
-    re-publishes, with the same ids, what it emitted for them)."""
-    broker = LocalBroker()
+    re-publishes, with the same ids, what it emitted for them). The broker's duplicate
+    window is off, as for copies that come after it."""
+    broker = LocalBroker(duplicate_window=0)
     memory = InMemoryMemory()
     effects = EffectLog(":memory:")
     first = worker([make_workflow(memory), *make_handlers(effects)], broker)

@@ -90,7 +90,9 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def publish(self, event: Event) -> None:
         """Put ``event`` on the queue of the topic ``event.to``; durable when this returns
-        (to the backend's promise)."""
+        (to the backend's promise). A second publish of the same event id within the
+        broker's duplicate window (two minutes by default) is dropped, so a retried
+        publish, or one event published by several processes, is delivered once."""
 
     @abc.abstractmethod
     async def receive(

@@ -8,7 +8,8 @@ timers that fell due while nothing ran. ``run_timers`` fires them forever, for a
 
 Events to a topic with no subscriber wait on that topic's queue in memory for ``receive``,
 with the transport semantics of every broker (ack, nack with a delay, dead letters,
-redelivery after ``ack_wait``), so a ``Worker`` can run on it too. Nothing survives the
+redelivery after ``ack_wait``, a re-publish of the same event id within
+``duplicate_window`` dropped), so a ``Worker`` can run on it too. Nothing survives the
 process.
 """
 
@@ -192,7 +193,9 @@ class LocalBroker(Broker):
     kept in ``domain_events``. ``events`` lists everything published, in order.
 
     An event to a topic without a subscriber is queued for ``receive`` instead; a delivery
-    not settled within ``ack_wait`` seconds (measured by ``clock``) is delivered again.
+    not settled within ``ack_wait`` seconds (measured by ``clock``) is delivered again, and
+    an event id queued on a topic within the last ``duplicate_window`` seconds is not
+    queued again (handlers run in process see every publish).
     """
 
     def __init__(
@@ -202,12 +205,19 @@ class LocalBroker(Broker):
         on_error: ErrorCallback | None = None,
         on_domain: DomainCallback | None = None,
         ack_wait: float = 30.0,
+        duplicate_window: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not ack_wait > 0:
             raise ValueError(f"ack_wait must be more than 0 seconds, got {ack_wait!r}")
+        if not duplicate_window >= 0:
+            raise ValueError(
+                f"duplicate_window must be 0 or more seconds, got {duplicate_window!r}"
+            )
         self.ack_wait = ack_wait
+        self.duplicate_window = duplicate_window
         self.clock = clock
+        self._seen: dict[tuple[str, str], float] = {}  # (topic, event id) -> queued at
         self._topics: dict[str, _TopicQueue] = {}
         self._seq = 0
         self._closed = False
@@ -437,10 +447,30 @@ class LocalBroker(Broker):
         return queue
 
     def _enqueue(self, topic: str, event: Event) -> None:
+        now = self.clock()
+        if self._is_duplicate(topic, event.id, now):
+            log.debug("event %s is already queued on %r: the copy is dropped", event.id, topic)
+            return
         self._seq += 1
         queue = self._queue_of(topic)
         queue.make_ready(_Message(self._seq, event))
         queue.notify()
+
+    def _is_duplicate(self, topic: str, event_id: str, now: float) -> bool:
+        """True if ``event_id`` was queued on ``topic`` within the duplicate window; else
+        remember it. Entries are kept in queueing order, so expired ones leave from the
+        front."""
+        seen = self._seen
+        while seen:
+            oldest = next(iter(seen))
+            if seen[oldest] > now - self.duplicate_window:
+                break
+            del seen[oldest]
+        if (topic, event_id) in seen:
+            return True
+        if self.duplicate_window > 0:
+            seen[(topic, event_id)] = now
+        return False
 
     def _take(self, topic: str, queue: _TopicQueue, limit: int) -> list[Delivery]:
         now = self.clock()

@@ -10,6 +10,9 @@ Keys, under ``prefix`` (``resumable`` by default):
   time (``clock``) they may be delivered again. The entry stays pending in the group
   meanwhile, so a crash loses nothing; ``receive`` claims the due ones with XCLAIM.
 - ``{prefix}:dead:{topic}``: a stream of dead letters (``event``, ``reason``, ``attempts``).
+- ``{prefix}:seen:{topic}:{event id}``: set by ``publish`` with a time to live of
+  ``duplicate_window``; while it lives, a re-publish of that event is dropped (one script
+  sets it and adds the entry), like JetStream's duplicate window.
 
 A delivery not settled within ``ack_wait`` (its consumer died, or is too slow) is taken
 over by the next ``receive`` of any consumer with XAUTOCLAIM. ``Delivery.attempt`` is the
@@ -43,6 +46,15 @@ from resumable.events import Event, EventError, from_json, to_json
 __all__ = ["RedisBroker", "RedisDelivery"]
 
 log = logging.getLogger("resumable.broker.redis")
+
+# KEYS: stream, seen. ARGV: event JSON, duplicate window (ms; 0: no deduplication).
+# Add the entry unless the same event was published within the window.
+_PUBLISH = """
+local window = tonumber(ARGV[2])
+if window > 0 and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', window) then return 0 end
+redis.call('XADD', KEYS[1], '*', 'event', ARGV[1])
+return 1
+"""
 
 # KEYS: stream, delays. ARGV: group, consumer, now, limit.
 # The nacked entries whose delay is over: taken off the delay set and claimed, atomically,
@@ -130,12 +142,13 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
 class _Keys:
     """The Redis keys of one topic."""
 
-    __slots__ = ("dead", "delays", "stream")
+    __slots__ = ("dead", "delays", "seen", "stream")
 
     def __init__(self, prefix: str, topic: str) -> None:
         self.stream = f"{prefix}:topic:{topic}"
         self.delays = f"{prefix}:delay:{topic}"
         self.dead = f"{prefix}:dead:{topic}"
+        self.seen = f"{prefix}:seen:{topic}"
 
 
 class RedisDelivery(Delivery):
@@ -215,7 +228,9 @@ class RedisBroker(Broker):
 
     ``consumer`` names this broker in the consumer group (unique per process by default);
     ``ack_wait`` is how long a delivery may stay unsettled before another consumer takes it
-    over; ``clock`` (wall-clock seconds, shared by every consumer) times nack delays.
+    over; a re-publish of an event id within ``duplicate_window`` seconds is dropped (0
+    turns that off); ``clock`` (wall-clock seconds, shared by every consumer) times nack
+    delays.
     """
 
     def __init__(
@@ -226,10 +241,15 @@ class RedisBroker(Broker):
         group: str = "workers",
         consumer: str | None = None,
         ack_wait: float = 30.0,
+        duplicate_window: float = 120.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not ack_wait > 0:
             raise ValueError(f"ack_wait must be more than 0 seconds, got {ack_wait!r}")
+        if not duplicate_window >= 0:
+            raise ValueError(
+                f"duplicate_window must be 0 or more seconds, got {duplicate_window!r}"
+            )
         if not prefix or not group:
             raise ValueError(
                 f"prefix and group must be non-empty (got prefix={prefix!r}, group={group!r})"
@@ -239,10 +259,12 @@ class RedisBroker(Broker):
         self.group = group
         self.consumer = consumer or default_consumer()
         self.ack_wait = ack_wait
+        self.duplicate_window = duplicate_window
         self.clock = clock
         self.client: aioredis.Redis = aioredis.Redis.from_url(url)
         self._groups: set[str] = set()
         self._closed = False
+        self._publish = self.client.register_script(_PUBLISH)
         self._claim_due = self.client.register_script(_CLAIM_DUE)
         self._claim_expired = self.client.register_script(_CLAIM_EXPIRED)
         self._nack = self.client.register_script(_NACK)
@@ -251,25 +273,27 @@ class RedisBroker(Broker):
     @classmethod
     def from_url(cls, url: str) -> RedisBroker:
         """A broker from one URL: ``redis://host:port/db?prefix=app&group=workers``;
-        ``prefix``, ``group``, ``consumer`` and ``ack_wait`` are optional query parameters,
-        the rest go to redis-py."""
+        ``prefix``, ``group``, ``consumer``, ``ack_wait`` and ``duplicate_window`` are
+        optional query parameters, the rest go to redis-py."""
         parts = urlsplit(url)
         ours: dict[str, str] = {}
         theirs: list[tuple[str, str]] = []
+        seconds = ("ack_wait", "duplicate_window")
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name in ("prefix", "group", "consumer", "ack_wait"):
+            if name in ("prefix", "group", "consumer", *seconds):
                 ours[name] = value
             else:
                 theirs.append((name, value))
         redis_url = urlunsplit(parts._replace(query=urlencode(theirs)))
-        options: dict[str, Any] = {k: v for k, v in ours.items() if k != "ack_wait"}
-        if "ack_wait" in ours:
-            try:
-                options["ack_wait"] = float(ours["ack_wait"])
-            except ValueError:
-                raise ValueError(
-                    f"ack_wait in {url!r} must be a number of seconds, got {ours['ack_wait']!r}"
-                ) from None
+        options: dict[str, Any] = {k: v for k, v in ours.items() if k not in seconds}
+        for name in seconds:
+            if name in ours:
+                try:
+                    options[name] = float(ours[name])
+                except ValueError:
+                    raise ValueError(
+                        f"{name} in {url!r} must be a number of seconds, got {ours[name]!r}"
+                    ) from None
         return cls(redis_url, **options)
 
     def __repr__(self) -> str:
@@ -281,11 +305,18 @@ class RedisBroker(Broker):
         return keys.stream, keys.delays, keys.dead
 
     async def publish(self, event: Event) -> None:
-        """XADD the event's JSON to its topic's stream."""
+        """XADD the event's JSON to its topic's stream, unless the same event id was
+        published there within ``duplicate_window``."""
         if not event.to:
             raise ValueError(f"event {event.id} has no 'to' topic; it cannot be routed")
         self._check_open()
-        await self.client.xadd(_Keys(self.prefix, event.to).stream, {"event": to_json(event)})
+        keys = _Keys(self.prefix, event.to)
+        added = await self._publish(
+            keys=[keys.stream, f"{keys.seen}:{event.id}"],
+            args=[to_json(event), int(self.duplicate_window * 1000)],
+        )
+        if not added:
+            log.debug("event %s was published already; the copy is dropped", event.id)
 
     async def receive(
         self, topic: str, *, max_messages: int = 16, timeout: float = 1.0

@@ -138,6 +138,21 @@ class BrokerConformance:
         assert numbers(beta) == [1, 3, 5]
         assert {d.topic for d in alpha} == {ALPHA} and {d.topic for d in beta} == {BETA}
         await ack_all(alpha + beta)
+
+    async def test_a_second_publish_of_one_event_is_dropped(self, broker: Broker) -> None:
+        """Within the duplicate window, the same event id is queued once: before it is
+        received, while it is in flight, and after it was acked."""
+        event, other = make_event(1), make_event(1)
+        await broker.publish(event)
+        await broker.publish(event)
+        await broker.publish(other)  # same content, another id: another event
+        first = await receive_all(broker, ALPHA, 2)
+        assert [d.event.id for d in first] == [event.id, other.id]
+        await broker.publish(event)
+        await first[0].ack()
+        await broker.publish(event)
+        await first[1].ack()
+        assert await broker.receive(ALPHA, timeout=0.3) == []
         assert await broker.receive("com.test.gamma", timeout=0.1) == []
 
     async def test_receive_with_nothing_returns_empty_after_its_timeout(

@@ -95,9 +95,50 @@ async def test_a_stale_nack_does_not_deliver_twice() -> None:
     await redelivered.ack()
 
 
+async def test_the_duplicate_window_ends_and_can_be_turned_off() -> None:
+    clock = FakeClock()
+    broker = LocalBroker(duplicate_window=60.0, clock=clock)
+    event = make_event(1)
+    await broker.publish(event)
+    clock.advance(59.9)
+    await broker.publish(event)  # dropped: 59.9 s after the first
+    (first,) = await broker.receive(ALPHA, max_messages=5, timeout=0)
+    await first.ack()
+    clock.advance(0.1)
+    await broker.publish(event)  # 60 s after the first: a new message
+    (second,) = await broker.receive(ALPHA, max_messages=5, timeout=0)
+    assert second.event == event and second.attempt == 1
+    await second.ack()
+    off = LocalBroker(duplicate_window=0, clock=clock)
+    await off.publish(event)
+    await off.publish(event)
+    assert len(await off.receive(ALPHA, max_messages=5, timeout=0)) == 2
+
+
+async def test_handlers_in_process_see_every_publish_of_an_event() -> None:
+    """The duplicate window is the transport's: a subscribed handler gets each publish (the
+    workflows' journals drop the copies), as before."""
+    seen: list[str] = []
+
+    class Handler:
+        source = ALPHA
+
+        async def execute(self, event: Event) -> list[Event]:
+            seen.append(event.id)
+            return []
+
+    broker = LocalBroker([Handler()])
+    event = make_event(1)
+    await broker.publish(event)
+    await broker.publish(event)
+    assert seen == [event.id, event.id]
+
+
 async def test_bad_arguments_name_the_problem() -> None:
     with pytest.raises(ValueError, match="ack_wait must be more than 0"):
         LocalBroker(ack_wait=0)
+    with pytest.raises(ValueError, match="duplicate_window must be 0 or more"):
+        LocalBroker(duplicate_window=-1)
     broker = LocalBroker()
     with pytest.raises(ValueError, match="max_messages must be 1 or more"):
         await broker.receive(ALPHA, max_messages=0)

@@ -221,3 +221,39 @@ async def test_closed_broker_says_so(namespace: tuple[str, str]) -> None:
         await broker.receive(ALPHA, timeout=0)
     with anyio.fail_after(1):
         await broker.close()  # twice is fine
+
+
+async def test_the_duplicate_window_ends_and_can_be_turned_off(
+    namespace: tuple[str, str],
+) -> None:
+    url, prefix = namespace
+    broker = RedisBroker(url, prefix=prefix, ack_wait=ACK_WAIT, duplicate_window=0.3)
+    off = RedisBroker(url, prefix=f"{prefix}:off", ack_wait=ACK_WAIT, duplicate_window=0)
+    try:
+        event = make_event(1)
+        await broker.publish(event)
+        await broker.publish(event)
+        (first,) = await receive_all(broker, ALPHA, 1)
+        await first.ack()
+        await anyio.sleep(0.4)
+        await broker.publish(event)  # the window is over: a new message
+        (second,) = await receive_all(broker, ALPHA, 1)
+        assert second.event == event and second.attempt == 1
+        await second.ack()
+        await off.publish(event)
+        await off.publish(event)
+        assert len(await receive_all(off, ALPHA, 2)) == 2
+        seen = [key async for key in off.client.scan_iter(match=f"{prefix}:off:seen:*")]
+        assert seen == []
+    finally:
+        await broker.close()
+        await off.close()
+
+
+def test_the_url_takes_the_duplicate_window() -> None:
+    broker = RedisBroker.from_url("redis://127.0.0.1:6379/0?prefix=p&duplicate_window=5")
+    assert (broker.prefix, broker.duplicate_window) == ("p", 5.0)
+    with pytest.raises(ValueError, match=r"duplicate_window in .* must be a number"):
+        RedisBroker.from_url("redis://127.0.0.1:6379/0?duplicate_window=soon")
+    with pytest.raises(ValueError, match="duplicate_window must be 0 or more"):
+        RedisBroker(duplicate_window=-1)
