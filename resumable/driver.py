@@ -69,6 +69,7 @@ from resumable.record import (
     FAILED,
     IGNORED_LIMIT,
     PARKED,
+    RETIRED,
     Entry,
     Header,
     Inline,
@@ -1220,6 +1221,22 @@ class Resumable(Generic[S]):
         header.unwinding = None
         self._clear_wait(header)
 
+    async def _retired(self, run: _Run, old: Header) -> list[tuple[str, bytes]]:
+        """The events the ending generation consumed, as payload-free journal entries for
+        the next one, so a late redelivery of one is dropped quietly rather than taken for
+        a new event (a signal kept twice, a reply nobody awaits). Only one generation back:
+        the journal stays as bounded as ``continue_as_new`` promises."""
+        stored = await self._read(run.key, run.event, journal=True)
+        inbox = {event_id for _, event_id in old.inbox}  # carried over whole, as before
+        out: list[tuple[str, bytes]] = []
+        for entry in decode_for_replay(stored.journal or [] if stored else []):
+            event = entry.event
+            if entry.how == RETIRED or event.id in inbox:
+                continue
+            stub = msgspec.structs.replace(event, data={}, dataschema=None)
+            out.append((event.id, encode_entry(Entry(event=stub, produced=[], how=RETIRED))))
+        return out
+
     async def _continue_as_new(
         self, run: _Run, fn: WorkflowFunction, request: ContinueAsNew
     ) -> None:
@@ -1258,6 +1275,7 @@ class Resumable(Generic[S]):
                 kept.append(
                     (event_id, encode_entry(Entry(event=decode_entry(raw).event, produced=[])))
                 )
+        retired = await self._retired(run, old)
         _abandon(old)
         header = Header(
             status=ACTIVE,
@@ -1280,7 +1298,7 @@ class Resumable(Generic[S]):
         )
         first.resumed, first.how = [], "start"
         await self._advance(first, fn, None, None)
-        header.seq = 1 + len(kept)
+        header.seq = 1 + len(kept) + len(retired)
         entry = Entry(
             event=wire(init),
             produced=first.produced,
@@ -1289,7 +1307,7 @@ class Resumable(Generic[S]):
             inline=first.inline,
             yielded=first.yielded,
         )
-        run.reset = [(init.id, encode_entry(entry)), *kept]
+        run.reset = [(init.id, encode_entry(entry)), *kept, *retired]
         run.header = header
         run.live = first.live
         run.produced.extend(first.produced)

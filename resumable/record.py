@@ -51,6 +51,10 @@ PARKED: Final = "parked"
 
 Status = Literal["active", "done", "failed", "cancelled", "parked"]
 
+RETIRED: Final = "retired"
+"""``Entry.how`` of an event consumed by the previous generation, carried into the new
+journal by ``continue_as_new`` (without its payload) so a redelivery of it is known."""
+
 IGNORED_LIMIT: Final = 1024
 """How many abandoned request ids (race losers, timed-out calls) a record remembers, so
 their late replies are dropped quietly."""
@@ -187,7 +191,8 @@ class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Ids of the events sent into the generator, in call order; ``[]`` for the start;
     None if the event was only stored (a partial ``gather``, an early signal, a retry)."""
     how: str = ""
-    """How those events resumed it: call, gather, race:<i>, sleep, signal, timeout, cancel."""
+    """How those events resumed it: call, gather, race:<i>, sleep, signal, timeout, cancel;
+    ``retired`` for an event of the previous generation (see ``RETIRED``)."""
     inline: list[Inline] = []
     yielded: str | None = None
     """What the generator did next: a request description, or how it ended."""
