@@ -7,7 +7,8 @@ number of times the service was asked, so a duplicate request shows as ``attempt
 and a duplicate *effect* (two keys for one order) as a second row.
 
 ``CHAOS_LOCK_TTL`` sets the workflow's lease time to live (seconds): a worker killed while
-holding leases blocks those workflows only that long.
+holding leases blocks those workflows only that long. ``CHAOS_NAP`` (seconds) makes the
+workflow sleep before it completes, so every report is emitted by a timer's step.
 """
 
 from __future__ import annotations
@@ -18,25 +19,28 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from resumable import Emit, Event, EventHandler
+from resumable import Emit, Event, EventHandler, Resumable, sleep
 from resumable.demo import (
+    SERVICES,
     CardCharged,
     CardDeclined,
     CardRefunded,
     ChargeCard,
     LabelPrinted,
+    OrderState,
     ReserveStock,
     StockReserved,
     demo_order,
+    fulfil,
     inventory,
     make_handlers,
-    make_workflow,
     orders,
     payments,
     payments_refund,
     shipping,
 )
 from resumable.memory import Memory
+from resumable.workflow import Complete, WorkflowFunction
 
 __all__ = [
     "PostgresEffects",
@@ -158,11 +162,42 @@ def services(effects: PostgresEffects) -> list[EventHandler]:
     ]
 
 
+def nap_before_completing(fn: WorkflowFunction, seconds: float) -> WorkflowFunction:
+    """``fn`` with a ``sleep(seconds)`` before each ``complete``: what ``fn`` yields is
+    passed on, and what the driver sends or throws back goes to ``fn``."""
+
+    async def napping(ctx: Any, data: Any) -> Any:
+        inner = fn(ctx, data)
+        value: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                request = await (inner.athrow(error) if error else inner.asend(value))
+            except StopAsyncIteration:
+                return
+            if isinstance(request, Complete):
+                yield sleep(seconds)
+            try:
+                value, error = (yield request), None
+            except Exception as thrown:  # a ServiceError or TimeoutError at this yield
+                value, error = None, thrown
+
+    return napping
+
+
 def handlers(memory: Memory) -> list[Any]:
     """The order workflow on ``memory`` and its services (a HANDLERS factory)."""
     options: dict[str, Any] = {}
     if "CHAOS_LOCK_TTL" in os.environ:
         options["lock_ttl"] = float(os.environ["CHAOS_LOCK_TTL"])
-    workflow = make_workflow(memory, **options)
+    nap = float(os.environ.get("CHAOS_NAP", "0"))
+    workflow = Resumable(
+        orders,
+        versions={"1.0.0": nap_before_completing(fulfil, nap) if nap else fulfil},
+        services=SERVICES,
+        state=OrderState,
+        memory=memory,
+        **options,
+    )
     url = os.environ.get("CHAOS_EFFECTS")
     return [workflow, *(services(PostgresEffects(url)) if url else make_handlers())]

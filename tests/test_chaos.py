@@ -2,10 +2,10 @@
 
 For each pair of (broker, memory): (NATS JetStream, PostgreSQL) and (Redis Streams, Redis),
 three worker processes (``python -m resumable worker chaos_worker:handlers``) run the demo's
-order workflow and its four services, whose side effects are counted in PostgreSQL
-(``tests/chaos_worker.py``). The test publishes 500 orders (evenly over eight seconds) and
-meanwhile kills a random worker with SIGKILL about every second and starts it again, until
-every order's record is finished;
+order workflow (with a short sleep before it completes: ``NAP``) and its four services,
+whose side effects are counted in PostgreSQL (``tests/chaos_worker.py``). The test
+publishes 500 orders (evenly over eight seconds) and meanwhile kills a random worker with
+SIGKILL about every second and starts it again, until every order's record is finished;
 then it stops killing, lets the workers deliver what the killed ones left behind, and stops
 them with SIGTERM (each drains and exits 0).
 
@@ -72,6 +72,9 @@ LOCK_TTL = 2.0
 RUN_LIMIT = 110.0
 """Most seconds for one pair from start to finish, whatever happens: two pairs fit in four
 minutes."""
+NAP = 0.3
+"""Seconds the workflow sleeps before completing: shipped and declined orders report from
+a timer's step, so kills also land between a timer step's write and its publish."""
 SHOP = "com.shop.web"
 
 
@@ -113,6 +116,7 @@ class Process:
             "PYTHONPATH": os.pathsep.join(p for p in paths if p),
             "CHAOS_EFFECTS": self.pair.effects_url,
             "CHAOS_LOCK_TTL": str(LOCK_TTL),
+            "CHAOS_NAP": str(NAP),
         }
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
