@@ -94,7 +94,11 @@ def _summary(rows: list[Row]) -> str:
             parts.append(f"{label(item)}: {item['status']}")
         elif item["samples"]:
             ordered = sorted(item["samples"])
-            parts.append(f"{label(item)}: {ordered[len(ordered) // 2]:,.1f} µs/step")
+            middle = ordered[len(ordered) // 2]
+            if "processes" in item.get("extra", {}):  # throughput rows: steps/s says more
+                parts.append(f"{label(item)}: {1e6 / middle:,.0f} steps/s")
+            else:
+                parts.append(f"{label(item)}: {middle:,.1f} µs/step")
     return "; ".join(parts)
 
 
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'in process' if in_process else 'one process per job'}"
     )
     started = time.perf_counter()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     results: list[Row] = list(skipped)
     failures: list[str] = []
     total = len(jobs) * rounds
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": mode,
         "rounds": rounds,
         "in_process": in_process,
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "started": started_at,
         "seconds": round(time.perf_counter() - started, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),

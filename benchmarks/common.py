@@ -86,6 +86,16 @@ class Sizes:
     resume_samples_mem: int
     resume_samples_sqlite: int
     fan: int
+    dist_workflows: int
+    """The distributed rows: W10 workflows published at once per timed batch."""
+    dist_batches: int
+    """Timed batches per distributed row and round (one sample each)."""
+    dist_warmup: int
+    """Workflows run to completion, untimed, after the workers start."""
+    dist_processes: tuple[int, ...]
+    """Worker processes of each distributed row."""
+    dist_concurrency: int
+    """Executions at once in one worker process (``resumable worker --concurrency``)."""
 
 
 SIZES = {
@@ -105,6 +115,11 @@ SIZES = {
         resume_samples_mem=10,
         resume_samples_sqlite=6,
         fan=100,
+        dist_workflows=400,
+        dist_batches=2,
+        dist_warmup=50,
+        dist_processes=(1, 2, 4),
+        dist_concurrency=16,
     ),
     "quick": Sizes(
         mode="quick",
@@ -122,6 +137,11 @@ SIZES = {
         resume_samples_mem=5,
         resume_samples_sqlite=3,
         fan=100,
+        dist_workflows=200,
+        dist_batches=1,
+        dist_warmup=20,
+        dist_processes=(1, 2, 4),
+        dist_concurrency=16,
     ),
     "smoke": Sizes(
         mode="smoke",
@@ -139,6 +159,11 @@ SIZES = {
         resume_samples_mem=2,
         resume_samples_sqlite=1,
         fan=10,
+        dist_workflows=5,
+        dist_batches=1,
+        dist_warmup=1,
+        dist_processes=(1,),
+        dist_concurrency=16,
     ),
 }
 

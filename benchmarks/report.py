@@ -82,6 +82,8 @@ def baseline_key(item: Row, sizes: Sizes) -> str | None:
     floor_for = floor_events if memory == "mem" else floor_sqlite
     workload = item["workload"]
     part = item.get("extra", {}).get("part")
+    if "processes" in item.get("extra", {}):
+        return _distributed_baseline(item, sizes)
     if impl == "floor-mem":
         return None
     if impl == "floor-mem-events":
@@ -109,19 +111,50 @@ def baseline_key(item: Row, sizes: Sizes) -> str | None:
     return floor_for  # S100
 
 
+def _distributed_baseline(item: Row, sizes: Sizes) -> str:
+    """The distributed rows are measured against the SQLite embedded run; that one against
+    the embedded W10 on SQLite driven directly, ``concurrency`` at once (no Worker)."""
+    from benchmarks.distributed import EMBEDDED, row_key
+
+    embedded = row_key(EMBEDDED, sizes.dist_workflows, 1)
+    if item["key"] == embedded:
+        return f"W10/resumable/sqlite/direct/x{sizes.concurrency}"
+    return embedded
+
+
 @dataclass(frozen=True)
 class Target:
     """A target from the issue: ``subject`` against ``baseline`` within ``limit``.
 
     ``kind`` is ``time`` (median µs/step ratio ≤ limit), ``rate`` (steps/s ratio ≥ limit)
-    or ``bytes`` (stored bytes per step ratio ≤ limit).
+    or ``bytes`` (stored bytes per step ratio ≤ limit). A ``limit`` of None only reports
+    the ratio (result ``no limit``): the distributed rows against the embedded run.
     """
 
     name: str
     subject: str
     baseline: str
-    limit: float
+    limit: float | None
     kind: str = "time"
+
+
+def distributed_targets(sizes: Sizes) -> list[Target]:
+    """Steps/s of each distributed row ÷ the SQLite embedded run's, for each process count."""
+    from benchmarks.distributed import EMBEDDED, PAIRS, row_key
+
+    embedded = row_key(EMBEDDED, sizes.dist_workflows, 1)
+    return [
+        Target(
+            f"W10 on {pair.title}, {n} worker process{'es' if n > 1 else ''}: "
+            "steps/s ÷ SQLite embedded's",
+            row_key(pair, sizes.dist_workflows, n),
+            embedded,
+            None,
+            "rate",
+        )
+        for pair in PAIRS.values()
+        for n in sizes.dist_processes
+    ]
 
 
 def targets_for(sizes: Sizes) -> list[Target]:
@@ -202,6 +235,7 @@ def targets_for(sizes: Sizes) -> list[Target]:
             f"{seq}/resumable/sqlite/direct/x1",
             2.0,
         ),
+        *distributed_targets(sizes),
     ]
 
 
@@ -212,7 +246,7 @@ def _check(target: Target, rows: dict[str, Row]) -> dict[str, Any]:
         "baseline": target.baseline,
         "kind": target.kind,
         "limit": target.limit,
-        "op": ">=" if target.kind == "rate" else "<=",
+        "op": None if target.limit is None else ">=" if target.kind == "rate" else "<=",
         "measured": None,
         "per_round": [],
         "result": None,
@@ -245,6 +279,9 @@ def _check(target: Target, rows: dict[str, Row]) -> dict[str, Any]:
         out["per_round"] = [
             theirs[r] / mine[r] if target.kind == "rate" else mine[r] / theirs[r] for r in shared
         ]
+    if target.limit is None:
+        out["result"] = "no limit"
+        return out
     met = measured >= target.limit if target.kind == "rate" else measured <= target.limit
     out["result"] = "met" if met else "missed"
     return out
@@ -296,13 +333,18 @@ def _ratio(value: float | None) -> str:
 
 
 def label(item: Row) -> str:
-    """A short name: workload, implementation, memory, path, concurrency."""
-    part = item.get("extra", {}).get("part")
+    """A short name: workload, implementation, memory, path, concurrency (and for the
+    distributed rows, the worker processes)."""
+    extra = item.get("extra", {})
+    part = extra.get("part")
     words = [item["workload"] + (f" {part}" if part else ""), item["impl"], item["memory"]]
     if item["path"] != "-":
         words.append(item["path"])
     if item["concurrency"] > 1:
         words.append(f"x{item['concurrency']}")
+    processes = extra.get("processes")
+    if processes is not None:
+        words.append(f"{processes} proc{'s' if processes > 1 else ''}")
     return " ".join(words)
 
 
@@ -322,6 +364,12 @@ def _bytes(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.1f}" if value < 10 else f"{value:,.0f}"
+
+
+def _limit(target: dict[str, Any]) -> str:
+    if target["limit"] is None:
+        return "-"
+    return f"{'≥' if target['op'] == '>=' else '≤'} {target['limit']:g}"
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -370,7 +418,7 @@ def format_report(report: dict[str, Any]) -> str:
     target_lines = [
         [
             t["name"],
-            f"{'≥' if t['op'] == '>=' else '≤'} {t['limit']:g}",
+            _limit(t),
             _ratio(t["measured"]),
             " ".join(_ratio(r) for r in t["per_round"]) if len(t["per_round"]) > 1 else "-",
             t["result"] or "-",

@@ -50,6 +50,10 @@ JOB_ORDER = [
     "r1k-mem",
     "floor-replay-sqlite",
     "r1k-sqlite",
+    # The distributed rows, right after their baseline (the SQLite embedded run).
+    "dist-sqlite-embedded",
+    "dist-nats-pg",
+    "dist-redis-redis",
 ]
 """Every job, in the order a run takes them."""
 
@@ -67,13 +71,18 @@ def _async_job(name: str) -> Callable[[Sizes, Path], Awaitable[list[Row]]]:
             "floor-replay-mem": floors.floor_replay_mem,
             "floor-replay-sqlite": floors.floor_replay_sqlite,
         }[name]
+    if name.startswith("dist-"):
+        from benchmarks import distributed
+
+        return distributed.JOBS[name]
     from benchmarks.workloads import JOBS
 
     return JOBS[name]
 
 
 def run_job(name: str, sizes: Sizes, tmp: Path) -> dict[str, Any]:
-    """Run job ``name`` in this process; its rows, with this process's peak RSS on each."""
+    """Run job ``name`` in this process; its rows, with this process's peak RSS on each
+    (unless the job measured another process's: the distributed rows give their workers')."""
     if name not in JOB_ORDER:
         raise SystemExit(f"unknown job {name!r}; jobs: {', '.join(JOB_ORDER)}")
     started = time.perf_counter()
@@ -87,7 +96,7 @@ def run_job(name: str, sizes: Sizes, tmp: Path) -> dict[str, Any]:
     rss = peak_rss_mib()
     for item in rows:
         item["job"] = name
-        item["rss_mib"] = rss
+        item.setdefault("rss_mib", rss)
     return {"job": name, "rows": rows, "seconds": time.perf_counter() - started}
 
 
