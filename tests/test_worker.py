@@ -668,18 +668,13 @@ async def test_timers_follow_a_virtual_clock_and_several_workers_fire_each_once(
     assert await memory.due(math.inf) == []
 
 
-class Freezing(Broker):
-    """A view of ``inner`` whose publishes of events to ``SHOP`` never return, as if the
-    process froze (then is killed) after writing the step and before publishing it."""
+class View(Broker):
+    """Another process's view of the broker ``inner``: subclasses change its publish."""
 
     def __init__(self, inner: Broker) -> None:
         self.inner = inner
-        self.frozen = anyio.Event()
 
     async def publish(self, event: Event) -> None:
-        if event.to == SHOP:
-            self.frozen.set()
-            await anyio.sleep_forever()
         await self.inner.publish(event)
 
     async def receive(
@@ -689,6 +684,21 @@ class Freezing(Broker):
 
     async def dead_letters(self, topic: str) -> list[Any]:
         return await self.inner.dead_letters(topic)
+
+
+class Freezing(View):
+    """A view of ``inner`` whose publishes of events to ``SHOP`` never return, as if the
+    process froze (then is killed) after writing the step and before publishing it."""
+
+    def __init__(self, inner: Broker) -> None:
+        super().__init__(inner)
+        self.frozen = anyio.Event()
+
+    async def publish(self, event: Event) -> None:
+        if event.to == SHOP:
+            self.frozen.set()
+            await anyio.sleep_forever()
+        await self.inner.publish(event)
 
 
 def napper(memory: Memory) -> Resumable[OrderState]:
@@ -757,12 +767,12 @@ async def test_a_timer_step_lost_between_write_and_publish_is_published_after_a_
     assert await broker.dead_letters(orders.type) == []
 
 
-class LosingTimers(Broker):
+class LosingTimers(View):
     """A view of ``inner`` that accepts the first ``lose`` timer events and loses them (as a
     dead-lettered or purged timer event is gone)."""
 
     def __init__(self, inner: Broker, lose: int) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.lose = lose
 
     async def publish(self, event: Event) -> None:
@@ -770,14 +780,6 @@ class LosingTimers(Broker):
             self.lose -= 1
             return
         await self.inner.publish(event)
-
-    async def receive(
-        self, topic: str, *, max_messages: int = 16, timeout: float = 1.0
-    ) -> list[Delivery]:
-        return await self.inner.receive(topic, max_messages=max_messages, timeout=timeout)
-
-    async def dead_letters(self, topic: str) -> list[Any]:
-        return await self.inner.dead_letters(topic)
 
 
 async def test_a_timer_event_is_published_once_until_timer_resend_then_again() -> None:
