@@ -1227,9 +1227,10 @@ class Resumable(Generic[S]):
         a new event (a signal kept twice, a reply nobody awaits). Only one generation back:
         the journal stays as bounded as ``continue_as_new`` promises."""
         stored = await self._read(run.key, run.event, journal=True)
+        journal = stored.journal if stored is not None and stored.journal else []
         inbox = {event_id for _, event_id in old.inbox}  # carried over whole, as before
         out: list[tuple[str, bytes]] = []
-        for entry in decode_for_replay(stored.journal or [] if stored else []):
+        for entry in decode_for_replay(journal):
             event = entry.event
             if entry.how == RETIRED or event.id in inbox:
                 continue
