@@ -1,4 +1,5 @@
-"""Test helpers: a fixed clock, the order workflow, and a hand-driven event network."""
+"""Test helpers: a fixed clock, the order workflow, test services (``Number`` in, ``Number``
+out), and a hand-driven event network."""
 
 from __future__ import annotations
 
@@ -6,13 +7,42 @@ from typing import Any
 
 import msgspec
 
-from resumable import Event, Resumable
+from resumable import Contract, Emit, Event, EventHandler, Resumable
 from resumable.demo import make_workflow
 from resumable.memory import Memory, Stored
 
 from orders import OrderState
 
 FIXED_TIME = "2026-01-01T00:00:00.000+00:00"
+SHOP = "com.shop.web"
+"""The initiator of the order workflows in tests: their reports go to this topic."""
+
+
+class Number(msgspec.Struct):
+    n: int
+
+
+def service(name: str) -> Contract:
+    """A test service's contract: ``com.test.<name>``, answering ``evt.test.<name>.done``."""
+    return Contract(
+        uri=f"#/contracts/{name}",
+        type=f"com.test.{name}",
+        versions={"1.0.0": {"accepts": Number, "emits": {f"evt.test.{name}.done": Number}}},
+    )
+
+
+echo_contract = service("echo")
+
+
+async def plus_one(event: Event) -> Emit:
+    """The echo service: answers ``n + 1``; a negative ``n`` raises (a system error)."""
+    if event.data.n < 0:
+        raise ValueError(f"negative {event.data.n}")
+    return Emit("evt.test.echo.done", Number(event.data.n + 1))
+
+
+def echo_handler() -> EventHandler:
+    return EventHandler(echo_contract, versions={"1.0.0": plus_one})
 
 
 def fixed_clock() -> str:

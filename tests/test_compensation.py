@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,25 +29,12 @@ from resumable import (
 )
 from resumable.memory import InMemoryMemory, Memory, SQLiteMemory
 
-from harness import Network, fixed_clock, snapshot
+from harness import SHOP, Network, Number, fixed_clock, service, snapshot
 from orders import OrderResult, PlaceOrder, orders
 
 pytestmark = pytest.mark.anyio
 
-SHOP = "com.shop.web"
 ERROR_TYPE = "sys.arvo.orc.order.fulfil.error"
-
-
-class Number(msgspec.Struct):
-    n: int
-
-
-def service(name: str) -> Contract:
-    return Contract(
-        uri=f"#/contracts/{name}",
-        type=f"com.test.{name}",
-        versions={"1.0.0": {"accepts": Number, "emits": {f"evt.test.{name}.done": Number}}},
-    )
 
 
 book, unbook, charge, refund, ship = (

@@ -10,14 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resumable import (
     TIMER_TYPE,
-    Contract,
     Emit,
     Event,
     EventHandler,
@@ -31,29 +29,16 @@ from resumable import (
 )
 from resumable.memory import InMemoryMemory, Memory, SQLiteMemory
 
-from harness import snapshot
+from harness import SHOP, Number, service, snapshot
 from orders import OrderResult, OrderState, PlaceOrder, orders
 
 pytestmark = pytest.mark.anyio
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
-SHOP = "com.shop.web"
 
 
-class Number(msgspec.Struct):
-    n: int
-
-
-flaky_contract = Contract(
-    uri="#/contracts/flaky",
-    type="com.test.flaky",
-    versions={"1.0.0": {"accepts": Number, "emits": {"evt.test.flaky.done": Number}}},
-)
-other_contract = Contract(
-    uri="#/contracts/other",
-    type="com.test.other",
-    versions={"1.0.0": {"accepts": Number, "emits": {"evt.test.other.done": Number}}},
-)
+flaky_contract = service("flaky")
+other_contract = service("other")
 
 
 class Flaky:

@@ -12,8 +12,6 @@ import msgspec
 import pytest
 
 from resumable import (
-    Contract,
-    Emit,
     Event,
     EventHandler,
     Resumable,
@@ -25,27 +23,10 @@ from resumable import (
 )
 from resumable.memory import InMemoryMemory, Memory, SQLiteMemory
 
-from harness import fixed_clock
+from harness import SHOP, Number, echo_contract, fixed_clock, plus_one
 from orders import OrderResult, PlaceOrder, orders
 
 pytestmark = pytest.mark.anyio
-
-SHOP = "com.shop.web"
-
-
-class Number(msgspec.Struct):
-    n: int
-
-
-echo_contract = Contract(
-    uri="#/contracts/echo",
-    type="com.test.echo",
-    versions={"1.0.0": {"accepts": Number, "emits": {"evt.test.echo.done": Number}}},
-)
-
-
-async def plus_one(event: Event) -> Emit:
-    return Emit("evt.test.echo.done", Number(event.data.n + 1))
 
 
 echo = EventHandler(echo_contract, versions={"1.0.0": plus_one})

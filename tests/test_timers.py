@@ -11,12 +11,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-import msgspec
 import pytest
 
 from resumable import (
     TIMER_TYPE,
-    Contract,
     Emit,
     Event,
     EventHandler,
@@ -34,7 +32,7 @@ from resumable import (
 )
 from resumable.memory import InMemoryMemory, Memory, SQLiteMemory
 
-from harness import snapshot
+from harness import SHOP, Number, echo_contract, plus_one, snapshot
 from orders import OrderResult, OrderState, PlaceOrder, orders
 
 pytestmark = pytest.mark.anyio
@@ -43,24 +41,6 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 """Where a fresh VirtualClock starts."""
 PING = "com.test.ping"
 """A signal type (untyped data) the workflows here may wait for."""
-SHOP = "com.shop.web"
-
-
-class Number(msgspec.Struct):
-    n: int
-
-
-echo_contract = Contract(
-    uri="#/contracts/echo",
-    type="com.test.echo",
-    versions={"1.0.0": {"accepts": Number, "emits": {"evt.test.echo.done": Number}}},
-)
-
-
-async def plus_one(event: Event) -> Emit:
-    if event.data.n < 0:
-        raise ValueError(f"negative {event.data.n}")
-    return Emit("evt.test.echo.done", Number(event.data.n + 1))
 
 
 echo = EventHandler(echo_contract, versions={"1.0.0": plus_one})

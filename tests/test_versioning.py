@@ -30,27 +30,12 @@ from resumable import (
 from resumable.brokers import LocalBroker
 from resumable.memory import InMemoryMemory, Memory, SQLiteMemory
 
-from harness import fixed_clock, snapshot
+from harness import SHOP, Number, echo_contract, fixed_clock, service, snapshot
 from orders import OrderResult, PlaceOrder, orders
 
 pytestmark = pytest.mark.anyio
 
-SHOP = "com.shop.web"
 
-
-class Number(msgspec.Struct):
-    n: int
-
-
-def service(name: str) -> Contract:
-    return Contract(
-        uri=f"#/contracts/{name}",
-        type=f"com.test.{name}",
-        versions={"1.0.0": {"accepts": Number, "emits": {f"evt.test.{name}.done": Number}}},
-    )
-
-
-echo_contract = service("echo")
 audit = service("audit")
 
 

@@ -23,9 +23,7 @@ from chaos_worker import expected_outcome, outcome
 
 from resumable import (
     ConfigViolation,
-    Contract,
     ContractViolation,
-    Emit,
     Event,
     EventHandler,
     ExecutionViolation,
@@ -42,6 +40,7 @@ from resumable.memory import InMemoryMemory, Memory
 from resumable.record import decode_entry
 from resumable.worker import Worker
 
+from harness import SHOP, Number, echo_contract, echo_handler, plus_one
 from orders import OrderResult, OrderState, PlaceOrder, orders
 from servers import require_nats, require_postgres, require_redis
 
@@ -50,7 +49,6 @@ pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
 IN = "com.test.in"
 OUT = "com.test.out"
-SHOP = "com.shop.web"
 FAST = (0.01, 2.0, 0.05)
 """A backoff short enough for tests: 10 ms, doubling, at most 50 ms."""
 
@@ -569,29 +567,6 @@ def test_backoff_is_exponential_and_capped() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # workflows: timers and recovery
-
-
-class Number(msgspec.Struct):
-    n: int
-
-
-class NumberOut(msgspec.Struct):
-    n: int
-
-
-echo_contract = Contract(
-    uri="#/contracts/echo",
-    type="com.test.echo",
-    versions={"1.0.0": {"accepts": Number, "emits": {"evt.test.echo.done": NumberOut}}},
-)
-
-
-async def plus_one(e: Event) -> Emit:
-    return Emit("evt.test.echo.done", NumberOut(e.data.n + 1))
-
-
-def echo_handler() -> EventHandler:
-    return EventHandler(echo_contract, {"1.0.0": plus_one})
 
 
 def sleeper(seconds: float, memory: Memory, **options: Any) -> Resumable[OrderState]:
