@@ -25,7 +25,7 @@ from resumable.events import Event
 from resumable.handler import Emit, EventHandler
 from resumable.memory import Memory, SQLiteMemory
 from resumable.record import decode_entry
-from resumable.workflow import Context, call, complete, gather
+from resumable.workflow import Context, WorkflowFunction, call, complete, gather
 
 # --- contracts ------------------------------------------------------------------------------
 
@@ -242,10 +242,14 @@ def make_handlers(effects: EffectLog | None = None) -> list[EventHandler]:
     ]
 
 
-def make_workflow(memory: Memory, **options: Any) -> Resumable[OrderState]:
+def make_workflow(
+    memory: Memory, *, fn: WorkflowFunction = fulfil, **options: Any
+) -> Resumable[OrderState]:
+    """The order workflow on ``memory``: ``fulfil``, or another function for version 1.0.0
+    (a test's variant of it); ``options`` go to ``Resumable``."""
     return Resumable(
         orders,
-        versions={"1.0.0": fulfil},
+        versions={"1.0.0": fn},
         services=SERVICES,
         state=OrderState,
         memory=memory,

@@ -19,21 +19,20 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from resumable import Emit, Event, EventHandler, Resumable, sleep
+from resumable import Emit, Event, EventHandler, sleep
 from resumable.demo import (
-    SERVICES,
     CardCharged,
     CardDeclined,
     CardRefunded,
     ChargeCard,
     LabelPrinted,
-    OrderState,
     ReserveStock,
     StockReserved,
     demo_order,
     fulfil,
     inventory,
     make_handlers,
+    make_workflow,
     orders,
     payments,
     payments_refund,
@@ -191,13 +190,7 @@ def handlers(memory: Memory) -> list[Any]:
     if "CHAOS_LOCK_TTL" in os.environ:
         options["lock_ttl"] = float(os.environ["CHAOS_LOCK_TTL"])
     nap = float(os.environ.get("CHAOS_NAP", "0"))
-    workflow = Resumable(
-        orders,
-        versions={"1.0.0": nap_before_completing(fulfil, nap) if nap else fulfil},
-        services=SERVICES,
-        state=OrderState,
-        memory=memory,
-        **options,
-    )
+    fn = nap_before_completing(fulfil, nap) if nap else fulfil
+    workflow = make_workflow(memory, fn=fn, **options)
     url = os.environ.get("CHAOS_EFFECTS")
     return [workflow, *(services(PostgresEffects(url)) if url else make_handlers())]

@@ -988,9 +988,10 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
-def test_the_command_refuses_what_it_cannot_load() -> None:
-    missing = subprocess.run(
-        _command("no_such_module:handlers", "--broker", "local://"),
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``resumable worker`` with ``args`` to its end."""
+    return subprocess.run(
+        _command(*args),
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -998,29 +999,17 @@ def test_the_command_refuses_what_it_cannot_load() -> None:
         timeout=60,
         check=False,
     )
+
+
+def test_the_command_refuses_what_it_cannot_load() -> None:
+    missing = _run("no_such_module:handlers", "--broker", "local://")
     assert missing.returncode == 2
     assert "cannot load no_such_module:handlers" in missing.stderr
-    no_memory = subprocess.run(
-        _command("resumable.demo:make_workflow", "--broker", "local://"),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=_env(),
-        timeout=60,
-        check=False,
-    )
+    no_memory = _run("resumable.demo:make_workflow", "--broker", "local://")
     assert no_memory.returncode == 2
     assert "missing 1 required positional argument" in no_memory.stderr
     assert "give --memory URL" in no_memory.stderr
-    unused_memory = subprocess.run(
-        _command("orders:HANDLERS", "--broker", "local://", "--memory", "memory://"),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=_env(),
-        timeout=60,
-        check=False,
-    )
+    unused_memory = _run("orders:HANDLERS", "--broker", "local://", "--memory", "memory://")
     assert unused_memory.returncode == 2
     assert "--memory is not used" in unused_memory.stderr
 
