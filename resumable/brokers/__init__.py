@@ -60,6 +60,17 @@ class Delivery(abc.ABC):
     topic: str
     attempt: int
     """1 on the first delivery, 2 on the second, and so on (redelivery counts too)."""
+    _settled: str | None = None
+    """How it was settled (acked, nacked, ...), once a settle began."""
+
+    def _mark_settled(self, how: str) -> None:
+        """Note that this delivery is being settled ``how``; settling twice is a bug."""
+        if self._settled is not None:
+            raise RuntimeError(
+                f"delivery {self.attempt} of event {self.event.id} on topic {self.topic!r} "
+                f"was already settled ({self._settled}); settle each delivery exactly once"
+            )
+        self._settled = how
 
     @abc.abstractmethod
     async def ack(self) -> None:

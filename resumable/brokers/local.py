@@ -129,7 +129,6 @@ class LocalDelivery(Delivery):
         self._queue = queue
         self._message = message
         self._generation = message.generation
-        self._settled: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -140,12 +139,7 @@ class LocalDelivery(Delivery):
     def _settle(self, how: str) -> bool:
         """Mark this delivery settled; True if it still holds its message (not redelivered
         after ack_wait, nor settled through another delivery)."""
-        if self._settled is not None:
-            raise RuntimeError(
-                f"delivery {self.attempt} of event {self.event.id} on topic {self.topic!r} "
-                f"was already settled ({self._settled}); settle each delivery exactly once"
-            )
-        self._settled = how
+        self._mark_settled(how)
         current = self._message.generation == self._generation and not self._message.done
         if current:
             self._queue.settled()

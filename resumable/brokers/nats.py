@@ -126,7 +126,6 @@ class _NatsDelivery(Delivery):
         self.attempt = int(msg.metadata.num_delivered)
         self._broker = broker
         self._msg = msg
-        self._settled: str | None = None
 
     def __repr__(self) -> str:
         return f"<NatsDelivery {self.event.id} on {self.topic!r}, attempt {self.attempt}>"
@@ -135,12 +134,7 @@ class _NatsDelivery(Delivery):
     def _settling(self, how: str) -> Iterator[None]:
         """Mark the delivery settled; unmark it if settling failed, so it can be retried
         (or left to come back after ack_wait)."""
-        if self._settled is not None:
-            raise RuntimeError(
-                f"the delivery of event {self.event.id} on {self.topic!r} is already settled "
-                f"({self._settled}); settle each delivery once"
-            )
-        self._settled = how
+        self._mark_settled(how)
         try:
             yield
         except BaseException:

@@ -171,7 +171,6 @@ class RedisDelivery(Delivery):
         self._broker = broker
         self._keys = keys
         self._raw = raw
-        self._settled: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -179,18 +178,10 @@ class RedisDelivery(Delivery):
             f"attempt {self.attempt}{' ' + self._settled if self._settled else ''}>"
         )
 
-    def _settle(self, how: str) -> None:
-        if self._settled is not None:
-            raise RuntimeError(
-                f"delivery {self.attempt} of event {self.event.id} on topic {self.topic!r} "
-                f"was already settled ({self._settled}); settle each delivery exactly once"
-            )
-        self._settled = how
-
     async def ack(self) -> None:
         """XACK and XDEL the entry (even if another consumer took it over since: the event
         is handled either way) and drop any redelivery scheduled for it."""
-        self._settle("acked")
+        self._mark_settled("acked")
         broker, keys = self._broker, self._keys
         async with broker.client.pipeline(transaction=True) as pipe:
             pipe.xack(keys.stream, broker.group, self.entry_id)
@@ -201,7 +192,7 @@ class RedisDelivery(Delivery):
     async def nack(self, delay: float = 0.0) -> None:
         if not delay >= 0:
             raise ValueError(f"nack delay must be 0 or more seconds, got {delay!r}")
-        self._settle("nacked")
+        self._mark_settled("nacked")
         broker = self._broker
         await broker._nack(
             keys=[self._keys.stream, self._keys.delays],
@@ -215,7 +206,7 @@ class RedisDelivery(Delivery):
         )
 
     async def dead_letter(self, reason: str) -> None:
-        self._settle("dead-lettered")
+        self._mark_settled("dead-lettered")
         broker, keys = self._broker, self._keys
         await broker._dead_letter(
             keys=[keys.stream, keys.delays, keys.dead],
