@@ -3,13 +3,15 @@ out), and a hand-driven event network."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from resumable import Contract, Emit, Event, EventHandler, Resumable
 from resumable.demo import make_workflow
-from resumable.memory import Memory, Stored
+from resumable.memory import Memory, SQLiteMemory, Stored
 
 from orders import OrderState
 
@@ -51,6 +53,31 @@ def fixed_clock() -> str:
 
 def order_workflow(memory: Memory, **options: Any) -> Resumable[OrderState]:
     return make_workflow(memory, clock=fixed_clock, **options)
+
+
+class Host:
+    """A workflow on a SQLite file that a test can crash: ``crash("evict")`` drops the live
+    generator, ``crash("restart")`` (or ``restart()``) is a new process: a new memory
+    object and a new driver, made by ``build(memory)``; ``crash("none")`` does nothing."""
+
+    def __init__(self, build: Callable[[Memory], Resumable[Any]], path: Path) -> None:
+        self.build, self.path = build, path
+        self.memory = SQLiteMemory(path)
+        self.workflow = build(self.memory)
+
+    async def crash(self, how: str) -> None:
+        if how == "evict":
+            self.workflow.evict()
+        elif how == "restart":
+            await self.restart()
+
+    async def restart(self) -> None:
+        await self.memory.close()
+        self.memory = SQLiteMemory(self.path)
+        self.workflow = self.build(self.memory)
+
+    async def close(self) -> None:
+        await self.memory.close()
 
 
 def untimed(events: list[Event]) -> list[Event]:

@@ -27,9 +27,9 @@ from resumable import (
     complete,
     gather,
 )
-from resumable.memory import InMemoryMemory, Memory, SQLiteMemory
+from resumable.memory import InMemoryMemory, Memory
 
-from harness import SHOP, Network, Number, fixed_clock, service, snapshot
+from harness import SHOP, Host, Network, Number, fixed_clock, service, snapshot
 from orders import OrderResult, PlaceOrder, orders
 
 pytestmark = pytest.mark.anyio
@@ -410,27 +410,18 @@ def chain(n: int, fail_at: int) -> Any:
     return wf
 
 
-class Host:
-    """A workflow over a SQLite file; ``restart`` is a new process (new memory, new driver)."""
-
-    def __init__(self, fn: Any, path: Path) -> None:
-        self.fn, self.path = fn, path
-        self.memory = SQLiteMemory(path)
-        self.workflow = self._make()
-
-    def _make(self) -> Resumable[Any]:
-        return Resumable(
+def make_host(fn: Any, path: Path) -> Host:
+    """``fn`` as the order workflow over a SQLite file, with the step and undo services."""
+    return Host(
+        lambda memory: Resumable(
             orders,
-            versions={"1.0.0": self.fn},
+            versions={"1.0.0": fn},
             services=[do_step, undo_step],
-            memory=self.memory,
+            memory=memory,
             clock=fixed_clock,
-        )
-
-    async def restart(self) -> None:
-        await self.memory.close()
-        self.memory = SQLiteMemory(self.path)
-        self.workflow = self._make()
+        ),
+        path,
+    )
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -439,7 +430,7 @@ def test_crashes_anywhere_send_each_compensation_once_in_reverse(n: int, data) -
     fail_at = data.draw(st.integers(0, n), label="failing step (n: none fails)")
 
     async def run(path: Path) -> None:
-        host = Host(chain(n, fail_at), path)
+        host = make_host(chain(n, fail_at), path)
         init = orders.init_event(PlaceOrder("o", 1), source=SHOP)
         inflight = [init]
         outside: list[Event] = []

@@ -25,9 +25,9 @@ from resumable import (
     sleep,
     wait_for,
 )
-from resumable.memory import InMemoryMemory, Memory, SQLiteMemory
+from resumable.memory import InMemoryMemory, Memory
 
-from harness import SHOP, Number, echo_contract, fixed_clock, plus_one, snapshot
+from harness import SHOP, Host, Number, echo_contract, fixed_clock, plus_one, snapshot
 from orders import OrderResult, PlaceOrder, orders
 
 pytestmark = pytest.mark.anyio
@@ -69,27 +69,6 @@ def start(order_id: str = "o") -> Event:
 async def answer(request: Event) -> Event:
     (reply,) = await echo.execute(request)
     return reply
-
-
-class Host:
-    """One workflow definition over a SQLite file. ``crash`` is ``none``, ``evict`` (drop
-    the live generator) or ``restart`` (a new process: new memory object, new Resumable)."""
-
-    def __init__(self, fn: Any, path: Path, **options: Any) -> None:
-        self.fn, self.path, self.options = fn, path, options
-        self.memory = SQLiteMemory(path)
-        self.workflow = make(fn, self.memory, **options)
-
-    async def crash(self, how: str) -> None:
-        if how == "evict":
-            self.workflow.evict()
-        elif how == "restart":
-            await self.memory.close()
-            self.memory = SQLiteMemory(self.path)
-            self.workflow = make(self.fn, self.memory, **self.options)
-
-    async def close(self) -> None:
-        await self.memory.close()
 
 
 @pytest.fixture
@@ -165,7 +144,7 @@ async def test_early_signal_is_kept_and_returned_when_the_workflow_waits(
         signal = yield wait_for(approve)
         yield complete(OrderResult(f"{reply.data.n}:{signal.data.by}"))
 
-    host = Host(wf, sqlite_path)
+    host = Host(lambda memory: make(wf, memory), sqlite_path)
     init = start()
     (request,) = await host.workflow.execute(init)
     await host.crash(crash)
@@ -191,7 +170,7 @@ async def test_two_early_signals_of_one_type_come_out_in_arrival_order(
         second = yield wait_for(approve)
         yield complete(OrderResult(f"{first.data.by},{second.data.by}"))
 
-    host = Host(wf, sqlite_path)
+    host = Host(lambda memory: make(wf, memory), sqlite_path)
     init = start()
     (request,) = await host.workflow.execute(init)
     for who in ("first", "second"):

@@ -21,8 +21,9 @@ from resumable import (
     complete,
     step,
 )
-from resumable.memory import InMemoryMemory, Memory, SQLiteMemory
+from resumable.memory import InMemoryMemory, Memory
 
+import harness
 from harness import SHOP, Number, echo_contract, fixed_clock, plus_one
 from orders import OrderResult, PlaceOrder, orders
 
@@ -52,22 +53,11 @@ async def answer(request: Event, **options: Any) -> Event:
     return msgspec.structs.replace(reply, **options) if options else reply
 
 
-class Host:
-    """A workflow over a SQLite file; ``crash("evict")`` drops the live generator,
-    ``crash("restart")`` is a new process (new memory object, new Resumable)."""
+class Host(harness.Host):
+    """The workflow ``fn`` over a SQLite file, run to its end with a crash before each step."""
 
     def __init__(self, fn: Any, path: Path) -> None:
-        self.fn, self.path = fn, path
-        self.memory = SQLiteMemory(path)
-        self.workflow = make(fn, self.memory)
-
-    async def crash(self, how: str) -> None:
-        if how == "evict":
-            self.workflow.evict()
-        else:
-            await self.memory.close()
-            self.memory = SQLiteMemory(self.path)
-            self.workflow = make(self.fn, self.memory)
+        super().__init__(lambda memory: make(fn, memory), path)
 
     async def run(self, init: Event, crash: str) -> list[Event]:
         """Deliver ``init`` and every echo reply, crashing before each workflow step."""
@@ -81,9 +71,6 @@ class Host:
             await self.crash(crash)
             inflight.extend(await self.workflow.execute(await answer(event)))
         return outside
-
-    async def close(self) -> None:
-        await self.memory.close()
 
 
 CRASHES = ["evict", "restart"]

@@ -28,9 +28,9 @@ from resumable import (
     wait_for,
 )
 from resumable.brokers import LocalBroker
-from resumable.memory import InMemoryMemory, Memory, SQLiteMemory
+from resumable.memory import InMemoryMemory, Memory
 
-from harness import SHOP, Number, echo_contract, fixed_clock, service, snapshot
+from harness import SHOP, Host, Number, echo_contract, fixed_clock, service, snapshot
 from orders import OrderResult, PlaceOrder, orders
 
 pytestmark = pytest.mark.anyio
@@ -351,25 +351,10 @@ def counting_loop(fresh: list[list[int]]) -> Any:
     return wf
 
 
-class Host:
-    def __init__(self, fn: Any, path: Path, **options: Any) -> None:
-        self.fn, self.path, self.options = fn, path, options
-        self.memory = SQLiteMemory(path)
-        self.workflow = make(fn, self.memory, **options)
-
-    async def crash(self, how: str) -> None:
-        if how == "evict":
-            self.workflow.evict()
-        elif how == "restart":
-            await self.memory.close()
-            self.memory = SQLiteMemory(self.path)
-            self.workflow = make(self.fn, self.memory, **self.options)
-
-
 @pytest.mark.parametrize("crash", ["none", "evict", "restart"])
 async def test_continue_as_new_keeps_the_journal_bounded(tmp_path: Path, crash: str) -> None:
     fresh: list[list[int]] = []
-    host = Host(counting_loop(fresh), tmp_path / "wf.db", state=Tally)
+    host = Host(lambda memory: make(counting_loop(fresh), memory, state=Tally), tmp_path / "wf.db")
     init = start()
     inflight = await host.workflow.execute(init)
     requests = list(inflight)
