@@ -43,6 +43,23 @@ class FakeClock:
         self.now += seconds
 
 
+async def check_two_instances_share(first: Memory, second: Memory, clock: FakeClock) -> None:
+    """Two memory objects on one store (two processes) see each other's records, lose
+    compare-and-set races to each other and respect each other's leases; both are closed."""
+    try:
+        await first.write("k", revision=0, status="open", header=b"h")
+        assert await second.read("k") == Stored(1, "open", b"h")
+        with pytest.raises(ConflictError):
+            await second.write("k", revision=0, status="open", header=b"other")
+        assert await first.lock("k", "alice", ttl=5)
+        assert await second.lock("k", "bob", ttl=5) is False
+        clock.advance(6)
+        assert await second.lock("k", "bob", ttl=5)
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def _snapshot(memory: Memory, key: str) -> Stored | None:
     return await memory.read(key, journal=True)
 

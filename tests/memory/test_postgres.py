@@ -20,7 +20,7 @@ from resumable.errors import ConflictError, DuplicateEntryError
 from resumable.memory import Stored
 from resumable.memory.postgres import SCHEMA_VERSION, PostgresMemory
 
-from .conformance import FakeClock, MemoryConformance
+from .conformance import FakeClock, MemoryConformance, check_two_instances_share
 from servers import require_postgres
 
 pytestmark = pytest.mark.anyio
@@ -414,18 +414,7 @@ async def test_two_instances_share_records_and_leases(
     schema = new_schema()
     first = PostgresMemory(url, schema=schema, clock=clock)
     second = PostgresMemory(url, schema=schema, clock=clock)
-    try:
-        await first.write("k", revision=0, status="open", header=b"h")
-        assert await second.read("k") == Stored(1, "open", b"h")
-        with pytest.raises(ConflictError):
-            await second.write("k", revision=0, status="open", header=b"other")
-        assert await first.lock("k", "alice", ttl=5)
-        assert await second.lock("k", "bob", ttl=5) is False
-        clock.advance(6)
-        assert await second.lock("k", "bob", ttl=5)
-    finally:
-        await first.close()
-        await second.close()
+    await check_two_instances_share(first, second, clock)
 
 
 # URLs and errors.

@@ -17,7 +17,7 @@ from resumable.errors import ConflictError, DuplicateEntryError
 from resumable.memory import Stored
 from resumable.memory.redis import RedisMemory
 
-from .conformance import FakeClock, MemoryConformance
+from .conformance import FakeClock, MemoryConformance, check_two_instances_share
 from servers import require_redis
 
 pytestmark = pytest.mark.anyio
@@ -230,6 +230,15 @@ async def test_a_new_instance_on_the_prefix_sees_the_data(url: str, prefix: str)
         assert await second.write("k", revision=2, status="done", header=b"h3") == 3
     finally:
         await second.close()
+
+
+async def test_two_instances_share_records_and_leases(url: str, prefix: str) -> None:
+    clock = FakeClock()
+    await check_two_instances_share(
+        RedisMemory(url, prefix=prefix, clock=clock),
+        RedisMemory(url, prefix=prefix, clock=clock),
+        clock,
+    )
 
 
 async def test_prefixes_isolate(url: str, prefix: str) -> None:

@@ -18,7 +18,7 @@ import resumable.memory.sqlite as sqlite_module
 from resumable.errors import ConflictError
 from resumable.memory import SQLiteMemory, Stored
 
-from .conformance import FakeClock, MemoryConformance
+from .conformance import FakeClock, MemoryConformance, check_two_instances_share
 
 pytestmark = pytest.mark.anyio
 
@@ -61,18 +61,7 @@ async def test_two_instances_on_one_file_share_records_and_leases(tmp_path: Path
     clock = FakeClock()
     first = SQLiteMemory(tmp_path / "memory.db", clock=clock)
     second = SQLiteMemory(tmp_path / "memory.db", clock=clock)
-    try:
-        await first.write("k", revision=0, status="open", header=b"h")
-        assert await second.read("k") == Stored(1, "open", b"h")
-        with pytest.raises(ConflictError):
-            await second.write("k", revision=0, status="open", header=b"other")
-        assert await first.lock("k", "alice", ttl=5)
-        assert await second.lock("k", "bob", ttl=5) is False
-        clock.advance(6)
-        assert await second.lock("k", "bob", ttl=5)
-    finally:
-        await first.close()
-        await second.close()
+    await check_two_instances_share(first, second, clock)
 
 
 async def test_wal_mode_and_full_synchronous_are_set(memory: SQLiteMemory) -> None:
