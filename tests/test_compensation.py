@@ -122,12 +122,12 @@ async def test_failure_runs_the_compensations_in_reverse_one_at_a_time(evict: bo
     assert await compensations(workflow, init.subject) == []
     (error,) = await step(await answer(unbooking))
     assert error.type == ERROR_TYPE and error.to == SHOP and error.parentid == init.id
-    assert error.data["errorName"] == "ServiceError"
+    assert error.data["errorName"] == "ValueError"  # the service's own error name
     assert "com.test.ship failed for -1" in error.data["errorMessage"]
     assert "compensation(s) failed" not in error.data["errorMessage"]
     status = await workflow.status(init.subject)
     assert status is not None and status.status == "failed"
-    assert status.error is not None and status.error.errorName == "ServiceError"
+    assert status.error is not None and status.error.errorName == "ValueError"
     assert status.compensations == [] and status.waits_for is None
 
 
@@ -239,7 +239,7 @@ async def test_a_failed_compensation_is_reported_and_the_rest_still_run() -> Non
     assert requests[-2:] == ["com.test.refund", "com.test.unbook"]
     (error,) = net.outside
     message = error.data["errorMessage"]
-    assert error.data["errorName"] == "ServiceError"
+    assert error.data["errorName"] == "ValueError"  # the service's own error name
     assert "com.test.ship failed for -1" in message
     assert "(and 1 compensation(s) failed: ValueError: com.test.refund failed for -2)" in message
     status = await workflow.status(init.subject)

@@ -89,7 +89,7 @@ async def test_declined_and_compensated_orders(memory: Memory) -> None:
     # out of stock is not handled by the workflow: the compensation stack refunds, then the
     # failure is reported to the shop
     assert failed is not None and failed.type == orders.system_error_type
-    assert failed.data["errorName"] == "ServiceError"
+    assert failed.data["errorName"] == "RuntimeError"  # the inventory service's own error
     refunds = [e for e in broker.events if e.type == "com.payments.refund"]
     assert len(refunds) == 1 and refunds[0].data == {"order_id": "o-3"}
     refunded_at = broker.events.index(refunds[0])

@@ -46,6 +46,7 @@ from resumable.errors import (
     Cancelled,
     ConfigViolation,
     ContractViolation,
+    ServiceError,
     StepError,
     TransactionViolation,
     is_violation,
@@ -141,8 +142,11 @@ async def advance(
                     after.error
                     if isinstance(after, Raised)
                     else RuntimeError(
-                        f"workflow {defn.uri!r} yielded {describe(after)} after "
-                        "complete(...); complete must be the last thing a workflow yields"
+                        f"workflow {defn.uri!r} yielded `{describe(after)}` after "
+                        "complete(...); complete must be the last thing a workflow yields. A "
+                        "`finally` block runs after complete(...) too, when nothing can be "
+                        "sent any more: do that cleanup before complete(...), or in "
+                        "`except Cancelled` for a cancellation"
                     ),
                 )
                 return
@@ -247,6 +251,8 @@ def _kept(header: Header, request: WaitFor | Race) -> tuple[int, str] | None:
 
 
 async def _kept_signal(defn: Definition[Any], turn: Turn, event_id: str) -> Event:
+    if event_id == turn.event.id:  # kept by this very step (it came after a timeout)
+        return defn.typed(turn.event)
     raw = await turn.journal.entry(event_id)
     if raw is None:
         raise TransactionViolation(
@@ -316,7 +322,29 @@ def _ended_by(defn: Definition[Any], turn: Turn, error: BaseException) -> None:
     turn.header.patches = dict(live.frame.patches)
     turn.live = None
     log.info("workflow %s ended at step %d: %r", turn.key, turn.header.seq, error)
-    unwind(defn, turn, isinstance(error, Cancelled), ErrorData.of(error))
+    cancelled = turn.header.cancelling or isinstance(error, Cancelled)
+    unwind(defn, turn, cancelled, _report(error, cancelled))
+
+
+def _report(error: BaseException, cancelled: bool) -> ErrorData:
+    """What the system error says: a service's own error name and message for an unhandled
+    ``ServiceError``; for a failure in the cleanup after a cancellation, the cancellation
+    with that failure."""
+    data = ErrorData.of(error)
+    if isinstance(error, ServiceError):
+        data = ErrorData(error.name, error.message, data.errorStack)
+    if not cancelled or isinstance(error, Cancelled):
+        return data
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, Cancelled):
+        cause = cause.__context__
+    reason = cause.reason if isinstance(cause, Cancelled) else ""
+    return ErrorData(
+        "Cancelled",
+        f"{reason} (and the cleanup after the cancellation failed: {data.errorName}: "
+        f"{data.errorMessage})",
+        data.errorStack,
+    )
 
 
 def unwind(defn: Definition[Any], turn: Turn, cancelled: bool, error: ErrorData) -> None:

@@ -39,9 +39,6 @@ __all__ = [
 ]
 
 
-_CANCEL_CHILDREN = False
-
-
 def _domains(
     defn: Definition[Any], event: Event, header: Header, service: VersionedContract | None = None
 ) -> DomainContext:
@@ -85,7 +82,7 @@ def requests(defn: Definition[Any], call: Call, index: int, turn: Turn) -> tuple
                 meta={"redirectto": redirectto},
                 execution_id=derive_id(seed, seq, index, "child"),
             )
-            if call.on_parent_close == "cancel" and _CANCEL_CHILDREN:
+            if call.on_parent_close == "cancel":
                 children.append(request_subject)
 
         def build(

@@ -33,6 +33,7 @@ from resumable.engine.transitions import (
     due_retries,
     find_slot,
     ignore,
+    push_filled_undo,
     push_undo,
     schedule_retry,
 )
@@ -136,10 +137,31 @@ async def decide(
             return Decision(list(decode_entry(raw).produced))
     turn = Turn(key, event, subject, headers, header, stored.revision, time, now, journal, live)
     try:
-        changed = await _apply(defn, turn, kind, index, typed)
+        late = None if kind == "timer" else _overdue(turn.header, kind, now)
+        if late is not None:
+            changed = True
+            if kind == "signal":  # the timeout came first; the signal waits for a wait_for
+                turn.header.inbox.append((typed.type, event.id))
+            await _fire(defn, turn, late, [] if late.what == "timer" else [event])
+        else:
+            changed = await _apply(defn, turn, kind, index, typed)
     except NonDeterminismError as error:
         return _park(stored, event, error)
     return _commit(turn) if changed else Decision([])
+
+
+def _overdue(header: Header, kind: EventKind, now: float) -> Due | None:
+    """What fell due before this event was applied, though no timer event has come yet:
+    the event then finds the deadline passed (a reply or signal after its wait's timeout,
+    anything after the instance's), or a race already won by its timer arm."""
+    if header.unwinding is not None:
+        return None
+    due = due_action(header, now, retries=False)
+    if due is None or (kind == "cancel" and due.what not in ("workflow", "run")):
+        return None
+    if due.what == "timer" and header.mode != "race":
+        return None  # a plain sleep: the event is simply kept, the timer fires on its own
+    return due
 
 
 async def _apply(
@@ -286,14 +308,17 @@ async def _on_timer(defn: Definition[Any], turn: Turn) -> bool:
         return False
     if due.what == "retry":
         return await _resend_due(turn, now)
-    await _fire(defn, turn, due)
+    await _fire(defn, turn, due, [turn.event])
     return True
 
 
-async def _fire(defn: Definition[Any], turn: Turn, due: Due) -> None:
-    """What is due fires: a deadline (the instance's or the wait's) or a timer slot."""
+async def _fire(defn: Definition[Any], turn: Turn, due: Due, events: list[Event]) -> None:
+    """What is due fires: a deadline (the instance's or the wait's) or a timer slot;
+    ``events`` are what the generator is woken with (none for a race's timer arm won
+    before its timer event came)."""
     header = turn.header
     if due.what in ("workflow", "run"):
+        await _keep_compensations(defn, turn)
         _abandon(defn, turn)
         turn.yielded = "timeout"
         turn.live = None
@@ -306,18 +331,28 @@ async def _fire(defn: Definition[Any], turn: Turn, due: Due) -> None:
         unwind(defn, turn, False, error)
         return
     await _live(defn, turn)
-    header = turn.header
     if due.what == "wait":
+        await _keep_compensations(defn, turn)
         _abandon(defn, turn)
-        await resume(defn, turn, TIMEOUT, [turn.event])
+        await resume(defn, turn, TIMEOUT, events)
         return
     assert due.index is not None
     header.waiting[due.index].reply = turn.event.id
     if header.mode == "race":
         _abandon(defn, turn, keep=due.index)
-        await resume(defn, turn, Wake("race", due.index), [turn.event])
+        await resume(defn, turn, Wake("race", due.index), events)
     else:
-        await resume(defn, turn, SLEEP, [turn.event])
+        await resume(defn, turn, SLEEP, events)
+
+
+async def _keep_compensations(defn: Definition[Any], turn: Turn) -> None:
+    """Before a gather is given up (timeout, cancellation), push the compensations of
+    its calls that did succeed: their effects happened and must be undone on failure."""
+    header = turn.header
+    if header.mode != "gather" or not any(s.reply and s.undo for s in header.waiting):
+        return
+    live = await _live(defn, turn)
+    push_filled_undo(header, lambda i: defn.is_error(live.replies[i]))
 
 
 async def _resend_due(turn: Turn, now: float) -> bool:
@@ -354,6 +389,7 @@ async def _on_cancel(defn: Definition[Any], turn: Turn) -> None:
         return  # journaled, so a redelivery is known; nothing more to do
     await _live(defn, turn)
     turn.header.cancelling = True
+    await _keep_compensations(defn, turn)
     _abandon(defn, turn)
     await resume(defn, turn, CANCEL, [turn.event])
 
