@@ -17,6 +17,7 @@ from typing import Any, Final
 import attrs
 import msgspec
 
+from resumable.errors import SetupError
 from resumable.events import ARVO_CONTENT_TYPE, TYPE_PATTERN, Event
 from resumable.subject import new_subject, parse_subject, subject_from_parent
 from resumable.uri import is_valid_uri
@@ -45,7 +46,7 @@ Schema = type[msgspec.Struct]
 """A payload schema: a msgspec Struct class."""
 
 
-class ContractError(ValueError):
+class ContractError(SetupError):
     """A contract definition is wrong; raised when the contract is defined."""
 
 

@@ -12,6 +12,7 @@ from typing import Final
 
 import attrs
 
+from resumable.errors import SetupError
 from resumable.subject import SubjectError, parse_subject
 
 __all__ = [
@@ -99,7 +100,7 @@ def check_domain_spec(spec: object, what: str) -> None:
     if not items or not all(
         item is None or (isinstance(item, str) and _DOMAIN.match(item)) for item in items
     ):
-        raise ValueError(
+        raise SetupError(
             f"{what} must be a domain (lowercase letters, digits and dots; None for local) "
             f"or a non-empty list of them, got {spec!r}"
         )

@@ -18,6 +18,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
+from resumable.errors import ResumableError
 from resumable.uri import is_valid_uri
 
 __all__ = [
@@ -93,7 +94,7 @@ def with_data(event: Event, data: Any) -> Event:
     return clone
 
 
-class EventError(ValueError):
+class EventError(ResumableError, ValueError):
     """An event is malformed; ``field`` names the offending field."""
 
     def __init__(self, field: str, message: str) -> None:

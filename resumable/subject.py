@@ -16,6 +16,8 @@ import zlib
 
 import msgspec
 
+from resumable.errors import ResumableError
+
 __all__ = [
     "Subject",
     "SubjectError",
@@ -36,7 +38,7 @@ _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}").fullmatch
 _MAX_ARRAY_INDEX = 2**32 - 2
 
 
-class SubjectError(ValueError):
+class SubjectError(ResumableError, ValueError):
     """An orchestration subject could not be created or parsed; the message says why."""
 
 

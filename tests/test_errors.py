@@ -1,0 +1,88 @@
+"""resumable.errors: one root for the library's errors, one error for a thing built wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import pytest
+
+import resumable
+from resumable import stepping
+from resumable.clock import VirtualClock
+from resumable.contracts import Contract, ContractError
+from resumable.demo import PrintLabel, shipping
+from resumable.errors import (
+    ResumableError,
+    SetupError,
+    TransactionViolation,
+    WorkflowAwaitError,
+)
+from resumable.handler import Emit, EventHandler
+from resumable.workflow import Retry, call, gather, race, sleep, sleep_until, step, wait_for
+
+
+def test_errors_keep_their_built_in_bases() -> None:
+    from resumable.errors import DuplicateEntryError
+    from resumable.events import EventError
+    from resumable.subject import SubjectError
+
+    for cls in (SubjectError, EventError, DuplicateEntryError, ContractError):
+        assert issubclass(cls, ValueError), cls
+    assert issubclass(WorkflowAwaitError, RuntimeError)
+    assert issubclass(SetupError, TypeError) and issubclass(SetupError, ValueError)
+    assert issubclass(ContractError, SetupError)
+
+
+def test_workflow_await_error_lives_in_errors_and_is_still_in_stepping() -> None:
+    assert stepping.WorkflowAwaitError is WorkflowAwaitError
+    assert resumable.WorkflowAwaitError is WorkflowAwaitError
+    assert resumable.ResumableError is ResumableError and resumable.SetupError is SetupError
+
+
+def test_transaction_causes_are_the_class_constants() -> None:
+    error = TransactionViolation(TransactionViolation.LOCK_UNACQUIRED, "taken")
+    assert error.cause == "LOCK_UNACQUIRED"
+    assert TransactionViolation.READ_FAILURE == "READ_MACHINE_MEMORY_FAILURE"
+    assert TransactionViolation.LOCK_FAILURE == "LOCK_MACHINE_MEMORY_FAILURE"
+    assert TransactionViolation.WRITE_FAILURE == "WRITE_MACHINE_MEMORY_FAILURE"
+    assert str(error) == "ViolationError<OrchestratorTransaction> [LOCK_UNACQUIRED] taken"
+
+
+class _Data(msgspec.Struct):
+    n: int
+
+
+async def _one(event: Any) -> None:
+    return None
+
+
+BUILT_WRONG: dict[str, Callable[[], object]] = {
+    "Retry attempts": lambda: Retry(attempts=0),
+    "Retry factor": lambda: Retry(factor=0.5),
+    "call contract": lambda: call("com.x.y", {}),  # type: ignore[arg-type]
+    "call retry": lambda: call(shipping, PrintLabel("o"), retry=3),  # type: ignore[arg-type]
+    "call timeout": lambda: call(shipping, PrintLabel("o"), timeout=-1),
+    "call domain": lambda: call(shipping, PrintLabel("o"), domain="UPPER"),
+    "gather item": lambda: gather(42),  # type: ignore[arg-type]
+    "race arms": lambda: race(sleep(1)),
+    "sleep": lambda: sleep(-1),
+    "sleep_until": lambda: sleep_until(datetime(2026, 1, 1)),
+    "wait_for": lambda: wait_for(3),  # type: ignore[arg-type]
+    "step": lambda: step(3),  # type: ignore[arg-type]
+    "EventHandler contract": lambda: EventHandler(42, {}),  # type: ignore[arg-type]
+    "EventHandler versions": lambda: EventHandler(shipping, {}),
+    "Emit domain": lambda: Emit("evt.x.y", {}, domain="Not A Domain"),
+    "Contract": lambda: Contract(
+        uri="#/c", type="bad", versions={"1.0.0": {"accepts": _Data, "emits": {}}}
+    ),
+    "VirtualClock": lambda: VirtualClock(datetime(2026, 1, 1)),
+}
+
+
+@pytest.mark.parametrize("build", BUILT_WRONG.values(), ids=BUILT_WRONG.keys())
+def test_a_thing_built_wrong_raises_setup_error(build: Callable[[], object]) -> None:
+    with pytest.raises(SetupError):
+        build()
