@@ -21,6 +21,9 @@ from resumable.errors import (
     WorkflowAwaitError,
 )
 from resumable.handler import Emit, EventHandler
+from resumable.memory import from_url as memory_from_url
+from resumable.memory.postgres import PostgresMemory
+from resumable.memory.redis import RedisMemory
 from resumable.workflow import Retry, call, gather, race, sleep, sleep_until, step, wait_for
 
 
@@ -79,6 +82,14 @@ BUILT_WRONG: dict[str, Callable[[], object]] = {
         uri="#/c", type="bad", versions={"1.0.0": {"accepts": _Data, "emits": {}}}
     ),
     "VirtualClock": lambda: VirtualClock(datetime(2026, 1, 1)),
+    "memory URL scheme": lambda: memory_from_url("ftp://x"),
+    "memory URL no scheme": lambda: memory_from_url("nothing"),
+    "memory URL no file": lambda: memory_from_url("sqlite://"),
+    "PostgresMemory pool": lambda: PostgresMemory("postgresql://127.0.0.1/db", pool_size=1),
+    "PostgresMemory schema": lambda: PostgresMemory("postgresql://127.0.0.1/db", schema=""),
+    "PostgresMemory URL": lambda: PostgresMemory.from_url("mysql://127.0.0.1/db"),
+    "RedisMemory prefix": lambda: RedisMemory(prefix=""),
+    "RedisMemory URL": lambda: RedisMemory("http://127.0.0.1"),
 }
 
 

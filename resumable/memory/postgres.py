@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar, cast
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
+from resumable.errors import SetupError
 from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
 
 try:
@@ -192,7 +193,7 @@ class PostgresMemory(Memory):
     ) -> None:
         _check_schema_name(schema)
         if pool_size < 2:
-            raise ValueError(
+            raise SetupError(
                 f"pool_size must be at least 2, not {pool_size}: one connection writes batches "
                 "while the others serve reads and leases"
             )
@@ -219,7 +220,7 @@ class PostgresMemory(Memory):
         """
         parts = urlsplit(url)
         if parts.scheme not in ("postgresql", "postgres"):
-            raise ValueError(
+            raise SetupError(
                 f"{_redact(url)!r} is not a PostgreSQL URL: write "
                 "postgresql://user:password@host:port/database?schema=name"
             )
@@ -232,7 +233,7 @@ class PostgresMemory(Memory):
             else:
                 kept.append(pair)
         if len(schemas) > 1:
-            raise ValueError(f"{_redact(url)!r} names the schema {len(schemas)} times; keep one")
+            raise SetupError(f"{_redact(url)!r} names the schema {len(schemas)} times; keep one")
         dsn = urlunsplit(parts._replace(query="&".join(kept)))
         return cls(dsn, schema=schemas[0]) if schemas else cls(dsn)
 
@@ -519,7 +520,7 @@ def _check_known(version: int | None, schema: str, where: str) -> None:
 
 def _check_schema_name(schema: str) -> None:
     if not schema or "\x00" in schema or len(schema.encode()) > 63:
-        raise ValueError(
+        raise SetupError(
             f"schema name {schema!r} is unusable: PostgreSQL takes 1 to 63 bytes without NUL"
         )
 

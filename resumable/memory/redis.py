@@ -40,6 +40,7 @@ except ModuleNotFoundError as missing:  # pragma: no cover - depends on the envi
         name=missing.name,
     ) from missing
 
+from resumable.errors import SetupError
 from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
 
 __all__ = ["RedisMemory"]
@@ -153,7 +154,7 @@ class RedisMemory(Memory):
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not prefix:
-            raise ValueError("RedisMemory needs a non-empty prefix: its keys live under it")
+            raise SetupError("RedisMemory needs a non-empty prefix: its keys live under it")
         self.prefix = prefix
         self._where = _redact(url)
         self._clock = clock
@@ -166,7 +167,7 @@ class RedisMemory(Memory):
                 timeout=_POOL_TIMEOUT,
             )
         except ValueError as error:
-            raise ValueError(
+            raise SetupError(
                 f"invalid Redis URL {self._where!r}: {error}; write it as "
                 "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS)"
             ) from error
