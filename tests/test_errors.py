@@ -11,6 +11,10 @@ import pytest
 
 import resumable
 from resumable import stepping
+from resumable.brokers import LocalBroker
+from resumable.brokers import from_url as broker_from_url
+from resumable.brokers.nats import NatsBroker
+from resumable.brokers.redis import RedisBroker
 from resumable.clock import VirtualClock
 from resumable.contracts import Contract, ContractError
 from resumable.demo import PrintLabel, shipping
@@ -62,6 +66,13 @@ async def _one(event: Any) -> None:
     return None
 
 
+def _subscribe_twice() -> None:
+    broker = LocalBroker()
+    handler = EventHandler(shipping, {"1.0.0": _one})
+    broker.subscribe("com.shipping.label", handler)
+    broker.subscribe("com.shipping.label", handler)
+
+
 BUILT_WRONG: dict[str, Callable[[], object]] = {
     "Retry attempts": lambda: Retry(attempts=0),
     "Retry factor": lambda: Retry(factor=0.5),
@@ -90,6 +101,20 @@ BUILT_WRONG: dict[str, Callable[[], object]] = {
     "PostgresMemory URL": lambda: PostgresMemory.from_url("mysql://127.0.0.1/db"),
     "RedisMemory prefix": lambda: RedisMemory(prefix=""),
     "RedisMemory URL": lambda: RedisMemory("http://127.0.0.1"),
+    "broker URL scheme": lambda: broker_from_url("ftp://x"),
+    "broker URL no scheme": lambda: broker_from_url("nothing"),
+    "LocalBroker ack_wait": lambda: LocalBroker(ack_wait=0),
+    "LocalBroker duplicate_window": lambda: LocalBroker(duplicate_window=-1),
+    "LocalBroker subscribe twice": lambda: _subscribe_twice(),
+    "NatsBroker stream": lambda: NatsBroker(stream="a.b"),
+    "NatsBroker prefix": lambda: NatsBroker(subject_prefix="a..b"),
+    "NatsBroker ack_wait": lambda: NatsBroker(ack_wait=0),
+    "NatsBroker max_deliver": lambda: NatsBroker(max_deliver=0),
+    "NatsBroker URL parameter": lambda: NatsBroker.from_url("nats://127.0.0.1?nope=1"),
+    "NatsBroker URL number": lambda: NatsBroker.from_url("nats://127.0.0.1?ack_wait=x"),
+    "RedisBroker ack_wait": lambda: RedisBroker(ack_wait=0),
+    "RedisBroker prefix": lambda: RedisBroker(prefix=""),
+    "RedisBroker URL number": lambda: RedisBroker.from_url("redis://127.0.0.1?ack_wait=x"),
 }
 
 

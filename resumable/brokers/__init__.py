@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
 
+from resumable.errors import SetupError
 from resumable.events import Event
 
 __all__ = [
@@ -129,7 +130,7 @@ def from_url(url: str) -> Broker:
     scheme, sep, _ = url.partition("://")
     scheme = scheme.lower()
     if not sep:
-        raise ValueError(
+        raise SetupError(
             f"broker URL {url!r} has no scheme; use nats://..., redis://... or local://"
         )
     if scheme == "local":
@@ -142,7 +143,7 @@ def from_url(url: str) -> Broker:
         from resumable.brokers.redis import RedisBroker
 
         return RedisBroker.from_url(url)
-    raise ValueError(
+    raise SetupError(
         f"broker URL {url!r} has an unknown scheme {scheme!r}; use nats, redis or local"
     )
 
