@@ -42,7 +42,7 @@ import attrs
 
 from resumable.brokers import Broker, Delivery, Handler
 from resumable.clock import to_epoch
-from resumable.errors import TransactionViolation, ViolationError
+from resumable.errors import ResumableError, SetupError, TransactionViolation, ViolationError
 from resumable.events import Event
 from resumable.memory import Memory
 from resumable.subject import SubjectError, parse_subject
@@ -125,7 +125,7 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-class _Undeliverable(Exception):
+class _Undeliverable(ResumableError):
     """A handler emitted an event that has neither a domain nor a ``to`` topic."""
 
 
@@ -175,27 +175,27 @@ class Worker:
     ) -> None:
         self.handlers: list[Handler] = list(handlers)
         if not self.handlers:
-            raise ValueError("a Worker needs at least one handler")
+            raise SetupError("a Worker needs at least one handler")
         topics: dict[str, Handler] = {}
         for handler in self.handlers:
             if not isinstance(handler, Handler):
-                raise TypeError(
+                raise SetupError(
                     f"{handler!r} is not a handler: it needs a 'source' topic and "
                     "'async execute(event) -> list[Event]'"
                 )
             if handler.source in topics:
-                raise ValueError(
+                raise SetupError(
                     f"two handlers consume topic {handler.source!r} ({topics[handler.source]!r} "
                     f"and {handler!r}); give each topic one handler"
                 )
             topics[handler.source] = handler
         if concurrency < 1:
-            raise ValueError(f"concurrency must be 1 or more, got {concurrency!r}")
+            raise SetupError(f"concurrency must be 1 or more, got {concurrency!r}")
         if max_attempts < 1:
-            raise ValueError(f"max_attempts must be 1 or more, got {max_attempts!r}")
+            raise SetupError(f"max_attempts must be 1 or more, got {max_attempts!r}")
         initial, factor, longest = backoff
         if not (initial >= 0 and factor >= 1 and longest >= initial):
-            raise ValueError(
+            raise SetupError(
                 f"backoff must be (initial >= 0, factor >= 1, max >= initial), got {backoff!r}"
             )
         for name, value in (
@@ -205,11 +205,11 @@ class Worker:
             ("timer_resend", timer_resend),
         ):
             if not value > 0:
-                raise ValueError(f"{name} must be more than 0 seconds, got {value!r}")
+                raise SetupError(f"{name} must be more than 0 seconds, got {value!r}")
         if drain_timeout is not None and not drain_timeout >= 0:
-            raise ValueError(f"drain_timeout must be 0 or more seconds, got {drain_timeout!r}")
+            raise SetupError(f"drain_timeout must be 0 or more seconds, got {drain_timeout!r}")
         if timer_batch < 1:
-            raise ValueError(f"timer_batch must be 1 or more, got {timer_batch!r}")
+            raise SetupError(f"timer_batch must be 1 or more, got {timer_batch!r}")
         self.broker = broker
         self.concurrency = concurrency
         self.max_attempts = max_attempts

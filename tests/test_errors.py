@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -19,6 +22,7 @@ from resumable.clock import VirtualClock
 from resumable.contracts import Contract, ContractError
 from resumable.demo import PrintLabel, shipping
 from resumable.errors import (
+    Cancelled,
     ResumableError,
     SetupError,
     TransactionViolation,
@@ -28,7 +32,29 @@ from resumable.handler import Emit, EventHandler
 from resumable.memory import from_url as memory_from_url
 from resumable.memory.postgres import PostgresMemory
 from resumable.memory.redis import RedisMemory
+from resumable.worker import Worker
 from resumable.workflow import Retry, call, gather, race, sleep, sleep_until, step, wait_for
+
+
+def _library_exceptions() -> list[type[BaseException]]:
+    """Every exception class defined in a module of the package."""
+    found: list[type[BaseException]] = []
+    for info in pkgutil.walk_packages(resumable.__path__, "resumable."):
+        if info.name == "resumable.__main__":
+            continue
+        module = importlib.import_module(info.name)
+        for _, value in inspect.getmembers(module, inspect.isclass):
+            if issubclass(value, BaseException) and value.__module__ == info.name:
+                found.append(value)
+    return found
+
+
+def test_every_library_error_derives_from_the_root_except_cancelled() -> None:
+    found = _library_exceptions()
+    assert len(found) >= 15
+    outside = [cls.__qualname__ for cls in found if not issubclass(cls, ResumableError)]
+    assert outside == ["Cancelled"]
+    assert not issubclass(Cancelled, Exception)  # except Exception must not stop a cancel
 
 
 def test_errors_keep_their_built_in_bases() -> None:
@@ -66,11 +92,14 @@ async def _one(event: Any) -> None:
     return None
 
 
+def _handler() -> EventHandler:
+    return EventHandler(shipping, {"1.0.0": _one})
+
+
 def _subscribe_twice() -> None:
     broker = LocalBroker()
-    handler = EventHandler(shipping, {"1.0.0": _one})
-    broker.subscribe("com.shipping.label", handler)
-    broker.subscribe("com.shipping.label", handler)
+    broker.subscribe("com.shipping.label", _handler())
+    broker.subscribe("com.shipping.label", _handler())
 
 
 BUILT_WRONG: dict[str, Callable[[], object]] = {
@@ -115,6 +144,11 @@ BUILT_WRONG: dict[str, Callable[[], object]] = {
     "RedisBroker ack_wait": lambda: RedisBroker(ack_wait=0),
     "RedisBroker prefix": lambda: RedisBroker(prefix=""),
     "RedisBroker URL number": lambda: RedisBroker.from_url("redis://127.0.0.1?ack_wait=x"),
+    "Worker no handler": lambda: Worker([], broker=LocalBroker()),
+    "Worker not a handler": lambda: Worker([42], broker=LocalBroker()),  # type: ignore[list-item]
+    "Worker concurrency": lambda: Worker([_handler()], broker=LocalBroker(), concurrency=0),
+    "Worker backoff": lambda: Worker([_handler()], broker=LocalBroker(), backoff=(1, 0.5, 2)),
+    "Worker poll": lambda: Worker([_handler()], broker=LocalBroker(), poll=0),
 }
 
 
