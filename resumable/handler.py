@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -28,8 +28,9 @@ from resumable.errors import (
 from resumable.events import Event, build_trusted, now_iso, with_data
 from resumable.ids import derive_id
 from resumable.telemetry import SPAN_KIND_HANDLER, TraceHeaders, execution_span
+from resumable.types import HandlerFunction, HandlerResult
 
-__all__ = ["Emit", "EventHandler", "HandlerFunction", "system_error_events"]
+__all__ = ["Emit", "EventHandler", "HandlerFunction", "HandlerResult", "system_error_events"]
 
 
 @attrs.frozen
@@ -56,10 +57,6 @@ class Emit:
     extensions: Mapping[str, str | int | float | bool | None] = attrs.field(
         factory=dict, kw_only=True
     )
-
-
-HandlerResult = Emit | Sequence[Emit] | None
-HandlerFunction = Callable[[Event], Awaitable[HandlerResult] | HandlerResult]
 
 
 def resolve_version(contract: Contract, event: Event, *, owner: str) -> VersionedContract:

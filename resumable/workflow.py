@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random as _random
 import uuid as _uuid
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -24,6 +24,7 @@ from resumable.contracts import Contract, VersionedContract
 from resumable.domains import DomainSpec, check_domain_spec
 from resumable.errors import SetupError
 from resumable.ids import derive_id
+from resumable.types import WorkflowFunction
 
 __all__ = [
     "Call",
@@ -349,9 +350,6 @@ def complete(
     """
     check_domain_spec(domain, "complete(domain=...)")
     return Complete(data, executionunits, domain)
-
-
-WorkflowFunction = Callable[["Context[Any]", Any], AsyncGenerator[Any, Any]]
 
 
 class Context(Generic[S]):
