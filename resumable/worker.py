@@ -33,7 +33,6 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol, runtime_checkable
 
 import anyio
 import anyio.abc
@@ -46,6 +45,7 @@ from resumable.errors import ResumableError, SetupError, TransactionViolation, V
 from resumable.events import Event
 from resumable.memory import Memory
 from resumable.subject import SubjectError, parse_subject
+from resumable.types import Recoverable, Timed
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -60,30 +60,6 @@ It may be called again with the same event after a redelivery: make it idempoten
 
 HealthCallback = Callable[[str, "WorkerStats"], None]
 """Receives the health line and the counters, every ``health_interval`` seconds."""
-
-
-@runtime_checkable
-class Timed(Protocol):
-    """A handler with durable timers (a ``Resumable``): the worker publishes the timer
-    events of its due records."""
-
-    @property
-    def source(self) -> str: ...
-
-    memory: Memory
-    clock: Callable[[], str]
-
-    async def timer_event(self, subject: str) -> Event | None: ...
-
-
-@runtime_checkable
-class Recoverable(Protocol):
-    """A handler whose records hold an outbox of requests to re-send after a crash."""
-
-    @property
-    def source(self) -> str: ...
-
-    async def outbox(self) -> list[Event]: ...
 
 
 @attrs.define

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from resumable import brokers, handler, types, workflow
+from resumable import brokers, handler, types, worker, workflow
 from resumable.demo import make_handlers, make_workflow
 from resumable.memory import InMemoryMemory
 
@@ -19,6 +19,7 @@ def test_a_workflow_is_a_timed_recoverable_handler_and_a_service_only_a_handler(
 
 def test_the_old_names_are_the_shared_ones() -> None:
     assert brokers.Handler is types.Handler
+    assert worker.Timed is types.Timed and worker.Recoverable is types.Recoverable
     assert workflow.WorkflowFunction is types.WorkflowFunction
     assert handler.HandlerFunction is types.HandlerFunction
     assert handler.HandlerResult is types.HandlerResult
