@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
+from resumable.backoff import backoff_delay
 from resumable.contracts import Contract, VersionedContract
 from resumable.domains import DomainSpec, check_domain_spec
 from resumable.errors import SetupError
@@ -80,7 +81,7 @@ class Retry:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        return float(min(self.initial * self.factor ** (attempt - 1), self.max_interval))
+        return backoff_delay(attempt, self.initial, self.factor, self.max_interval)
 
 
 @attrs.frozen
