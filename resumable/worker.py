@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -39,6 +38,7 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
+from resumable.backoff import backoff_delay
 from resumable.brokers import Broker, Delivery, Handler
 from resumable.clock import to_epoch
 from resumable.errors import ResumableError, SetupError, TransactionViolation, ViolationError
@@ -362,13 +362,7 @@ class Worker:
 
     def delay(self, attempt: int) -> float:
         """The backoff before delivery ``attempt + 1``: exponential, capped."""
-        initial, factor, longest = self.backoff
-        exponent = max(attempt - 1, 0)
-        try:
-            value = initial * factor**exponent
-        except OverflowError:
-            return longest
-        return longest if math.isinf(value) else min(value, longest)
+        return backoff_delay(attempt, *self.backoff)
 
     async def _failed(
         self, delivery: Delivery, error: Exception, *, publishing: bool = False

@@ -28,3 +28,14 @@ def test_retry_and_its_persisted_spec_wait_alike() -> None:
     expected = [backoff_delay(n, 0.25, 2.5, 40.0) for n in range(1, 10)]
     assert [retry.delay(n) for n in range(1, 10)] == expected
     assert [spec.delay(n) for n in range(1, 10)] == expected
+
+
+def test_the_worker_waits_by_the_same_formula() -> None:
+    from resumable.brokers import LocalBroker
+    from resumable.demo import make_handlers
+    from resumable.worker import Worker
+
+    worker = Worker(make_handlers(), broker=LocalBroker(), backoff=(0.25, 2.5, 40.0))
+    assert [worker.delay(n) for n in range(0, 12)] == [
+        backoff_delay(n, 0.25, 2.5, 40.0) for n in range(0, 12)
+    ]
