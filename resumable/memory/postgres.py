@@ -32,6 +32,7 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from resumable.errors import SetupError
 from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
+from resumable.uri import redact_url as _redact
 
 try:
     import asyncpg
@@ -532,23 +533,3 @@ def _quote_identifier(name: str) -> str:
 def _lock_key(schema: str) -> int:
     """A signed 32-bit key for ``schema``, stable across processes (unlike ``hash``)."""
     return zlib.crc32(schema.encode()) - (1 << 31)
-
-
-def _redact(dsn: str) -> str:
-    """``dsn`` with any password replaced by ``***``, fit for messages and logs."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparseable PostgreSQL URL>"
-    netloc = parts.netloc
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
-    query = "&".join(
-        f"{pair.partition('=')[0]}=***"
-        if unquote_plus(pair.partition("=")[0]) == "password"
-        else pair
-        for pair in parts.query.split("&")
-        if pair
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))

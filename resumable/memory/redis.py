@@ -42,6 +42,7 @@ except ModuleNotFoundError as missing:  # pragma: no cover - depends on the envi
 
 from resumable.errors import SetupError
 from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
+from resumable.uri import redact_url as _redact
 
 __all__ = ["RedisMemory"]
 
@@ -375,13 +376,3 @@ def _bytes(value: object) -> bytes:
 def _text(value: object) -> str:
     """A key, status or event id as Redis returned it, as the ``str`` it was written from."""
     return _bytes(value).decode()
-
-
-def _redact(url: str) -> str:
-    """``url`` without its password, to put in messages and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
