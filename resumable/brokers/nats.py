@@ -46,6 +46,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from resumable.brokers import Broker, DeadLetter, Delivery
 from resumable.errors import SetupError
 from resumable.events import Event, EventError, from_json, to_json
+from resumable.uri import redact_url as _redact
 
 __all__ = ["NatsBroker"]
 
@@ -59,17 +60,6 @@ _NAME: Final = re.compile(r"^[A-Za-z0-9_-]+\Z")
 # A subject token: printable ASCII except the separator '.' and the wildcards '*' and '>'.
 _TOKEN: Final = re.compile(r"^[!-)+\-/-=?-~]+\Z")
 _START_HINT: Final = "start a server with JetStream enabled: nats-server -a 127.0.0.1 -p 4222 -js"
-
-
-def _redact(url: str) -> str:
-    """The URL without its password or token, for error messages and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
 def _check_subject(value: str, what: str) -> None:

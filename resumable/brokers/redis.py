@@ -43,6 +43,7 @@ from redis.exceptions import ResponseError
 from resumable.brokers import Broker, DeadLetter, Delivery
 from resumable.errors import SetupError
 from resumable.events import Event, EventError, from_json, to_json
+from resumable.uri import redact_url
 
 __all__ = ["RedisBroker", "RedisDelivery"]
 
@@ -284,7 +285,8 @@ class RedisBroker(Broker):
                     options[name] = float(ours[name])
                 except ValueError:
                     raise SetupError(
-                        f"{name} in {url!r} must be a number of seconds, got {ours[name]!r}"
+                        f"{name} in {redact_url(url)!r} must be a number of seconds, "
+                        f"got {ours[name]!r}"
                     ) from None
         return cls(redis_url, **options)
 
