@@ -102,6 +102,8 @@ class Slot(msgspec.Struct, kw_only=True, omit_defaults=True):
     retry: RetrySpec | None = None
     undo: Undo | None = None
     """Pushed on the compensation stack when the call succeeds."""
+    children: list[str] = []
+    """Subjects of the child workflows this call started, cancelled if it is abandoned."""
 
 
 class Unwind(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -144,6 +146,9 @@ class Header(msgspec.Struct, kw_only=True, omit_defaults=True):
     waits_for: str | None = None
     """What the workflow yielded and waits on, e.g. ``call com.payments.charge``."""
     workflow_deadline: float | None = None
+    """When the instance times out (``Resumable(timeout=)``), across generations."""
+    run_deadline: float | None = None
+    """When this generation times out (``Resumable(run_timeout=)``)."""
     cancelling: bool = False
     """A cancellation was raised in the workflow; its end counts as cancelled."""
     inbox: list[tuple[str, str]] = []
@@ -169,8 +174,11 @@ class Header(msgspec.Struct, kw_only=True, omit_defaults=True):
         times = [slot.due for slot in self.waiting if slot.due is not None and slot.reply is None]
         if self.deadline is not None:
             times.append(self.deadline)
-        if self.workflow_deadline is not None and self.unwinding is None:
-            times.append(self.workflow_deadline)
+        if self.unwinding is None:
+            if self.workflow_deadline is not None:
+                times.append(self.workflow_deadline)
+            if self.run_deadline is not None:
+                times.append(self.run_deadline)
         return min(times) if times else None
 
 

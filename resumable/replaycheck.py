@@ -16,6 +16,7 @@ from __future__ import annotations
 import attrs
 
 from resumable.driver import Resumable
+from resumable.engine.replay import replay
 from resumable.errors import NonDeterminismError
 from resumable.memory import Memory
 from resumable.record import decode_header
@@ -92,7 +93,7 @@ async def replay_check(workflow: Resumable[object], memory: Memory | None = None
             )
             continue
         try:
-            workflow._replay(key, stored, header, fn)
+            replay(workflow.definition, key, header, stored.journal, stored.revision)
         except NonDeterminismError as error:
             found.append(
                 Incompatible(

@@ -16,13 +16,14 @@ import random as _random
 import uuid as _uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
 from resumable.backoff import backoff_delay
 from resumable.contracts import Contract, VersionedContract
 from resumable.domains import DomainSpec, check_domain_spec
+from resumable.engine.frame import Frame
 from resumable.errors import SetupError
 from resumable.ids import derive_id
 from resumable.types import WorkflowFunction
@@ -52,6 +53,8 @@ __all__ = [
 ]
 
 S = TypeVar("S")
+
+ParentClose = Literal["cancel", "abandon"]
 
 
 @attrs.frozen
@@ -99,6 +102,9 @@ class Call:
     timeout: float | None = None
     retry: Retry | None = None
     compensate: Call | None = None
+    on_parent_close: ParentClose = "cancel"
+    """For a child workflow: cancel it (the default) or let it run on when this workflow
+    stops waiting for it (it ends, is cancelled, times out, or the call loses a race)."""
 
     def describe(self) -> str:
         return f"call {self.service.type}"
@@ -211,6 +217,7 @@ def call(
     timeout: float | timedelta | None = None,
     retry: Retry | None = None,
     compensate: Call | None = None,
+    on_parent_close: ParentClose = "cancel",
 ) -> Call:
     """A request to ``service`` with payload ``data``; ``yield`` it to get the reply Event.
 
@@ -223,6 +230,9 @@ def call(
     Calling an ``OrchestratorContract`` starts a child workflow whose completion is the
     reply. ``domain`` None means the workflow's default (``Resumable(service_domain=...)``,
     local unless set); a domain sends the request to that domain's owner instead.
+    ``on_parent_close`` says what happens to such a child when this workflow stops waiting
+    for it (it ends, is cancelled or times out, or the call loses a race or times out):
+    ``"cancel"`` (the default) cancels it, ``"abandon"`` lets it run on.
     """
     if not isinstance(service, Contract | VersionedContract):
         raise SetupError(f"call() needs a contract as its first argument, got {service!r}")
@@ -234,6 +244,10 @@ def call(
             raise SetupError(f"call(compensate=...) takes a call(...), got {compensate!r}")
         if compensate.compensate is not None or compensate.timeout is not None:
             raise SetupError("a compensation call cannot itself have compensate= or timeout=")
+    if on_parent_close not in ("cancel", "abandon"):
+        raise SetupError(
+            f"call(on_parent_close=...) takes 'cancel' or 'abandon', got {on_parent_close!r}"
+        )
     return Call(
         service,
         data,
@@ -246,6 +260,7 @@ def call(
         _check_timeout(timeout, "call(timeout=...)"),
         retry,
         compensate,
+        on_parent_close,
     )
 
 
@@ -360,44 +375,28 @@ class Context(Generic[S]):
     the same values when the workflow is replayed, so they are safe to branch on.
     """
 
-    __slots__ = (
-        "_counter",
-        "_patches",
-        "_recorded_patches",
-        "_seed",
-        "_seq",
-        "_time",
-        "is_replaying",
-        "state",
-        "subject",
-        "version",
-    )
+    __slots__ = ("_frame", "state", "subject", "version")
 
-    def __init__(self, *, state: S, subject: str, version: str) -> None:
+    def __init__(self, *, state: S, subject: str, version: str, frame: Frame | None = None) -> None:
         self.state = state
         self.subject = subject
         self.version = version
-        self.is_replaying = False
-        self._seq = 0
-        self._time = ""
-        self._counter = 0
-        self._patches: dict[str, bool] = {}
-        self._recorded_patches: dict[str, bool] = {}
-        self._seed = subject
+        self._frame = frame if frame is not None else Frame(subject)
 
-    def _enter_step(self, seq: int, time: str) -> None:
-        self._seq = seq
-        self._time = time
-        self._counter = 0
+    @property
+    def is_replaying(self) -> bool:
+        """True while the engine rebuilds this workflow from its journal."""
+        return self._frame.replaying
 
     def now(self) -> datetime:
         """The time of the event that resumed this step (UTC): the same on replay."""
-        return datetime.fromisoformat(self._time)
+        return datetime.fromisoformat(self._frame.time)
 
     def uuid(self) -> _uuid.UUID:
         """A UUID unique to this workflow, step and call: the same on replay."""
-        self._counter += 1
-        return _uuid.UUID(derive_id(self._seed, self._seq, "uuid", self._counter))
+        frame = self._frame
+        frame.counter += 1
+        return _uuid.UUID(derive_id(frame.seed, frame.seq, "uuid", frame.counter))
 
     def patched(self, change_id: str) -> bool:
         """Whether this instance runs the code of change ``change_id``.
@@ -409,14 +408,16 @@ class Context(Generic[S]):
             if ctx.patched("send-receipt"):
                 yield call(email, Receipt(...))
         """
-        decided = self._patches.get(change_id)
+        frame = self._frame
+        decided = frame.patches.get(change_id)
         if decided is None:
-            recorded = self._recorded_patches.get(change_id)
-            decided = recorded if recorded is not None else not self.is_replaying
-            self._patches[change_id] = decided
+            recorded = frame.recorded_patches.get(change_id)
+            decided = recorded if recorded is not None else not frame.replaying
+            frame.patches[change_id] = decided
         return decided
 
     def random(self) -> _random.Random:
         """A random generator seeded from the workflow and step: the same sequence on replay."""
-        self._counter += 1
-        return _random.Random(derive_id(self._seed, self._seq, "random", self._counter))
+        frame = self._frame
+        frame.counter += 1
+        return _random.Random(derive_id(frame.seed, frame.seq, "random", frame.counter))

@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from resumable import call, complete, gather
 from resumable.brokers import LocalBroker
 from resumable.contracts import ErrorData
+from resumable.engine.frame import Frame
 from resumable.events import Event
 from resumable.ids import derive_id
 from resumable.memory import InMemoryMemory
@@ -75,16 +76,18 @@ def test_complete_keeps_its_data() -> None:
 
 def test_context_helpers_are_deterministic_per_step() -> None:
     def values(subject: str, seq: int) -> tuple[uuid.UUID, uuid.UUID, float]:
-        ctx: Context[None] = Context(state=None, subject=subject, version="1.0.0")
-        ctx._enter_step(seq, "2026-01-01T00:00:00.000+00:00")
+        frame = Frame(subject)
+        ctx: Context[None] = Context(state=None, subject=subject, version="1.0.0", frame=frame)
+        frame.enter(seq, "2026-01-01T00:00:00.000+00:00")
         return ctx.uuid(), ctx.uuid(), ctx.random().random()
 
     first = values("s", 3)
     assert first == values("s", 3)
     assert first[0] != first[1]  # successive calls differ
     assert values("s", 4) != first and values("t", 3) != first
-    ctx: Context[None] = Context(state=None, subject="s", version="1.0.0")
-    ctx._enter_step(0, "2026-01-01T10:00:00.123+00:00")
+    frame = Frame("s")
+    ctx = Context(state=None, subject="s", version="1.0.0", frame=frame)
+    frame.enter(0, "2026-01-01T10:00:00.123+00:00")
     assert ctx.now().isoformat() == "2026-01-01T10:00:00.123000+00:00"
 
 
