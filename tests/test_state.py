@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import attrs
 
@@ -56,5 +58,28 @@ def test_read_status_structures_state_with_the_shared_converter() -> None:
         status = await read_status(memory, "k", state_type=Account)
         assert status is not None
         assert isinstance(status.state.balance, Cents) and status.state.balance.value == 99
+
+    anyio.run(main)
+
+
+def test_the_engine_stores_state_with_the_shared_converter() -> None:
+    from resumable.demo import OrderResult, PlaceOrder, orders
+    from resumable.driver import Resumable
+    from resumable.workflow import complete
+
+    async def flow(ctx: Any, order: PlaceOrder) -> Any:
+        ctx.state.owner = order.order_id
+        ctx.state.balance = Cents(order.amount_cents)
+        yield complete(OrderResult("ok"))
+
+    async def main() -> None:
+        workflow = Resumable(orders, versions={"1.0.0": flow}, state=Account)
+        init = orders.init_event(PlaceOrder("o-1", 4200), source="com.shop.web")
+        await workflow.execute(init)
+        status = await workflow.status(init.subject)
+        assert status is not None and status.status == "done"
+        assert status.state.balance.value == 4200  # stored as 4200 by the Cents hook
+        raw = await read_status(workflow.memory, init.subject)
+        assert raw is not None and raw.state == {"owner": "o-1", "balance": 4200, "tags": []}
 
     anyio.run(main)
