@@ -1,4 +1,4 @@
-"""resumable.state: the one converter for explicit state, used by status queries too."""
+"""resumable.state: the one converter for explicit state, for the engine and status queries."""
 
 from __future__ import annotations
 
