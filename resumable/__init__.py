@@ -21,15 +21,17 @@ from resumable.errors import (
     ContractViolation,
     ExecutionViolation,
     NonDeterminismError,
+    ResumableError,
     ServiceError,
+    SetupError,
     StepError,
     TransactionViolation,
     ViolationError,
+    WorkflowAwaitError,
 )
 from resumable.events import Event, EventError
 from resumable.handler import Emit, EventHandler
 from resumable.queries import HistoryStep, WorkflowStatus
-from resumable.stepping import WorkflowAwaitError
 from resumable.workflow import (
     Context,
     Retry,
@@ -64,8 +66,10 @@ __all__ = [
     "NonDeterminismError",
     "OrchestratorContract",
     "Resumable",
+    "ResumableError",
     "Retry",
     "ServiceError",
+    "SetupError",
     "StepError",
     "TransactionViolation",
     "VersionedContract",

@@ -15,7 +15,9 @@ import anyio.abc
 import attrs
 import msgspec
 
-__all__ = ["main"]
+from resumable.errors import SetupError
+
+__all__ = ["load_target", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -230,14 +232,10 @@ async def _replay_check(target: str, url: str) -> int:
     from resumable.driver import Resumable
     from resumable.replaycheck import replay_check
 
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
-        print(f"resumable replay-check: expected MODULE:WORKFLOW, got {target!r}", file=sys.stderr)
-        return 2
     try:
-        workflow = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        print(f"resumable replay-check: cannot load {target}: {error}", file=sys.stderr)
+        workflow = load_target(target, "WORKFLOW")
+    except SetupError as error:
+        print(f"resumable replay-check: {error}", file=sys.stderr)
         return 2
     if not isinstance(workflow, Resumable):
         print(
@@ -263,18 +261,48 @@ def _leaves(error: BaseException) -> list[BaseException]:
     return [error]
 
 
-def _load_handlers_target(target: str) -> Any:
-    """The object ``MODULE:ATTRIBUTE`` names; raises ValueError with a message to print."""
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
-        raise ValueError(f"expected MODULE:HANDLERS, got {target!r}")
+def load_target(target: str, what: str) -> Any:
+    """The object ``MODULE:ATTR`` names (``ATTR`` may be dotted: ``app.flows:orders.flow``).
+
+    The current directory is on the import path, as ``python -m`` has it, so a module
+    next to where the command runs is found however the command was started. Raises
+    ``SetupError`` saying what is wrong; ``what`` names ``ATTR`` in it (``WORKFLOW``, ...).
+    Any other exception raised while importing the module is the module's own, and
+    propagates with its traceback.
+    """
+    module_name, colon, attribute = target.partition(":")
+    if not colon or not module_name or not attribute:
+        raise SetupError(
+            f"expected MODULE:{what} (e.g. myapp.orders:{what.lower()}), got {target!r}"
+        )
+    _import_from_current_directory()
     try:
         value: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
+    except ImportError as error:
+        missing = error.name if isinstance(error, ModuleNotFoundError) else None
+        if missing is not None and (module_name + ".").startswith(missing + "."):
+            raise SetupError(
+                f"cannot load {target}: there is no module {missing!r} in the current "
+                f"directory ({os.getcwd()}) or on the import path (PYTHONPATH)"
+            ) from None
+        raise SetupError(
+            f"cannot load {target}: importing {module_name!r} failed: {error}"
+        ) from None
+    owner = module_name
+    for part in attribute.split("."):
+        try:
             value = getattr(value, part)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"cannot load {target}: {error}") from None
+        except AttributeError:
+            raise SetupError(f"cannot load {target}: {owner!r} has no attribute {part!r}") from None
+        owner = f"{owner}.{part}"
     return value
+
+
+def _import_from_current_directory() -> None:
+    """Put the current directory first on the import path, unless it is there already."""
+    here = os.getcwd()
+    if not any(os.path.abspath(entry or os.curdir) == here for entry in sys.path):
+        sys.path.insert(0, here)
 
 
 async def _worker(args: argparse.Namespace) -> int:
@@ -293,8 +321,8 @@ async def _worker(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        target = _load_handlers_target(args.target)
-    except ValueError as error:
+        target = load_target(args.target, "HANDLERS")
+    except SetupError as error:
         print(f"resumable worker: {error}", file=sys.stderr)
         return 2
     memory = None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from resumable.errors import SetupError
+
 __all__ = ["VirtualClock", "to_epoch", "to_iso"]
 
 
@@ -33,7 +35,7 @@ class VirtualClock:
     def __init__(self, start: datetime | None = None) -> None:
         start = start or datetime(2026, 1, 1, tzinfo=UTC)
         if start.tzinfo is None:
-            raise ValueError(f"VirtualClock needs a timezone-aware start, got {start!r}")
+            raise SetupError(f"VirtualClock needs a timezone-aware start, got {start!r}")
         self._now = start.timestamp()
 
     def __call__(self) -> str:

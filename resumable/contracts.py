@@ -9,7 +9,6 @@ and system errors carry the wildcard version ``0.0.0``.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
@@ -17,7 +16,16 @@ from typing import Any, Final
 import attrs
 import msgspec
 
-from resumable.events import ARVO_CONTENT_TYPE, TYPE_PATTERN, Event
+from resumable.errors import SetupError
+from resumable.events import ARVO_CONTENT_TYPE, Event
+from resumable.names import (
+    DOMAIN_PATTERN,
+    WILDCARD_VERSION,
+    domain_match,
+    semver_match,
+    type_match,
+)
+from resumable.names import SEMVER as SEMVER
 from resumable.subject import new_subject, parse_subject, subject_from_parent
 from resumable.uri import is_valid_uri
 
@@ -33,19 +41,17 @@ __all__ = [
     "parse_dataschema",
 ]
 
-WILDCARD_VERSION: Final = "0.0.0"
 PARENT_SUBJECT_KEY: Final = "parentSubject$$"
 ORCHESTRATOR_PREFIX: Final = "arvo.orc"
-# \Z, not $: Python's $ also matches before a trailing newline (JS's does not).
-SEMVER: Final = re.compile(r"^\d+\.\d+\.\d+\Z")
-NAME_PATTERN: Final = re.compile(r"^[a-z0-9.]+\Z")
+NAME_PATTERN: Final = DOMAIN_PATTERN
+"""An orchestrator's name has the shape of a domain (kept under its old name)."""
 
 
 Schema = type[msgspec.Struct]
 """A payload schema: a msgspec Struct class."""
 
 
-class ContractError(ValueError):
+class ContractError(SetupError):
     """A contract definition is wrong; raised when the contract is defined."""
 
 
@@ -76,13 +82,13 @@ def parse_dataschema(value: str | None) -> tuple[str, str] | None:
     if not value or "/" not in value:
         return None
     uri, _, version = value.rpartition("/")
-    if not uri or not SEMVER.match(version):
+    if not uri or semver_match(version) is None:
         return None
     return uri, version
 
 
 def _check_type(type_: str, *, what: str, uri: str, allow_orc: bool = False) -> None:
-    if not TYPE_PATTERN.match(type_):
+    if type_match(type_) is None:
         raise ContractError(
             f"contract {uri!r}: {what} type {type_!r} must be three or more dot-separated "
             "segments of lowercase letters and digits, e.g. 'com.payments.charge'"
@@ -206,7 +212,7 @@ class Contract:
         self.description = description
         self.metadata: Mapping[str, Any] = MappingProxyType(dict(metadata or {}))
         self._check_self_type()
-        if domain is not None and not NAME_PATTERN.match(domain):
+        if domain is not None and domain_match(domain) is None:
             raise ContractError(
                 f"contract {uri!r}: domain {domain!r} must be lowercase letters, digits and dots"
             )
@@ -214,7 +220,7 @@ class Contract:
             raise ContractError(f"contract {uri!r} must have at least one version")
         built: dict[str, VersionedContract] = {}
         for version, spec in versions.items():
-            if not isinstance(version, str) or not SEMVER.match(version):
+            if not isinstance(version, str) or semver_match(version) is None:
                 raise ContractError(
                     f"contract {uri!r}: version {version!r} is not a semantic version like '1.0.0'"
                 )
@@ -322,7 +328,7 @@ class OrchestratorContract(Contract):
         description: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        if not isinstance(name, str) or domain_match(name) is None:
             raise ContractError(
                 f"orchestrator name {name!r} must contain only lowercase letters, digits and "
                 "dots, e.g. 'order.fulfil'"

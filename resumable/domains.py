@@ -6,12 +6,13 @@ handed to whoever serves that domain (a person's inbox, another cluster), never 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Final
 
 import attrs
 
+from resumable.errors import SetupError
+from resumable.names import domain_match
 from resumable.subject import SubjectError, parse_subject
 
 __all__ = [
@@ -28,8 +29,6 @@ __all__ = [
     "resolve_domain",
     "resolve_domains",
 ]
-
-_DOMAIN: Final = re.compile(r"[a-z0-9.]+\Z")
 
 FROM_SELF_CONTRACT: Final = "domain.contract.self.inherit"
 FROM_EVENT_CONTRACT: Final = "domain.contract.inherit"
@@ -93,13 +92,13 @@ def resolve_domain(item: str | None, ctx: DomainContext) -> str | None:
 
 def check_domain_spec(spec: object, what: str) -> None:
     """Fail early, naming ``what``, if ``spec`` is not a domain item or a non-empty list."""
-    if spec is None or (isinstance(spec, str) and _DOMAIN.match(spec)):
+    if spec is None or (isinstance(spec, str) and domain_match(spec)):
         return
     items = list(spec) if isinstance(spec, list | tuple) else None
     if not items or not all(
-        item is None or (isinstance(item, str) and _DOMAIN.match(item)) for item in items
+        item is None or (isinstance(item, str) and domain_match(item)) for item in items
     ):
-        raise ValueError(
+        raise SetupError(
             f"{what} must be a domain (lowercase letters, digits and dots; None for local) "
             f"or a non-empty list of them, got {spec!r}"
         )

@@ -3,14 +3,62 @@
 A *violation* is raised to whoever called ``execute``: nothing is persisted, so the caller
 can retry the event or dead-letter it. Any other exception raised by user code becomes a
 ``sys.<type>.error`` event instead (see ``ServiceError`` for the receiving side).
+
+Every exception class the library defines derives from ``ResumableError`` (except
+``Cancelled``, see there), so ``except ResumableError`` catches whatever the library raises
+on purpose; each also keeps the built-in base it always had (``ValueError``, ...).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, Literal
+
+__all__ = [
+    "Cancelled",
+    "ConfigViolation",
+    "ConflictError",
+    "ContractViolation",
+    "DuplicateEntryError",
+    "ExecutionViolation",
+    "NonDeterminismError",
+    "ResumableError",
+    "ServiceError",
+    "SetupError",
+    "StepError",
+    "TransactionCause",
+    "TransactionViolation",
+    "ViolationError",
+    "WorkflowAwaitError",
+    "is_violation",
+]
 
 
-class ViolationError(Exception):
+class ResumableError(Exception):
+    """The root of every error class this library defines (``Cancelled`` aside)."""
+
+
+class SetupError(ResumableError, TypeError, ValueError):
+    """Something was built wrong: a constructor or factory got an argument of the wrong
+    type or value (a contract, handler, ``Retry``, ``call``, memory, broker, ``Worker``).
+
+    Raised where the mistake is made, before anything runs; fix the code. It is both a
+    ``TypeError`` and a ``ValueError`` so code that caught either still does. (Not named
+    ``ConfigError``: ``ConfigViolation`` is Arvo's name for an *event* that cannot be
+    routed, raised by ``execute``, and the two must not be mistaken for each other.)
+    """
+
+
+class WorkflowAwaitError(ResumableError, RuntimeError):
+    """Raised inside a workflow at an ``await`` that waits on the event loop (I/O, sleep).
+
+    A workflow's code runs between events and is replayed after a restart, so it must not
+    wait on anything itself: ask a service with ``yield call(...)``, run local code once
+    with ``yield step(...)``, fan out with ``yield gather(...)``. Awaiting a coroutine that
+    finishes without suspending is fine.
+    """
+
+
+class ViolationError(ResumableError):
     """Base of every violation; ``type`` names the class of problem as Arvo does."""
 
     type: str = "Violation"
@@ -65,22 +113,33 @@ class NonDeterminismError(ExecutionViolation):
         self.replayed = replayed
 
 
+TransactionCause = Literal[
+    "READ_MACHINE_MEMORY_FAILURE",
+    "LOCK_MACHINE_MEMORY_FAILURE",
+    "WRITE_MACHINE_MEMORY_FAILURE",
+    "LOCK_UNACQUIRED",
+]
+"""Why memory failed a transaction: Arvo's names, also ``TransactionViolation``'s constants."""
+
+
 class TransactionViolation(ViolationError):
     """Memory could not be locked, read or written; ``cause`` says which."""
 
     type = "OrchestratorTransaction"
 
-    READ_FAILURE = "READ_MACHINE_MEMORY_FAILURE"
-    LOCK_FAILURE = "LOCK_MACHINE_MEMORY_FAILURE"
-    WRITE_FAILURE = "WRITE_MACHINE_MEMORY_FAILURE"
-    LOCK_UNACQUIRED = "LOCK_UNACQUIRED"
+    READ_FAILURE: Final = "READ_MACHINE_MEMORY_FAILURE"
+    LOCK_FAILURE: Final = "LOCK_MACHINE_MEMORY_FAILURE"
+    WRITE_FAILURE: Final = "WRITE_MACHINE_MEMORY_FAILURE"
+    LOCK_UNACQUIRED: Final = "LOCK_UNACQUIRED"
 
-    def __init__(self, cause: str, message: str, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, cause: TransactionCause, message: str, metadata: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"[{cause}] {message}", metadata)
-        self.cause = cause
+        self.cause: TransactionCause = cause
 
 
-class ConflictError(Exception):
+class ConflictError(ResumableError):
     """A compare-and-set write found another revision than the one it was based on."""
 
     def __init__(self, key: str, expected: int, found: int | None) -> None:
@@ -93,7 +152,7 @@ class ConflictError(Exception):
         self.found = found
 
 
-class DuplicateEntryError(ValueError):
+class DuplicateEntryError(ResumableError, ValueError):
     """A journal append named an event id the record has already journaled."""
 
     def __init__(self, key: str, event_id: str) -> None:
@@ -105,7 +164,7 @@ class DuplicateEntryError(ValueError):
         self.event_id = event_id
 
 
-class ServiceError(Exception):
+class ServiceError(ResumableError):
     """Raised at a workflow's ``yield`` when the reply is a ``sys.<type>.error`` event.
 
     ``event`` is the error event; ``name``, ``message`` and ``stack`` come from its payload.
@@ -120,7 +179,7 @@ class ServiceError(Exception):
         super().__init__(f"{event.type} from {event.source}: {self.name}: {self.message}")
 
 
-class StepError(Exception):
+class StepError(ResumableError):
     """Raised at ``yield step(fn)`` when ``fn`` raised: the same on replay, where ``fn`` is not
     run again. ``name`` and ``message`` describe the original exception."""
 
@@ -136,6 +195,8 @@ class Cancelled(BaseException):
     It derives from ``BaseException`` (as ``asyncio.CancelledError`` does) so that
     ``except Exception`` does not swallow it. ``finally`` and ``except Cancelled`` blocks
     run and may still ``yield`` (to compensate); then the workflow ends as cancelled.
+    For the same reason it is the one library error that is not a ``ResumableError``
+    (which is an ``Exception``): ``except ResumableError`` must not stop a cancellation.
     """
 
     def __init__(self, reason: str = "") -> None:

@@ -18,6 +18,10 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
+from resumable.errors import ResumableError
+from resumable.names import DOMAIN_PATTERN as DOMAIN_PATTERN
+from resumable.names import TYPE_PATTERN as TYPE_PATTERN
+from resumable.names import domain_match, type_match
 from resumable.uri import is_valid_uri
 
 __all__ = [
@@ -37,9 +41,6 @@ __all__ = [
 
 ARVO_CONTENT_TYPE: Final = "application/cloudevents+json;charset=UTF-8;profile=arvo"
 
-# \Z, not $: Python's $ also matches before a trailing newline (JS's does not).
-TYPE_PATTERN: Final = re.compile(r"^[a-z0-9]+(\.[a-z0-9]+)+\.[a-z0-9]+\Z")
-DOMAIN_PATTERN: Final = re.compile(r"^[a-z0-9.]+\Z")
 EXTENSION_KEY: Final = re.compile(r"^[a-z0-9]+\Z")
 
 Extension = str | int | float | bool | None
@@ -93,7 +94,7 @@ def with_data(event: Event, data: Any) -> Event:
     return clone
 
 
-class EventError(ValueError):
+class EventError(ResumableError, ValueError):
     """An event is malformed; ``field`` names the offending field."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -195,7 +196,7 @@ def _validate(event: Event) -> None:
     if event.specversion != "1.0":
         raise EventError("specversion", f"must be '1.0', got {event.specversion!r}")
     type_ = _nonempty(event, "type")
-    if not TYPE_PATTERN.match(type_):
+    if type_match(type_) is None:
         raise EventError(
             "type",
             f"{type_!r} must be three or more dot-separated segments of lowercase letters "
@@ -225,7 +226,7 @@ def _validate(event: Event) -> None:
     if event.parentid is not None:
         _nonempty(event, "parentid")
     if event.domain is not None and (
-        not isinstance(event.domain, str) or not DOMAIN_PATTERN.match(event.domain)
+        not isinstance(event.domain, str) or domain_match(event.domain) is None
     ):
         raise EventError(
             "domain",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -18,12 +18,19 @@ from resumable.domains import (
     check_domain_spec,
     resolve_domains,
 )
-from resumable.errors import ConfigViolation, ContractViolation, ExecutionViolation, is_violation
+from resumable.errors import (
+    ConfigViolation,
+    ContractViolation,
+    ExecutionViolation,
+    SetupError,
+    is_violation,
+)
 from resumable.events import Event, build_trusted, now_iso, with_data
 from resumable.ids import derive_id
 from resumable.telemetry import SPAN_KIND_HANDLER, TraceHeaders, execution_span
+from resumable.types import HandlerFunction, HandlerResult
 
-__all__ = ["Emit", "EventHandler", "HandlerFunction", "system_error_events"]
+__all__ = ["Emit", "EventHandler", "HandlerFunction", "HandlerResult", "system_error_events"]
 
 
 @attrs.frozen
@@ -50,10 +57,6 @@ class Emit:
     extensions: Mapping[str, str | int | float | bool | None] = attrs.field(
         factory=dict, kw_only=True
     )
-
-
-HandlerResult = Emit | Sequence[Emit] | None
-HandlerFunction = Callable[[Event], Awaitable[HandlerResult] | HandlerResult]
 
 
 def resolve_version(contract: Contract, event: Event, *, owner: str) -> VersionedContract:
@@ -136,16 +139,16 @@ class EventHandler:
         system_error_domain: DomainSpec = (ORCHESTRATION_CONTEXT,),
     ) -> None:
         if not isinstance(contract, Contract):
-            raise TypeError(f"EventHandler needs a Contract, got {contract!r}")
+            raise SetupError(f"EventHandler needs a Contract, got {contract!r}")
         missing = [v for v in contract.versions if v not in versions]
         if missing:
-            raise ValueError(
+            raise SetupError(
                 f"contract {contract.uri!r} needs a handler function for version(s) "
                 f"{', '.join(missing)}"
             )
         unknown = [v for v in versions if v not in contract.versions]
         if unknown:
-            raise ValueError(
+            raise SetupError(
                 f"contract {contract.uri!r} has no version(s) {', '.join(unknown)}; "
                 f"it has {', '.join(contract.versions)}"
             )

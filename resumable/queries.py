@@ -11,17 +11,15 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import attrs
-import cattrs
 
 from resumable.contracts import ErrorData
 from resumable.memory import Memory
 from resumable.record import Parked, decode_entry, decode_header
+from resumable.state import structure_state
 
 __all__ = ["HistoryStep", "WorkflowStatus", "read_status"]
 
 S = TypeVar("S")
-
-_converter = cattrs.Converter()
 
 
 @attrs.frozen
@@ -77,9 +75,7 @@ async def read_status(
     if stored is None:
         return None
     header = decode_header(stored.header)
-    state: Any = header.state
-    if state_type is not None and state is not None:
-        state = _converter.structure(state, state_type)
+    state = structure_state(header.state, state_type)
     due = header.next_due()
     steps: list[HistoryStep] | None = None
     if history:

@@ -16,6 +16,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from resumable.backoff import backoff_delay
 from resumable.contracts import ErrorData
 from resumable.events import Event, build_trusted
 
@@ -70,7 +71,8 @@ class RetrySpec(msgspec.Struct, kw_only=True, frozen=True):
     non_retryable: tuple[str, ...] = ()
 
     def delay(self, attempt: int) -> float:
-        return float(min(self.initial * self.factor ** (attempt - 1), self.max_interval))
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return backoff_delay(attempt, self.initial, self.factor, self.max_interval)
 
 
 class Undo(msgspec.Struct, kw_only=True, frozen=True):

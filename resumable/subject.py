@@ -16,6 +16,9 @@ import zlib
 
 import msgspec
 
+from resumable.errors import ResumableError
+from resumable.names import WILDCARD_VERSION, domain_match, semver_match, type_match
+
 __all__ = [
     "Subject",
     "SubjectError",
@@ -26,17 +29,11 @@ __all__ = [
     "subject_from_parent",
 ]
 
-WILDCARD_VERSION = "0.0.0"
-
-# fullmatch, not ^...$: Python's $ also matches before a trailing newline.
-_NAME = re.compile(r"[a-z0-9]+(\.[a-z0-9]+)+\.[a-z0-9]+").fullmatch
-_VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+").fullmatch
-_DOMAIN = re.compile(r"[a-z0-9.]+").fullmatch
 _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}").fullmatch
 _MAX_ARRAY_INDEX = 2**32 - 2
 
 
-class SubjectError(ValueError):
+class SubjectError(ResumableError, ValueError):
     """An orchestration subject could not be created or parsed; the message says why."""
 
 
@@ -64,7 +61,7 @@ _encode_json = msgspec.json.Encoder().encode
 
 
 def _check_name(path: str, value: object) -> None:
-    if not isinstance(value, str) or _NAME(value) is None:
+    if not isinstance(value, str) or type_match(value) is None:
         raise SubjectError(
             f"{path} must be 3 or more dot-separated segments of lowercase letters and digits "
             f"(e.g. 'com.acme.billing'), got {value!r}"
@@ -74,7 +71,7 @@ def _check_name(path: str, value: object) -> None:
 def _validate(s: Subject) -> None:
     """Apply Arvo's content schema rules; raise SubjectError naming the failing field."""
     _check_name("orchestrator.name", s.name)
-    if not isinstance(s.version, str) or _VERSION(s.version) is None:
+    if not isinstance(s.version, str) or semver_match(s.version) is None:
         raise SubjectError(
             f"orchestrator.version must be a semantic version like '1.0.0', got {s.version!r}"
         )
@@ -83,7 +80,7 @@ def _validate(s: Subject) -> None:
             f"execution.id must be a non-empty string without ';', got {s.execution_id!r}"
         )
     _check_name("execution.initiator", s.initiator)
-    if s.domain is not None and (not isinstance(s.domain, str) or _DOMAIN(s.domain) is None):
+    if s.domain is not None and (not isinstance(s.domain, str) or domain_match(s.domain) is None):
         raise SubjectError(
             "execution.domain must be None or only lowercase letters, digits and dots, "
             f"got {s.domain!r}"

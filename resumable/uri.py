@@ -1,4 +1,5 @@
-"""Exact ports of JavaScript's ``encodeURI``/``decodeURI`` and Arvo's ``validateURI``.
+"""Exact ports of JavaScript's ``encodeURI``/``decodeURI`` and Arvo's ``validateURI``; and
+``redact_url``, which hides the secrets of a server URL before it is shown.
 
 Arvo checks event fields (source, subject, to, dataschema, ...) with
 ``v === encodeURI(decodeURI(v))``; matching JS to the byte keeps both sides agreeing on
@@ -8,9 +9,9 @@ which strings are valid.
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
-__all__ = ["decode_uri", "encode_uri", "is_valid_uri"]
+__all__ = ["decode_uri", "encode_uri", "is_valid_uri", "redact_url"]
 
 # Characters encodeURI leaves alone; urllib's quote always keeps A-Za-z0-9 and "_.-~".
 _SAFE = ";,/?:@&=+$!*'()#"
@@ -96,3 +97,38 @@ def is_valid_uri(value: str) -> bool:
         return value == encode_uri(decode_uri(value))
     except ValueError:
         return False
+
+
+_SECRET_PARAMETERS = ("password", "token", "secret")
+"""A query parameter whose name holds one of these has its value hidden."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for messages, logs and reprs: its password and token replaced by ``***``.
+
+    ``user:password@`` becomes ``user:***@``; a lone ``name@`` (NATS puts a token there) is
+    hidden whole, ``***@``; query parameters named like a password, token or secret keep
+    only their name. Scheme, hosts, ports, path and the other parameters stay as written.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{hosts}" if colon else f"***@{hosts}"
+    query = "&".join(
+        f"{pair.partition('=')[0]}=***" if _is_secret(pair.partition("=")[0]) else pair
+        for pair in parts.query.split("&")
+        if pair
+    )
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _is_secret(name: str) -> bool:
+    lowered = unquote_plus(name).lower()
+    return any(word in lowered for word in _SECRET_PARAMETERS)

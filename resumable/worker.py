@@ -30,22 +30,22 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol, runtime_checkable
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
 
+from resumable.backoff import backoff_delay
 from resumable.brokers import Broker, Delivery, Handler
 from resumable.clock import to_epoch
-from resumable.errors import TransactionViolation, ViolationError
+from resumable.errors import ResumableError, SetupError, TransactionViolation, ViolationError
 from resumable.events import Event
 from resumable.memory import Memory
 from resumable.subject import SubjectError, parse_subject
+from resumable.types import Recoverable, Timed
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -60,30 +60,6 @@ It may be called again with the same event after a redelivery: make it idempoten
 
 HealthCallback = Callable[[str, "WorkerStats"], None]
 """Receives the health line and the counters, every ``health_interval`` seconds."""
-
-
-@runtime_checkable
-class Timed(Protocol):
-    """A handler with durable timers (a ``Resumable``): the worker publishes the timer
-    events of its due records."""
-
-    @property
-    def source(self) -> str: ...
-
-    memory: Memory
-    clock: Callable[[], str]
-
-    async def timer_event(self, subject: str) -> Event | None: ...
-
-
-@runtime_checkable
-class Recoverable(Protocol):
-    """A handler whose records hold an outbox of requests to re-send after a crash."""
-
-    @property
-    def source(self) -> str: ...
-
-    async def outbox(self) -> list[Event]: ...
 
 
 @attrs.define
@@ -125,7 +101,7 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-class _Undeliverable(Exception):
+class _Undeliverable(ResumableError):
     """A handler emitted an event that has neither a domain nor a ``to`` topic."""
 
 
@@ -175,27 +151,27 @@ class Worker:
     ) -> None:
         self.handlers: list[Handler] = list(handlers)
         if not self.handlers:
-            raise ValueError("a Worker needs at least one handler")
+            raise SetupError("a Worker needs at least one handler")
         topics: dict[str, Handler] = {}
         for handler in self.handlers:
             if not isinstance(handler, Handler):
-                raise TypeError(
+                raise SetupError(
                     f"{handler!r} is not a handler: it needs a 'source' topic and "
                     "'async execute(event) -> list[Event]'"
                 )
             if handler.source in topics:
-                raise ValueError(
+                raise SetupError(
                     f"two handlers consume topic {handler.source!r} ({topics[handler.source]!r} "
                     f"and {handler!r}); give each topic one handler"
                 )
             topics[handler.source] = handler
         if concurrency < 1:
-            raise ValueError(f"concurrency must be 1 or more, got {concurrency!r}")
+            raise SetupError(f"concurrency must be 1 or more, got {concurrency!r}")
         if max_attempts < 1:
-            raise ValueError(f"max_attempts must be 1 or more, got {max_attempts!r}")
+            raise SetupError(f"max_attempts must be 1 or more, got {max_attempts!r}")
         initial, factor, longest = backoff
         if not (initial >= 0 and factor >= 1 and longest >= initial):
-            raise ValueError(
+            raise SetupError(
                 f"backoff must be (initial >= 0, factor >= 1, max >= initial), got {backoff!r}"
             )
         for name, value in (
@@ -205,11 +181,11 @@ class Worker:
             ("timer_resend", timer_resend),
         ):
             if not value > 0:
-                raise ValueError(f"{name} must be more than 0 seconds, got {value!r}")
+                raise SetupError(f"{name} must be more than 0 seconds, got {value!r}")
         if drain_timeout is not None and not drain_timeout >= 0:
-            raise ValueError(f"drain_timeout must be 0 or more seconds, got {drain_timeout!r}")
+            raise SetupError(f"drain_timeout must be 0 or more seconds, got {drain_timeout!r}")
         if timer_batch < 1:
-            raise ValueError(f"timer_batch must be 1 or more, got {timer_batch!r}")
+            raise SetupError(f"timer_batch must be 1 or more, got {timer_batch!r}")
         self.broker = broker
         self.concurrency = concurrency
         self.max_attempts = max_attempts
@@ -386,13 +362,7 @@ class Worker:
 
     def delay(self, attempt: int) -> float:
         """The backoff before delivery ``attempt + 1``: exponential, capped."""
-        initial, factor, longest = self.backoff
-        exponent = max(attempt - 1, 0)
-        try:
-            value = initial * factor**exponent
-        except OverflowError:
-            return longest
-        return longest if math.isinf(value) else min(value, longest)
+        return backoff_delay(attempt, *self.backoff)
 
     async def _failed(
         self, delivery: Delivery, error: Exception, *, publishing: bool = False

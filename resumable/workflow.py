@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import random as _random
 import uuid as _uuid
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
 import attrs
 
+from resumable.backoff import backoff_delay
 from resumable.contracts import Contract, VersionedContract
 from resumable.domains import DomainSpec, check_domain_spec
 from resumable.engine.frame import Frame
+from resumable.errors import SetupError
 from resumable.ids import derive_id
+from resumable.types import WorkflowFunction
 
 __all__ = [
     "Call",
@@ -72,16 +75,16 @@ class Retry:
 
     def __attrs_post_init__(self) -> None:
         if self.attempts < 1:
-            raise ValueError(f"Retry(attempts=...) must be at least 1, got {self.attempts}")
+            raise SetupError(f"Retry(attempts=...) must be at least 1, got {self.attempts}")
         if self.initial < 0 or self.factor < 1 or self.max_interval < 0:
-            raise ValueError(
+            raise SetupError(
                 f"Retry needs initial >= 0, factor >= 1 and max_interval >= 0, got {self!r}"
             )
         object.__setattr__(self, "non_retryable", tuple(self.non_retryable))
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        return float(min(self.initial * self.factor ** (attempt - 1), self.max_interval))
+        return backoff_delay(attempt, self.initial, self.factor, self.max_interval)
 
 
 @attrs.frozen
@@ -197,7 +200,7 @@ def _check_timeout(timeout: float | timedelta | None, where: str) -> float | Non
         return None
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
-        raise ValueError(f"{where} must be a positive number of seconds, got {timeout!r}")
+        raise SetupError(f"{where} must be a positive number of seconds, got {timeout!r}")
     return float(seconds)
 
 
@@ -232,17 +235,17 @@ def call(
     ``"cancel"`` (the default) cancels it, ``"abandon"`` lets it run on.
     """
     if not isinstance(service, Contract | VersionedContract):
-        raise TypeError(f"call() needs a contract as its first argument, got {service!r}")
+        raise SetupError(f"call() needs a contract as its first argument, got {service!r}")
     check_domain_spec(domain, "call(domain=...)")
     if retry is not None and not isinstance(retry, Retry):
-        raise TypeError(f"call(retry=...) takes a Retry(...), got {retry!r}")
+        raise SetupError(f"call(retry=...) takes a Retry(...), got {retry!r}")
     if compensate is not None:
         if not isinstance(compensate, Call):
-            raise TypeError(f"call(compensate=...) takes a call(...), got {compensate!r}")
+            raise SetupError(f"call(compensate=...) takes a call(...), got {compensate!r}")
         if compensate.compensate is not None or compensate.timeout is not None:
-            raise ValueError("a compensation call cannot itself have compensate= or timeout=")
+            raise SetupError("a compensation call cannot itself have compensate= or timeout=")
     if on_parent_close not in ("cancel", "abandon"):
-        raise ValueError(
+        raise SetupError(
             f"call(on_parent_close=...) takes 'cancel' or 'abandon', got {on_parent_close!r}"
         )
     return Call(
@@ -270,9 +273,9 @@ def gather(*calls: Call, timeout: float | timedelta | None = None) -> Gather:
     """
     for item in calls:
         if not isinstance(item, Call):
-            raise TypeError(f"gather() takes call(...) values, got {item!r}")
+            raise SetupError(f"gather() takes call(...) values, got {item!r}")
         if item.timeout is not None:
-            raise ValueError("give gather(...) one timeout= instead of one per call")
+            raise SetupError("give gather(...) one timeout= instead of one per call")
     return Gather(tuple(calls), _check_timeout(timeout, "gather(timeout=...)"))
 
 
@@ -284,14 +287,14 @@ def race(*arms: RaceArm) -> Race:
     ignored. A winning system-error reply raises ``ServiceError``.
     """
     if len(arms) < 2:
-        raise ValueError(f"race() needs at least two arms, got {len(arms)}")
+        raise SetupError(f"race() needs at least two arms, got {len(arms)}")
     for arm in arms:
         if not isinstance(arm, Call | Sleep | WaitFor):
-            raise TypeError(f"race() takes call(...), sleep(...) or wait_for(...), got {arm!r}")
+            raise SetupError(f"race() takes call(...), sleep(...) or wait_for(...), got {arm!r}")
         if arm.timeout is not None if not isinstance(arm, Sleep) else False:
-            raise ValueError("inside race() use a sleep(...) arm instead of timeout=")
+            raise SetupError("inside race() use a sleep(...) arm instead of timeout=")
         if isinstance(arm, Call) and arm.retry is not None:
-            raise ValueError(
+            raise SetupError(
                 "retry= is not supported inside race(); race the retried call "
                 "from a child workflow instead"
             )
@@ -303,14 +306,14 @@ def sleep(duration: float | timedelta) -> Sleep:
     even across a restart."""
     seconds = duration.total_seconds() if isinstance(duration, timedelta) else duration
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-        raise ValueError(f"sleep() needs a duration >= 0 (seconds or timedelta), got {duration!r}")
+        raise SetupError(f"sleep() needs a duration >= 0 (seconds or timedelta), got {duration!r}")
     return Sleep(seconds=float(seconds))
 
 
 def sleep_until(moment: datetime) -> Sleep:
     """A durable timer until ``moment``, a timezone-aware datetime."""
     if not isinstance(moment, datetime) or moment.tzinfo is None:
-        raise ValueError(
+        raise SetupError(
             f"sleep_until() needs a timezone-aware datetime (e.g. datetime.now(UTC)), got "
             f"{moment!r}"
         )
@@ -328,7 +331,7 @@ def wait_for(signal: str | Contract, *, timeout: float | timedelta | None = None
     elif isinstance(signal, str) and signal:
         type_ = signal
     else:
-        raise TypeError(f"wait_for() takes an event type or a Contract, got {signal!r}")
+        raise SetupError(f"wait_for() takes an event type or a Contract, got {signal!r}")
     return WaitFor(type_, _check_timeout(timeout, "wait_for(timeout=...)"))
 
 
@@ -342,7 +345,7 @@ def step(fn: Callable[..., Any], *args: Any, result_type: Any = None, **kwargs: 
     step was journaled runs it again: make it idempotent, as any at-least-once step.
     """
     if not callable(fn):
-        raise TypeError(f"step() needs a function, got {fn!r}")
+        raise SetupError(f"step() needs a function, got {fn!r}")
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
     return Step(fn, tuple(args), dict(kwargs), str(name), result_type)
 
@@ -363,9 +366,6 @@ def complete(
     """
     check_domain_spec(domain, "complete(domain=...)")
     return Complete(data, executionunits, domain)
-
-
-WorkflowFunction = Callable[["Context[Any]", Any], AsyncGenerator[Any, Any]]
 
 
 class Context(Generic[S]):

@@ -1,4 +1,5 @@
-"""The DESIGN.md order workflow used across the tests: the demo's own definitions."""
+"""The order workflow used across the tests (charge, then stock and label in parallel,
+refund on failure): the demo's own definitions."""
 
 from __future__ import annotations
 

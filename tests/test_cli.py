@@ -1,4 +1,4 @@
-"""``resumable inspect`` and ``resumable replay-check`` on a real SQLite file."""
+"""``resumable inspect`` and ``replay-check`` on a real SQLite file; every command's MODULE:ATTR."""
 
 from __future__ import annotations
 
@@ -87,3 +87,83 @@ def test_replay_check_passes_and_reports_incompatible_instances(
     assert main(["replay-check", "cli_workflows:not_a_workflow", "--memory", url]) == 2
     assert main(["replay-check", "cli_workflows", "--memory", url]) == 2
     sys.modules.pop("cli_workflows", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# MODULE:ATTR, loaded one way by every command
+
+
+@pytest.fixture
+def no_current_directory_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The import path as the installed ``resumable`` script has it: without the current
+    directory (``python -m pytest`` put it there). Restored after the test."""
+    here = str(Path.cwd())
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", here)])
+
+
+COMMANDS = {
+    "replay-check": ["--memory", "memory://"],
+    "worker": ["--broker", "local://"],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_names_a_module_it_cannot_find(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "no_such_module_here:thing", *COMMANDS[command]]) == 2
+    err = capsys.readouterr().err
+    assert f"resumable {command}: cannot load no_such_module_here:thing: there is no " in err
+    assert "module 'no_such_module_here' in the current directory" in err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_names_an_attribute_it_cannot_find(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "resumable.demo:nothing.here", *COMMANDS[command]]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"resumable {command}: cannot load resumable.demo:nothing.here: 'resumable.demo' has "
+        "no attribute 'nothing'" in err
+    )
+    assert main([command, "resumable.demo", *COMMANDS[command]]) == 2
+    assert "expected MODULE:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_module_that_fails_to_import_says_so(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_current_directory_on_path: None,
+) -> None:
+    (tmp_path / "needs_a_missing_dependency.py").write_text("import no_such_dependency\n")
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert main([command, "needs_a_missing_dependency:x", *COMMANDS[command]]) == 2
+    finally:
+        sys.modules.pop("needs_a_missing_dependency", None)
+    err = capsys.readouterr().err
+    assert "importing 'needs_a_missing_dependency' failed: No module named" in err
+    assert "no_such_dependency" in err
+
+
+def test_a_module_in_the_current_directory_is_found(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_current_directory_on_path: None,
+) -> None:
+    path, _ = _orders_db(tmp_path)
+    here = tmp_path / "project"
+    here.mkdir()
+    (here / "flows_in_the_current_directory.py").write_text(WORKFLOW_MODULE)
+    monkeypatch.chdir(here)
+    try:
+        target = "flows_in_the_current_directory:workflow"
+        assert main(["replay-check", target, "--memory", f"sqlite:///{path}"]) == 0
+    finally:
+        sys.modules.pop("flows_in_the_current_directory", None)
+    assert "replayed 2 instance(s): 0 incompatible" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""resumable.contracts: Arvo's contract naming, versions and definition rules (ARVO.md §2)."""
+"""resumable.contracts against Arvo's createArvoContract and createArvoOrchestratorContract:
+naming, versions, dataschemas and the rules checked when a contract is defined."""
 
 from __future__ import annotations
 

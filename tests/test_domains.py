@@ -1,4 +1,4 @@
-"""resumable.domains: Arvo's resolveEventDomain (ARVO.md §4.5)."""
+"""resumable.domains against Arvo's resolveEventDomain: how each symbolic domain resolves."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""resumable.events: Arvo's event rules (ARVO.md §1.1), codecs and key order."""
+"""resumable.events against ArvoEvent: the rule of each field, the codecs, and the key order
+arvo-core writes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""resumable.handler.EventHandler: Arvo's ArvoEventHandler rules (ARVO.md §4.1, §7, §8)."""
+"""resumable.handler.EventHandler against Arvo's ArvoEventHandler: how replies are built and
+routed, which errors are thrown (violations) and which become ``sys.<type>.error`` events,
+and the handler span's attributes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""resumable.uri against JavaScript's encodeURI/decodeURI and Arvo's validateURI."""
+"""resumable.uri against JavaScript's encodeURI/decodeURI and Arvo's validateURI; redact_url."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resumable.uri import decode_uri, encode_uri, is_valid_uri
+from resumable.uri import decode_uri, encode_uri, is_valid_uri, redact_url
 
 # (input, encodeURI(input), decodeURI(input), validateURI(input)) recorded once with node 20;
 # None means JS threw URIError.
@@ -150,3 +150,32 @@ def test_lone_surrogates_are_rejected(value: str) -> None:
 def test_decode_error_names_position() -> None:
     with pytest.raises(ValueError, match="index 3"):
         decode_uri("abc%zz")
+
+
+# ---------------------------------------------------------------------------------------------
+# redact_url: one redaction for every server URL shown in a message, log or repr
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://alice:secret@db:5432/app", "postgresql://alice:***@db:5432/app"),
+        ("redis://:secret@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("nats://s3cr3t-token@queue:4222", "nats://***@queue:4222"),
+        ("nats://u:p@one:4222,two:4222", "nats://u:***@one:4222,two:4222"),
+        ("postgresql://a:p@ss@db/app", "postgresql://a:***@db/app"),  # an unescaped @
+        (
+            "postgresql://db/app?user=a&password=secret&sslmode=require",
+            "postgresql://db/app?user=a&password=***&sslmode=require",
+        ),
+        ("redis://cache?auth_token=secret&db=1", "redis://cache?auth_token=***&db=1"),
+        ("redis://cache:6379/0", "redis://cache:6379/0"),
+        ("sqlite:///relative.db", "sqlite:///relative.db"),
+        ("http://[::1", "<unparseable URL>"),
+    ],
+)
+def test_redact_url_hides_passwords_and_tokens_and_keeps_hosts_and_ports(
+    url: str, shown: str
+) -> None:
+    assert redact_url(url) == shown
+    assert "secret" not in redact_url(url) and "s3cr3t" not in redact_url(url)

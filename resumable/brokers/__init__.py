@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from resumable.errors import SetupError
 from resumable.events import Event
+from resumable.types import Handler
 
 __all__ = [
     "Broker",
@@ -34,16 +36,6 @@ __all__ = [
     "LocalBroker",
     "from_url",
 ]
-
-
-@runtime_checkable
-class Handler(Protocol):
-    """Anything a broker can deliver to: ``EventHandler``, ``Resumable``, or your own."""
-
-    @property
-    def source(self) -> str: ...
-
-    async def execute(self, event: Event) -> list[Event]: ...
 
 
 ErrorCallback = Callable[[BaseException, Event], Awaitable[None] | None]
@@ -129,7 +121,7 @@ def from_url(url: str) -> Broker:
     scheme, sep, _ = url.partition("://")
     scheme = scheme.lower()
     if not sep:
-        raise ValueError(
+        raise SetupError(
             f"broker URL {url!r} has no scheme; use nats://..., redis://... or local://"
         )
     if scheme == "local":
@@ -142,7 +134,7 @@ def from_url(url: str) -> Broker:
         from resumable.brokers.redis import RedisBroker
 
         return RedisBroker.from_url(url)
-    raise ValueError(
+    raise SetupError(
         f"broker URL {url!r} has an unknown scheme {scheme!r}; use nats, redis or local"
     )
 

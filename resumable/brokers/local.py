@@ -36,6 +36,7 @@ from resumable.brokers import (
     Handler,
 )
 from resumable.clock import VirtualClock, to_epoch
+from resumable.errors import SetupError
 from resumable.events import Event
 from resumable.subject import SubjectError, parse_subject
 
@@ -203,9 +204,9 @@ class LocalBroker(Broker):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not ack_wait > 0:
-            raise ValueError(f"ack_wait must be more than 0 seconds, got {ack_wait!r}")
+            raise SetupError(f"ack_wait must be more than 0 seconds, got {ack_wait!r}")
         if not duplicate_window >= 0:
-            raise ValueError(
+            raise SetupError(
                 f"duplicate_window must be 0 or more seconds, got {duplicate_window!r}"
             )
         self.ack_wait = ack_wait
@@ -235,7 +236,7 @@ class LocalBroker(Broker):
     def subscribe(self, topic: str, handler: Handler) -> Callable[[], None]:
         """Route events addressed to ``topic`` to ``handler``; one handler per topic."""
         if topic in self._subscribers:
-            raise ValueError(
+            raise SetupError(
                 f"topic {topic!r} already has a subscriber ({self._subscribers[topic]!r}); "
                 "a local broker allows one handler per topic"
             )

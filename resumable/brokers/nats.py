@@ -44,7 +44,9 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from resumable.brokers import Broker, DeadLetter, Delivery
+from resumable.errors import SetupError
 from resumable.events import Event, EventError, from_json, to_json
+from resumable.uri import redact_url as _redact
 
 __all__ = ["NatsBroker"]
 
@@ -60,33 +62,22 @@ _TOKEN: Final = re.compile(r"^[!-)+\-/-=?-~]+\Z")
 _START_HINT: Final = "start a server with JetStream enabled: nats-server -a 127.0.0.1 -p 4222 -js"
 
 
-def _redact(url: str) -> str:
-    """The URL without its password or token, for error messages and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-
-
 def _check_subject(value: str, what: str) -> None:
     """Raise ValueError unless ``value`` is a NATS subject of literal tokens (no wildcards)."""
     if not isinstance(value, str) or not value:
-        raise ValueError(
+        raise SetupError(
             f"{what} must be a non-empty string of dot-separated words like "
             f"'com.payments.charge', got {value!r}"
         )
     for token in value.split("."):
         if not token:
-            raise ValueError(
+            raise SetupError(
                 f"{what} {value!r} is not a valid NATS subject: it has an empty token "
                 "(a leading, trailing or doubled '.'); use dot-separated words like "
                 "'com.payments.charge'"
             )
         if not _TOKEN.match(token):
-            raise ValueError(
+            raise SetupError(
                 f"{what} {value!r} is not a valid NATS subject: token {token!r} may only "
                 "hold printable ASCII other than '*' and '>' (wildcards) and no spaces; "
                 "use dot-separated words like 'com.payments.charge'"
@@ -95,7 +86,7 @@ def _check_subject(value: str, what: str) -> None:
 
 def _check_name(value: str, what: str) -> None:
     if not isinstance(value, str) or not _NAME.match(value):
-        raise ValueError(
+        raise SetupError(
             f"{what} {value!r} must be letters, digits, '-' and '_' only "
             "(JetStream names cannot hold '.', '*', '>', spaces or slashes)"
         )
@@ -205,9 +196,9 @@ class NatsBroker(Broker):
         _check_subject(subject_prefix, "subject_prefix")
         _check_name(durable, "durable")
         if ack_wait <= 0:
-            raise ValueError(f"ack_wait must be more than 0 seconds, got {ack_wait!r}")
+            raise SetupError(f"ack_wait must be more than 0 seconds, got {ack_wait!r}")
         if max_deliver < 1 and max_deliver != -1:
-            raise ValueError(f"max_deliver must be 1 or more (or -1: unlimited), got {max_deliver}")
+            raise SetupError(f"max_deliver must be 1 or more (or -1: unlimited), got {max_deliver}")
         self.url = url
         self.stream = stream
         self.subject_prefix = subject_prefix
@@ -233,7 +224,7 @@ class NatsBroker(Broker):
         allowed = {"stream", "prefix", "durable", "ack_wait", "max_deliver"}
         unknown = sorted(set(params) - allowed)
         if unknown:
-            raise ValueError(
+            raise SetupError(
                 f"unknown NATS broker URL parameter(s) {unknown} in {_redact(url)!r}; "
                 f"allowed: {sorted(allowed)}"
             )
@@ -250,7 +241,7 @@ class NatsBroker(Broker):
             if "max_deliver" in params:
                 kwargs["max_deliver"] = int(params["max_deliver"])
         except ValueError as error:
-            raise ValueError(f"bad number in NATS broker URL {_redact(url)!r}: {error}") from None
+            raise SetupError(f"bad number in NATS broker URL {_redact(url)!r}: {error}") from None
         server = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
         return cls(server, **kwargs)
 

@@ -41,7 +41,9 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from resumable.brokers import Broker, DeadLetter, Delivery
+from resumable.errors import SetupError
 from resumable.events import Event, EventError, from_json, to_json
+from resumable.uri import redact_url
 
 __all__ = ["RedisBroker", "RedisDelivery"]
 
@@ -236,13 +238,13 @@ class RedisBroker(Broker):
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not ack_wait > 0:
-            raise ValueError(f"ack_wait must be more than 0 seconds, got {ack_wait!r}")
+            raise SetupError(f"ack_wait must be more than 0 seconds, got {ack_wait!r}")
         if not duplicate_window >= 0:
-            raise ValueError(
+            raise SetupError(
                 f"duplicate_window must be 0 or more seconds, got {duplicate_window!r}"
             )
         if not prefix or not group:
-            raise ValueError(
+            raise SetupError(
                 f"prefix and group must be non-empty (got prefix={prefix!r}, group={group!r})"
             )
         self.url = url
@@ -282,8 +284,9 @@ class RedisBroker(Broker):
                 try:
                     options[name] = float(ours[name])
                 except ValueError:
-                    raise ValueError(
-                        f"{name} in {url!r} must be a number of seconds, got {ours[name]!r}"
+                    raise SetupError(
+                        f"{name} in {redact_url(url)!r} must be a number of seconds, "
+                        f"got {ours[name]!r}"
                     ) from None
         return cls(redis_url, **options)
 

@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any, Final, Generic, Literal, TypeVar
 
 import attrs
-import cattrs
 import msgspec
 
 from resumable.contracts import (
@@ -24,6 +23,7 @@ from resumable.domains import ORCHESTRATION_CONTEXT, DomainSpec, check_domain_sp
 from resumable.errors import ConfigViolation, ContractViolation, ServiceError
 from resumable.events import Event, with_data
 from resumable.record import wire
+from resumable.state import converter as _converter
 from resumable.subject import Subject
 from resumable.workflow import Call, WorkflowFunction
 
@@ -39,8 +39,6 @@ CANCEL_TYPE: Final = "resumable.workflow.cancel"
 EventKind = Literal["init", "timer", "cancel", "signal", "reply"]
 """What an event is to a workflow: its start, its own timer or cancellation, a signal it
 lists, or a reply from one of its services."""
-
-_converter = cattrs.Converter()
 
 
 def _seconds(value: float | timedelta | None, name: str) -> float | None:

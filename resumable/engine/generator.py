@@ -15,6 +15,7 @@ from typing import Any, cast, get_args
 
 import attrs
 
+from resumable.errors import WorkflowAwaitError
 from resumable.workflow import Request
 
 __all__ = [
@@ -28,16 +29,6 @@ __all__ = [
     "describe",
     "step",
 ]
-
-
-class WorkflowAwaitError(RuntimeError):
-    """Raised inside a workflow at an ``await`` that waits on the event loop (I/O, sleep).
-
-    A workflow's code runs between events and is replayed after a restart, so it must not
-    wait on anything itself: ask a service with ``yield call(...)``, run local code once
-    with ``yield step(...)``, fan out with ``yield gather(...)``. Awaiting a coroutine that
-    finishes without suspending is fine.
-    """
 
 
 @attrs.frozen

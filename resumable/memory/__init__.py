@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from resumable.errors import ConflictError, DuplicateEntryError
+from resumable.errors import ConflictError, DuplicateEntryError, SetupError
 
 __all__ = [
     "ConflictError",
@@ -123,7 +123,7 @@ def from_url(url: str) -> Memory:
     ``postgresql://user@host/db``, ``redis://host:6379/0``, or ``memory://``."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ValueError(
+        raise SetupError(
             f"memory URL {url!r} has no scheme; use sqlite:///path.db, postgresql://..., "
             "redis://... or memory://"
         )
@@ -131,7 +131,7 @@ def from_url(url: str) -> Memory:
     if scheme == "sqlite":
         path = rest[1:] if rest.startswith("/") else rest
         if not path:
-            raise ValueError(f"memory URL {url!r} names no file; use sqlite:///path/to/file.db")
+            raise SetupError(f"memory URL {url!r} names no file; use sqlite:///path/to/file.db")
         return SQLiteMemory(path)
     if scheme == "memory":
         return InMemoryMemory()
@@ -143,7 +143,7 @@ def from_url(url: str) -> Memory:
         from resumable.memory.redis import RedisMemory
 
         return RedisMemory.from_url(url)
-    raise ValueError(
+    raise SetupError(
         f"memory URL {url!r} has an unknown scheme {scheme!r}; use sqlite, postgresql, redis "
         "or memory"
     )

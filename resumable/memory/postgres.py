@@ -30,7 +30,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar, cast
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
+from resumable.errors import SetupError
 from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
+from resumable.uri import redact_url as _redact
 
 try:
     import asyncpg
@@ -192,7 +194,7 @@ class PostgresMemory(Memory):
     ) -> None:
         _check_schema_name(schema)
         if pool_size < 2:
-            raise ValueError(
+            raise SetupError(
                 f"pool_size must be at least 2, not {pool_size}: one connection writes batches "
                 "while the others serve reads and leases"
             )
@@ -219,7 +221,7 @@ class PostgresMemory(Memory):
         """
         parts = urlsplit(url)
         if parts.scheme not in ("postgresql", "postgres"):
-            raise ValueError(
+            raise SetupError(
                 f"{_redact(url)!r} is not a PostgreSQL URL: write "
                 "postgresql://user:password@host:port/database?schema=name"
             )
@@ -232,7 +234,7 @@ class PostgresMemory(Memory):
             else:
                 kept.append(pair)
         if len(schemas) > 1:
-            raise ValueError(f"{_redact(url)!r} names the schema {len(schemas)} times; keep one")
+            raise SetupError(f"{_redact(url)!r} names the schema {len(schemas)} times; keep one")
         dsn = urlunsplit(parts._replace(query="&".join(kept)))
         return cls(dsn, schema=schemas[0]) if schemas else cls(dsn)
 
@@ -519,7 +521,7 @@ def _check_known(version: int | None, schema: str, where: str) -> None:
 
 def _check_schema_name(schema: str) -> None:
     if not schema or "\x00" in schema or len(schema.encode()) > 63:
-        raise ValueError(
+        raise SetupError(
             f"schema name {schema!r} is unusable: PostgreSQL takes 1 to 63 bytes without NUL"
         )
 
@@ -531,23 +533,3 @@ def _quote_identifier(name: str) -> str:
 def _lock_key(schema: str) -> int:
     """A signed 32-bit key for ``schema``, stable across processes (unlike ``hash``)."""
     return zlib.crc32(schema.encode()) - (1 << 31)
-
-
-def _redact(dsn: str) -> str:
-    """``dsn`` with any password replaced by ``***``, fit for messages and logs."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparseable PostgreSQL URL>"
-    netloc = parts.netloc
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
-    query = "&".join(
-        f"{pair.partition('=')[0]}=***"
-        if unquote_plus(pair.partition("=")[0]) == "password"
-        else pair
-        for pair in parts.query.split("&")
-        if pair
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))

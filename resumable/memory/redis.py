@@ -40,7 +40,9 @@ except ModuleNotFoundError as missing:  # pragma: no cover - depends on the envi
         name=missing.name,
     ) from missing
 
+from resumable.errors import SetupError
 from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
+from resumable.uri import redact_url as _redact
 
 __all__ = ["RedisMemory"]
 
@@ -153,7 +155,7 @@ class RedisMemory(Memory):
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not prefix:
-            raise ValueError("RedisMemory needs a non-empty prefix: its keys live under it")
+            raise SetupError("RedisMemory needs a non-empty prefix: its keys live under it")
         self.prefix = prefix
         self._where = _redact(url)
         self._clock = clock
@@ -166,7 +168,7 @@ class RedisMemory(Memory):
                 timeout=_POOL_TIMEOUT,
             )
         except ValueError as error:
-            raise ValueError(
+            raise SetupError(
                 f"invalid Redis URL {self._where!r}: {error}; write it as "
                 "redis://[[user]:password@]host[:port][/db] (rediss:// for TLS)"
             ) from error
@@ -374,13 +376,3 @@ def _bytes(value: object) -> bytes:
 def _text(value: object) -> str:
     """A key, status or event id as Redis returned it, as the ``str`` it was written from."""
     return _bytes(value).decode()
-
-
-def _redact(url: str) -> str:
-    """``url`` without its password, to put in messages and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

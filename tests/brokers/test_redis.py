@@ -257,3 +257,10 @@ def test_the_url_takes_the_duplicate_window() -> None:
         RedisBroker.from_url("redis://127.0.0.1:6379/0?duplicate_window=soon")
     with pytest.raises(ValueError, match="duplicate_window must be 0 or more"):
         RedisBroker(duplicate_window=-1)
+
+
+def test_a_bad_url_parameter_is_reported_without_the_password() -> None:
+    with pytest.raises(ValueError, match="ack_wait") as caught:
+        RedisBroker.from_url("redis://app:hunter2@127.0.0.1:6379/0?ack_wait=soon")
+    assert "hunter2" not in str(caught.value)
+    assert "redis://app:***@127.0.0.1:6379/0" in str(caught.value)

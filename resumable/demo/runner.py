@@ -1,0 +1,214 @@
+"""``resumable demo``: many orders through the order workflow, durably on one SQLite file.
+
+Services and workflows run in process on a ``LocalBroker``. ``--crash-after N`` exits the
+process abruptly after N workflow steps; running again on the same file resumes every
+order from its journal and finishes each exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+from resumable.demo.services import EffectLog, make_handlers
+from resumable.demo.workflow import OrderState, PlaceOrder, make_workflow, orders
+from resumable.driver import Resumable
+from resumable.events import Event
+from resumable.memory import Memory, SQLiteMemory
+from resumable.record import decode_entry
+
+
+def demo_order(index: int) -> PlaceOrder:
+    """Order ``index`` of the demo: about 1 in 10 declined, 1 in 20 out of stock."""
+    amount = 500 + (index * 7919) % 20_000
+    if index % 10 == 3:
+        amount = 250_000
+    sku = "out-of-stock" if index % 20 == 7 else "sku-1"
+    return PlaceOrder(f"o-{index}", amount, sku)
+
+
+def init_for(index: int) -> Event:
+    """The init event of order ``index``: its subject is fixed, so a rerun can find it."""
+    return orders.init_event(
+        demo_order(index),
+        source="com.shop.web",
+        execution_id=f"order-{index}",
+        id=f"init-order-{index}",
+    )
+
+
+class _Counted:
+    """Wraps the workflow for the broker: counts steps and can crash after N of them."""
+
+    def __init__(
+        self, workflow: Resumable[OrderState], crash_after: int | None, out: TextIO
+    ) -> None:
+        self.workflow = workflow
+        self.source = workflow.source
+        self.crash_after = crash_after
+        self.out = out
+        self.steps = 0
+
+    async def outbox(self) -> list[Event]:
+        return await self.workflow.outbox()
+
+    async def execute(self, event: Event) -> list[Event]:
+        events = await self.workflow.execute(event)
+        self.steps += 1
+        if self.crash_after is not None and self.steps >= self.crash_after:
+            self.out.write(
+                f"\n!! simulated crash after {self.steps} steps: the process exits now, "
+                "before this step's events are published\n"
+            )
+            self.out.flush()
+            os._exit(3)
+        return events
+
+
+class _Progress:
+    def __init__(self, total: int, out: TextIO) -> None:
+        self.total = total
+        self.out = out
+        self.last = 0.0
+        self.start = time.perf_counter()
+
+    def show(self, done: int, steps: int, *, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self.last < 0.2:
+            return
+        self.last = now
+        rate = steps / max(now - self.start, 1e-9)
+        self.out.write(f"\r  {done:>6}/{self.total} orders finished   {rate:>8,.0f} steps/s")
+        self.out.flush()
+
+
+async def run(
+    path: str | os.PathLike[str] = "resumable-demo.db",
+    *,
+    count: int = 1000,
+    crash_after: int | None = None,
+    out: TextIO = sys.stdout,
+) -> dict[str, int]:
+    """Run ``count`` orders on the SQLite file at ``path``, resuming any earlier run."""
+    memory = SQLiteMemory(path)
+    effects = EffectLog(path)
+    workflow = make_workflow(memory)
+    counted = _Counted(workflow, crash_after, out)
+    finished: dict[str, Event] = {}
+
+    class Shop:
+        source = "com.shop.web"
+
+        async def execute(self, event: Event) -> list[Event]:
+            finished[event.subject] = event
+            return []
+
+    from resumable.brokers import LocalBroker
+
+    broker = LocalBroker([*make_handlers(effects), counted, Shop()])
+    started_before = 0
+    for i in range(count):
+        if await memory.read(init_for(i).subject) is not None:
+            started_before += 1
+    out.write(f"resumable demo: {count} orders on {Path(path).resolve()}\n")
+    resent = 0
+    if started_before:
+        active = len(await memory.keys(status="active"))
+        out.write(
+            f"  found {started_before} orders from an earlier run ({active} unfinished); "
+            "resuming them from their journals\n"
+        )
+        resent = await broker.recover()
+        out.write(
+            f"  re-sent {_count(resent, 'request whose reply was', 'requests whose replies were')}"
+            " lost with the process\n"
+        )
+    progress = _Progress(count, out)
+    started_at = time.perf_counter()
+    for i in range(count):
+        init = init_for(i)
+        if await memory.read(init.subject) is None:
+            await broker.publish(init)
+        progress.show(i + 1, counted.steps)
+    progress.show(count, counted.steps, force=True)
+    elapsed = time.perf_counter() - started_at
+    summary = await _summarise(memory, count)
+    summary["steps"] = counted.steps
+    summary["events"] = len(broker.events)
+    summary["resent"] = resent
+    summary["errors"] = len(broker.errors)
+    summary["repeated_effects"] = effects.repeats
+    effect_counts = effects.counts()
+    out.write(
+        f"\n  completed {summary['done']} of {count} orders: {summary['shipped']} shipped, "
+        f"{summary['declined']} declined, {summary['compensated']} failed and compensated "
+        "(refunded)\n"
+        f"  this run: {counted.steps} workflow steps, {len(broker.events)} events, "
+        f"{counted.steps / max(elapsed, 1e-9):,.0f} steps/s\n"
+        f"  effects: {effect_counts.get('charge', 0)} charges, "
+        f"{effect_counts.get('reserve', 0)} reservations, "
+        f"{effect_counts.get('label', 0)} labels, {effect_counts.get('refund', 0)} refunds; "
+        f"{_count(effects.repeats, 'repeated request', 'repeated requests')} answered from the "
+        "effect log, not redone\n"
+    )
+    if summary["completions"] == summary["done"] and summary["done"] == count:
+        out.write("  every order completed exactly once; no completed step was run again\n")
+    else:
+        out.write(
+            f"  {count - summary['done']} orders unfinished, "
+            f"{summary['completions'] - summary['done']} extra completions\n"
+        )
+    if broker.errors:
+        out.write(f"  {len(broker.errors)} delivery errors, first: {broker.errors[0][0]}\n")
+    effects.close()
+    await memory.close()
+    return summary
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+async def _summarise(memory: Memory, count: int) -> dict[str, int]:
+    """Outcomes read back from the records: statuses, results and reports journaled.
+
+    A finished order is ``done`` (shipped or declined) or ``failed`` (it could not ship and
+    its charge was refunded by the compensation stack); each reports to the shop once."""
+    summary = {"done": 0, "shipped": 0, "declined": 0, "compensated": 0, "completions": 0}
+    for i in range(count):
+        stored = await memory.read(init_for(i).subject, journal=True)
+        if stored is None or stored.status not in ("done", "failed") or stored.journal is None:
+            continue
+        summary["done"] += 1
+        for raw in stored.journal:
+            for event in decode_entry(raw).produced:
+                if event.type == orders.complete_type:
+                    summary["completions"] += 1
+                    summary[event.data["status"]] += 1
+                elif event.type == orders.system_error_type:
+                    summary["completions"] += 1
+                    summary["compensated"] += 1
+    return summary
+
+
+def main(
+    path: str,
+    count: int,
+    crash_after: int | None,
+    fresh: bool,
+    out: TextIO = sys.stdout,
+    runner: Callable[..., Any] = anyio.run,
+) -> int:
+    if fresh:
+        for suffix in ("", "-wal", "-shm", "-leases", "-leases-wal", "-leases-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    summary: dict[str, int] = runner(
+        lambda: run(path, count=count, crash_after=crash_after, out=out)
+    )
+    return 0 if summary["done"] == count and not summary["errors"] else 1
