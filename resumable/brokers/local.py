@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from resumable.brokers import (
+from resumable.brokers.base import (
     Broker,
     DeadLetter,
     Delivery,
