@@ -25,10 +25,17 @@ from resumable.errors import (
     StepError,
     TransactionViolation,
     ViolationError,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowFinished,
+    WorkflowIdConflict,
+    WorkflowNotFound,
 )
 from resumable.events import Event, EventError
 from resumable.handler import Emit, EventHandler
+from resumable.handles import WorkflowHandle, WorkflowInfo, WorkflowPage
 from resumable.queries import HistoryStep, WorkflowStatus
+from resumable.runtime import Client, Runtime
 from resumable.stepping import WorkflowAwaitError
 from resumable.workflow import (
     Context,
@@ -48,6 +55,7 @@ __all__ = [
     "CANCEL_TYPE",
     "TIMER_TYPE",
     "Cancelled",
+    "Client",
     "ConfigViolation",
     "ConflictError",
     "Context",
@@ -65,6 +73,7 @@ __all__ = [
     "OrchestratorContract",
     "Resumable",
     "Retry",
+    "Runtime",
     "ServiceError",
     "StepError",
     "TransactionViolation",
@@ -72,6 +81,14 @@ __all__ = [
     "ViolationError",
     "VirtualClock",
     "WorkflowAwaitError",
+    "WorkflowCancelled",
+    "WorkflowFailed",
+    "WorkflowFinished",
+    "WorkflowHandle",
+    "WorkflowIdConflict",
+    "WorkflowInfo",
+    "WorkflowNotFound",
+    "WorkflowPage",
     "WorkflowStatus",
     "call",
     "complete",

@@ -124,7 +124,9 @@ class EventHandler:
 
     The function gets the event with ``.data`` decoded into the contract's Struct and
     returns ``Emit(...)``, a list of them, or None. Emitted ids derive from the consumed
-    event's id, so a redelivered request produces the same reply ids.
+    event's id, so a redelivered request produces the same reply ids. ``clock`` stamps the
+    replies' ``time`` (ISO 8601 UTC); a ``Runtime`` given a ``VirtualClock`` sets it, so the
+    workflows it answers never see wall time.
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class EventHandler:
         *,
         executionunits: float = 0,
         system_error_domain: DomainSpec = (ORCHESTRATION_CONTEXT,),
+        clock: Callable[[], str] = now_iso,
     ) -> None:
         if not isinstance(contract, Contract):
             raise TypeError(f"EventHandler needs a Contract, got {contract!r}")
@@ -154,6 +157,7 @@ class EventHandler:
         self.functions = dict(versions)
         self.executionunits = executionunits
         self.system_error_domain = system_error_domain
+        self.clock = clock
 
     @property
     def source(self) -> str:
@@ -216,6 +220,7 @@ class EventHandler:
                     headers=headers,
                     domains=resolve_domains(self.system_error_domain, context),
                     id_seed=event.id,
+                    time=self.clock(),
                 )
             try:
                 return self._emittables(result, event, versioned, headers)
@@ -231,6 +236,7 @@ class EventHandler:
             return []
         items = [result] if isinstance(result, Emit) else list(result)
         out: list[Event] = []
+        when = self.clock()
         context = self._domains(event)
         for index, item in enumerate(items):
             if not isinstance(item, Emit):
@@ -269,6 +275,7 @@ class EventHandler:
                         subject=event.subject,
                         data=wire,
                         dataschema=versioned.dataschema,
+                        time=when,
                         to=item.to or event.redirectto or event.source,
                         accesscontrol=item.accesscontrol or event.accesscontrol,
                         redirectto=item.redirectto,

@@ -316,7 +316,7 @@ class Worker:
                 continue
             requests = await handler.outbox()
             for request in requests:
-                await self._emit(request)
+                await self.emit(request)
             self.stats.recovered += len(requests)
             if requests:
                 log.info("recovery: re-published %d requests of %s", len(requests), handler.source)
@@ -386,7 +386,7 @@ class Worker:
                         "'to' topic and no domain; it cannot be routed"
                     )
             for output in outputs:
-                await self._emit(output)
+                await self.emit(output)
         except Exception as error:
             await self._failed(delivery, error, publishing=True)
             return
@@ -470,8 +470,9 @@ class Worker:
             return False
         return True
 
-    async def _emit(self, event: Event) -> None:
-        """Publish ``event``, or hand it to ``on_domain`` if it has a domain."""
+    async def emit(self, event: Event) -> None:
+        """Publish ``event``, or hand it to ``on_domain`` if it has a domain (what the
+        worker does with everything a handler emits; ``Runtime`` uses it too)."""
         if event.domain is not None:
             self.stats.domain_events += 1
             if self.on_domain is None:
