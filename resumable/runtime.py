@@ -108,9 +108,10 @@ class Client:
             raise ValueError(f"poll must be more than 0 seconds, got {poll!r}")
         if not accept_timeout > 0:
             raise ValueError(f"accept_timeout must be more than 0 seconds, got {accept_timeout!r}")
+        self._specs = (broker, memory)
         self._owned: builtins.list[Broker | Memory] = []
-        self.broker: Broker = self._open(broker, broker_from_url)
-        self.memory: Memory = self._open(memory, memory_from_url)
+        self._open_all()
+        self._closed = False
         self.source = source
         self.clock: Callable[[], str] = clock if clock is not None else now_iso
         self.poll = poll
@@ -121,6 +122,11 @@ class Client:
         self._busy = 0
         self._group: anyio.abc.TaskGroup | None = None
         self._listening = anyio.CancelScope()
+
+    def _open_all(self) -> None:
+        """Make the broker and memory (those given as URLs: again after an exit)."""
+        self.broker: Broker = self._open(self._specs[0], broker_from_url)
+        self.memory: Memory = self._open(self._specs[1], memory_from_url)
 
     def _open(self, spec: Any, from_url: Callable[[str], Any]) -> Any:
         if isinstance(spec, str):
@@ -136,6 +142,12 @@ class Client:
     # lifecycle
 
     async def __aenter__(self) -> Any:
+        if self._group is not None:
+            raise RuntimeError(f"{self!r} is already running")
+        if self._closed:  # entered again: what was closed on exit is made anew
+            self._open_all()
+            self._reopened()
+            self._closed = False
         self._group = anyio.create_task_group()
         await self._group.__aenter__()
         try:
@@ -148,7 +160,11 @@ class Client:
             raise
         return self
 
+    def _reopened(self) -> None:
+        """Hook: rebuild what used the broker and memory of the previous run."""
+
     async def _started(self, group: anyio.abc.TaskGroup) -> None:
+        self._listening = anyio.CancelScope()
         group.start_soon(self._listen)
 
     async def __aexit__(
@@ -171,6 +187,7 @@ class Client:
         """Hook: what to finish before the background tasks are cancelled."""
 
     async def _close_owned(self) -> None:
+        self._closed = True
         for owned in reversed(self._owned):
             try:
                 await owned.close()
@@ -535,8 +552,11 @@ class Runtime(Client):
         **worker_options: Any,
     ) -> None:
         handlers = list(handlers)
+        self._handlers = handlers
+        self._have_memory = memory is not None
+        self._worker_options = {"poll": 0.25, **worker_options}
         super().__init__(
-            broker=broker if broker is not None else LocalBroker(),
+            broker=broker if broker is not None else "local://",
             memory=memory if memory is not None else InMemoryMemory(),
             source=source,
             clock=clock,
@@ -550,13 +570,18 @@ class Runtime(Client):
                     "go to; give the Runtime another source"
                 )
             if isinstance(handler, Resumable):
-                self._bind(handler, memory is not None)
                 self._hosted[handler.source] = handler
             elif clock is not None and hasattr(handler, "clock"):
                 handler.clock = clock
-        worker_options.setdefault("poll", 0.25)
+        self._reopened()
+
+    def _reopened(self) -> None:
+        for workflow in self._hosted.values():
+            self._bind(workflow, self._have_memory)
         self.worker: Worker | None = (
-            Worker(handlers, broker=self.broker, **worker_options) if handlers else None
+            Worker(self._handlers, broker=self.broker, **self._worker_options)
+            if self._handlers
+            else None
         )
         self._worker_done = anyio.Event()
 
@@ -592,7 +617,7 @@ class Runtime(Client):
         if self.worker is None:
             return
         self.worker.stop()
-        if isinstance(self.broker, LocalBroker):
+        if isinstance(self.broker, LocalBroker) and self.broker in self._owned:
             await self.broker.close()  # wakes the receive loops at once
         await self._worker_done.wait()
 
