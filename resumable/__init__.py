@@ -28,10 +28,17 @@ from resumable.errors import (
     TransactionViolation,
     ViolationError,
     WorkflowAwaitError,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowFinished,
+    WorkflowIdConflict,
+    WorkflowNotFound,
 )
 from resumable.events import Event, EventError
 from resumable.handler import Emit, EventHandler
+from resumable.handles import WorkflowHandle, WorkflowInfo, WorkflowPage
 from resumable.queries import HistoryStep, WorkflowStatus
+from resumable.runtime import Client, Runtime
 from resumable.workflow import (
     Context,
     Retry,
@@ -50,6 +57,7 @@ __all__ = [
     "CANCEL_TYPE",
     "TIMER_TYPE",
     "Cancelled",
+    "Client",
     "ConfigViolation",
     "ConflictError",
     "Context",
@@ -68,6 +76,7 @@ __all__ = [
     "Resumable",
     "ResumableError",
     "Retry",
+    "Runtime",
     "ServiceError",
     "SetupError",
     "StepError",
@@ -76,6 +85,14 @@ __all__ = [
     "ViolationError",
     "VirtualClock",
     "WorkflowAwaitError",
+    "WorkflowCancelled",
+    "WorkflowFailed",
+    "WorkflowFinished",
+    "WorkflowHandle",
+    "WorkflowIdConflict",
+    "WorkflowInfo",
+    "WorkflowNotFound",
+    "WorkflowPage",
     "WorkflowStatus",
     "call",
     "complete",

@@ -207,3 +207,57 @@ class Cancelled(BaseException):
 def is_violation(error: BaseException) -> bool:
     """True for the errors that must be raised to the caller, never turned into events."""
     return isinstance(error, ViolationError)
+
+
+class WorkflowNotFound(ResumableError, LookupError):
+    """No instance of that workflow has that id (or it is not in this memory)."""
+
+    def __init__(self, workflow: str, id: str, message: str) -> None:
+        super().__init__(message)
+        self.workflow = workflow
+        self.id = id
+
+
+class WorkflowFinished(ResumableError):
+    """The instance has ended (done, failed or cancelled), so it cannot take that request."""
+
+    def __init__(self, workflow: str, id: str, status: str, message: str) -> None:
+        super().__init__(message)
+        self.workflow = workflow
+        self.id = id
+        self.status = status
+
+
+class WorkflowIdConflict(ResumableError, ValueError):
+    """An instance with that id was already started with another payload."""
+
+    def __init__(self, workflow: str, id: str, message: str) -> None:
+        super().__init__(message)
+        self.workflow = workflow
+        self.id = id
+
+
+class WorkflowFailed(ResumableError):
+    """``handle.result()`` of an instance that failed; ``error`` is its system error
+    (``errorName``, ``errorMessage``, ``errorStack``)."""
+
+    def __init__(self, workflow: str, id: str, error: Any) -> None:
+        name = getattr(error, "errorName", "Error")
+        text = getattr(error, "errorMessage", str(error))
+        super().__init__(f"workflow {workflow} instance {id!r} failed: {name}: {text}")
+        self.workflow = workflow
+        self.id = id
+        self.error = error
+
+
+class WorkflowCancelled(ResumableError):
+    """``handle.result()`` of an instance that was cancelled; ``reason`` says why.
+
+    Not ``Cancelled``: that one is a ``BaseException`` raised inside workflow code to unwind
+    it, and an app's ``except Exception`` handlers must see this one."""
+
+    def __init__(self, workflow: str, id: str, reason: str) -> None:
+        super().__init__(f"workflow {workflow} instance {id!r} was cancelled: {reason}")
+        self.workflow = workflow
+        self.id = id
+        self.reason = reason

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -127,7 +127,9 @@ class EventHandler:
 
     The function gets the event with ``.data`` decoded into the contract's Struct and
     returns ``Emit(...)``, a list of them, or None. Emitted ids derive from the consumed
-    event's id, so a redelivered request produces the same reply ids.
+    event's id, so a redelivered request produces the same reply ids. ``clock`` stamps the
+    replies' ``time`` (ISO 8601 UTC); a ``Runtime`` given a ``VirtualClock`` sets it, so the
+    workflows it answers never see wall time.
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class EventHandler:
         *,
         executionunits: float = 0,
         system_error_domain: DomainSpec = (ORCHESTRATION_CONTEXT,),
+        clock: Callable[[], str] = now_iso,
     ) -> None:
         if not isinstance(contract, Contract):
             raise SetupError(f"EventHandler needs a Contract, got {contract!r}")
@@ -157,6 +160,7 @@ class EventHandler:
         self.functions = dict(versions)
         self.executionunits = executionunits
         self.system_error_domain = system_error_domain
+        self.clock = clock
 
     @property
     def source(self) -> str:
@@ -219,6 +223,7 @@ class EventHandler:
                     headers=headers,
                     domains=resolve_domains(self.system_error_domain, context),
                     id_seed=event.id,
+                    time=self.clock(),
                 )
             try:
                 return self._emittables(result, event, versioned, headers)
@@ -234,6 +239,7 @@ class EventHandler:
             return []
         items = [result] if isinstance(result, Emit) else list(result)
         out: list[Event] = []
+        when = self.clock()
         context = self._domains(event)
         for index, item in enumerate(items):
             if not isinstance(item, Emit):
@@ -272,6 +278,7 @@ class EventHandler:
                         subject=event.subject,
                         data=wire,
                         dataschema=versioned.dataschema,
+                        time=when,
                         to=item.to or event.redirectto or event.source,
                         accesscontrol=item.accesscontrol or event.accesscontrol,
                         redirectto=item.redirectto,

@@ -101,6 +101,11 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+async def _set_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
 class _Undeliverable(ResumableError):
     """A handler emitted an event that has neither a domain nor a ``to`` topic."""
 
@@ -203,6 +208,7 @@ class Worker:
         self._topics = topics
         self._slots = anyio.Semaphore(concurrency)
         self._stopping = anyio.Event()
+        self._timers_now = anyio.Event()
         self._running = False
         self._timers_sent: dict[str, tuple[str, float]] = {}  # key -> (timer event id, when)
 
@@ -286,7 +292,7 @@ class Worker:
                 continue
             requests = await handler.outbox()
             for request in requests:
-                await self._emit(request)
+                await self.emit(request)
             self.stats.recovered += len(requests)
             if requests:
                 log.info("recovery: re-published %d requests of %s", len(requests), handler.source)
@@ -332,13 +338,16 @@ class Worker:
 
     async def _process(self, handler: Handler, delivery: Delivery) -> None:
         try:
-            await self._handle(handler, delivery)
+            await self.handle(handler, delivery)
         finally:
             self.stats.in_flight -= 1
             self._slots.release()
 
-    async def _handle(self, handler: Handler, delivery: Delivery) -> None:
-        """Execute, publish everything emitted, then ack; or settle the failure."""
+    async def handle(self, handler: Handler, delivery: Delivery) -> None:
+        """Run one delivery: execute, publish everything emitted, then ack; or settle the
+        failure (nack with backoff, or dead-letter with the reason). Never raises: what
+        went wrong is logged and counted. ``run`` calls it for every delivery; a broker
+        that hosts handlers itself (``LocalBroker``) calls it to get the same logic."""
         event = delivery.event
         try:
             outputs = await handler.execute(event)
@@ -353,7 +362,7 @@ class Worker:
                         "'to' topic and no domain; it cannot be routed"
                     )
             for output in outputs:
-                await self._emit(output)
+                await self.emit(output)
         except Exception as error:
             await self._failed(delivery, error, publishing=True)
             return
@@ -431,8 +440,9 @@ class Worker:
             return False
         return True
 
-    async def _emit(self, event: Event) -> None:
-        """Publish ``event``, or hand it to ``on_domain`` if it has a domain."""
+    async def emit(self, event: Event) -> None:
+        """Publish ``event``, or hand it to ``on_domain`` if it has a domain (what the
+        worker does with everything a handler emits; ``Runtime`` uses it too)."""
         if event.domain is not None:
             self.stats.domain_events += 1
             if self.on_domain is None:
@@ -452,6 +462,11 @@ class Worker:
 
     # ---------------------------------------------------------------------------------
     # timers
+
+    def fire_timers_now(self) -> None:
+        """Look for due records now rather than at the next ``timer_interval`` tick (after
+        moving a ``VirtualClock``, say)."""
+        self._timers_now.set()
 
     def _timed_groups(self) -> list[tuple[Memory, dict[str, Timed]]]:
         """The workflows with timers, grouped by the memory they share (by identity)."""
@@ -486,7 +501,10 @@ class Worker:
                 await anyio.lowlevel.checkpoint()
                 continue
             with anyio.move_on_after(self.timer_interval):
-                await self._stopping.wait()
+                async with anyio.create_task_group() as wait:
+                    for event in (self._stopping, self._timers_now):
+                        wait.start_soon(_set_then_cancel, event, wait.cancel_scope)
+            self._timers_now = anyio.Event()
 
     async def _fire_due(
         self, memory: Memory, owners: dict[str, Timed], foreign: int, listed: set[str]

@@ -1,16 +1,18 @@
-"""An in-process broker: FIFO delivery, one subscriber per topic, no sleeps.
+"""The in-process broker: a transport like NATS and Redis, that lives and dies with the process.
 
-For embedding workflows in one process and for tests. ``resolve`` runs a whole chain of
-events and returns the reply to the initiator, firing the workflows' timers as they come
-due (a ``VirtualClock`` is moved straight to the next one); ``recover`` re-sends, from the
-records in memory, the requests of active workflows whose replies never arrived, and fires
-timers that fell due while nothing ran. ``run_timers`` fires them forever, for a service.
+``publish`` puts an event on its topic's queue; ``receive`` takes deliveries; each is acked,
+nacked with a delay, or dead-lettered with a reason; a delivery not settled within
+``ack_wait`` comes back; a re-publish of one event id within ``duplicate_window`` is
+dropped. It passes the broker conformance suite, and ``Worker`` (and so ``Runtime``) runs
+on it exactly as on NATS or Redis: this is the embedded runtime's transport.
 
-Events to a topic with no subscriber wait on that topic's queue in memory for ``receive``,
-with the transport semantics of every broker (ack, nack with a delay, dead letters,
-redelivery after ``ack_wait``, a re-publish of the same event id within
-``duplicate_window`` dropped), so a ``Worker`` can run on it too. Nothing survives the
-process.
+For tests and small scripts it can also host handlers itself (``LocalBroker([...])``,
+``subscribe``): an event to a hosted topic is delivered, in publish order, by a ``Worker``'s
+own delivery logic (publish what it emitted, then ack; lease contention nacked with backoff
+and retried; a failure retried, then dead-lettered with its reason and reported to
+``on_error``) before ``publish`` returns. ``resolve`` runs a chain to its reply. An app
+uses ``resumable.Runtime`` instead, which adds recovery on start, timers fired in the
+background, handles and a drain on shutdown.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ import inspect
 import logging
 import math
 import time
-from collections import deque
+import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 
-from resumable.brokers import (
+from resumable.brokers.base import (
     Broker,
     DeadLetter,
     Delivery,
@@ -40,9 +43,16 @@ from resumable.errors import SetupError
 from resumable.events import Event
 from resumable.subject import SubjectError, parse_subject
 
+if TYPE_CHECKING:
+    from resumable.worker import Worker
+
 __all__ = ["LocalBroker", "LocalDelivery"]
 
 log = logging.getLogger("resumable.broker")
+
+
+_KEPT_ERRORS = 1000
+"""The most recent delivery errors ``LocalBroker.errors`` keeps."""
 
 
 def _epoch(handler: Any) -> float:
@@ -51,14 +61,27 @@ def _epoch(handler: Any) -> float:
 
 
 class _Collector:
-    """Receives the events addressed back to the initiator of a ``resolve``."""
+    """Receives the events addressed back to the initiator of ``resolve`` calls, and hands
+    each to the calls waiting on its subject (several may run at once)."""
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.received: list[Event] = []
+        self.waiting: dict[str, list[list[Event]]] = {}
+
+    def expect(self, subject: str) -> list[Event]:
+        received: list[Event] = []
+        self.waiting.setdefault(subject, []).append(received)
+        return received
+
+    def forget(self, subject: str, received: list[Event]) -> None:
+        lists = self.waiting.get(subject, [])
+        lists[:] = [r for r in lists if r is not received]
+        if not lists:
+            self.waiting.pop(subject, None)
 
     async def execute(self, event: Event) -> list[Event]:
-        self.received.append(event)
+        for received in self.waiting.get(event.subject, ()):
+            received.append(event)
         return []
 
 
@@ -80,7 +103,8 @@ class _TopicQueue:
     """A topic's transport queue: ready messages by publish order, and timers (redelivery
     after ``ack_wait`` or after a nack's delay) by due time."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
         self.ready: list[tuple[int, _Message]] = []
         self.timers: list[tuple[float, int, int, _Message]] = []
         self.stale = 0  # timers made stale by a settle, removed when there are many
@@ -162,7 +186,7 @@ class LocalDelivery(Delivery):
         if delay == 0:
             self._queue.make_ready(message)
         else:
-            self._queue.schedule(self._broker.clock() + delay, message)
+            self._queue.schedule(self._queue.clock() + delay, message)
         self._queue.notify()
 
     async def dead_letter(self, reason: str) -> None:
@@ -175,22 +199,30 @@ class LocalDelivery(Delivery):
         )
 
     def _finish(self) -> None:
+        if not self._message.done:
+            self._broker._unsettled -= 1
         self._message.done = True
         self._message.generation += 1
 
 
 class LocalBroker(Broker):
-    """Delivers events in publish order to the handler whose topic equals ``event.to``.
+    """An in-process transport; optionally hosts ``handlers`` too (for tests and scripts).
 
-    ``on_error(error, event)`` is called when a delivery fails (the handler raised, e.g. a
-    violation); by default the error is logged and kept in ``errors``.
-    ``on_domain(event, broker)`` receives events that carry a domain; by default they are
-    kept in ``domain_events``. ``events`` lists everything published, in order.
+    Transport: a delivery not settled within ``ack_wait`` seconds (measured by ``clock``)
+    is delivered again, and an event id queued on a topic within the last
+    ``duplicate_window`` seconds is not queued again; at most ``duplicate_limit`` ids are
+    remembered (the oldest are forgotten first), so memory stays bounded at any rate.
 
-    An event to a topic without a subscriber is queued for ``receive`` instead; a delivery
-    not settled within ``ack_wait`` seconds (measured by ``clock``) is delivered again, and
-    an event id queued on a topic within the last ``duplicate_window`` seconds is not
-    queued again (handlers run in process see every publish).
+    Hosting: an event whose ``to`` is the topic (``source``) of a hosted handler is run in
+    process with ``Worker``'s delivery logic before ``publish`` returns; hosted handlers see
+    every publish (the workflows' journals drop copies). A delivery that fails for good is
+    dead-lettered (``dead_letters(topic)``) and ``on_error(error, event)`` is called; by
+    default the error is logged and kept in ``errors`` (the last 1,000).
+    ``on_domain(event, broker)`` receives events that carry a domain.
+
+    ``record=True`` keeps every published event in ``events`` and every domain event in
+    ``domain_events``, for tests; by default only a broker made with handlers records, so
+    the transport an app runs on keeps no history.
     """
 
     def __init__(
@@ -202,6 +234,8 @@ class LocalBroker(Broker):
         ack_wait: float = 30.0,
         duplicate_window: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
+        duplicate_limit: int = 10_000,
+        record: bool | None = None,
     ) -> None:
         if not ack_wait > 0:
             raise SetupError(f"ack_wait must be more than 0 seconds, got {ack_wait!r}")
@@ -209,15 +243,24 @@ class LocalBroker(Broker):
             raise SetupError(
                 f"duplicate_window must be 0 or more seconds, got {duplicate_window!r}"
             )
+        if duplicate_limit < 1:
+            raise ValueError(f"duplicate_limit must be 1 or more, got {duplicate_limit!r}")
+        handlers = list(handlers)
         self.ack_wait = ack_wait
+        self.duplicate_limit = duplicate_limit
         self.duplicate_window = duplicate_window
         self.clock = clock
-        self._seen: dict[tuple[str, str], float] = {}  # (topic, event id) -> queued at
+        self.record = bool(handlers) if record is None else record
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()  # id -> queued at
         self._topics: dict[str, _TopicQueue] = {}
         self._seq = 0
+        self._unsettled = 0
         self._closed = False
         self._subscribers: dict[str, Handler] = {}
-        self._queue: deque[Event] = deque()
+        self._collectors: dict[str, _Collector] = {}
+        self._inbox = _TopicQueue(time.monotonic)  # hosted topics, in publish order
+        self._worker: Worker | None = None
+        self._failure: dict[str, BaseException] = {}  # event id -> last error while hosted
         self._draining = False
         self._idle = anyio.Event()
         self._idle.set()
@@ -231,10 +274,17 @@ class LocalBroker(Broker):
 
     @property
     def topics(self) -> list[str]:
-        return list(self._subscribers)
+        """The topics of the handlers this broker hosts."""
+        return [t for t, h in self._subscribers.items() if not isinstance(h, _Collector)]
+
+    @property
+    def unsettled(self) -> int:
+        """Events queued or in flight and not yet acked or dead-lettered, on every topic:
+        0 means this process's transport has nothing left to do."""
+        return self._unsettled
 
     def subscribe(self, topic: str, handler: Handler) -> Callable[[], None]:
-        """Route events addressed to ``topic`` to ``handler``; one handler per topic."""
+        """Host ``handler`` on ``topic``: one handler per topic. Returns the unsubscriber."""
         if topic in self._subscribers:
             raise SetupError(
                 f"topic {topic!r} already has a subscriber ({self._subscribers[topic]!r}); "
@@ -249,40 +299,149 @@ class LocalBroker(Broker):
         return unsubscribe
 
     async def publish(self, event: Event) -> None:
-        """Queue ``event``; if nothing is delivering yet, deliver until the queue is empty.
-
-        Events to a subscribed topic run in process; the others wait for ``receive``."""
+        """Queue ``event`` on its topic. An event to a hosted topic is delivered in process,
+        with everything that follows from it, before this returns (unless a delivery is
+        already running in this broker, which then delivers it)."""
         if not event.to:
             raise ValueError(f"event {event.id} has no 'to' topic; it cannot be routed")
-        self.events.append(event)
-        self._queue.append(event)
+        if self.record:
+            self.events.append(event)
+        if event.to not in self._subscribers:
+            self._enqueue(event.to, event)
+            return
+        self._seq += 1
+        self._unsettled += 1
+        self._inbox.make_ready(_Message(self._seq, event))
         if not self._draining:
             await self._drain()
 
+    # Hosting: deliveries to in-process handlers, with the Worker's logic.
+
+    def _hosting_worker(self) -> Worker:
+        """The ``Worker`` whose delivery logic runs hosted handlers (made on first use)."""
+        if self._worker is None:
+            from resumable.worker import Worker
+
+            self._worker = Worker(
+                [_Catching(self, "com.resumable.local", None)],
+                broker=self,
+                max_attempts=3,
+                backoff=(0.05, 2.0, 1.0),
+                recover=False,
+                on_domain=self._to_domain,
+            )
+        return self._worker
+
+    async def _drain(self) -> None:
+        """Deliver hosted events in publish order until none is left, waiting out the
+        backoff of nacked ones (a lease held by another execution, say)."""
+        self._draining = True
+        self._idle = anyio.Event()
+        worker = self._hosting_worker()
+        inbox = self._inbox
+        try:
+            delivered = 0
+            while True:
+                now = inbox.clock()
+                inbox.promote(now)
+                if not inbox.ready:
+                    live = [t for t in inbox.timers if t[2] == t[3].generation and not t[3].done]
+                    if not live:
+                        inbox.timers.clear()
+                        break
+                    await anyio.sleep(max(min(t[0] for t in live) - now, 0.0))
+                    continue
+                _, message = heapq.heappop(inbox.ready)
+                if message.done:
+                    continue
+                topic = message.event.to or ""
+                handler = self._subscribers.get(topic)
+                if handler is None:  # unsubscribed since: it waits on the transport queue
+                    message.done = True
+                    self._unsettled -= 1
+                    self._enqueue(topic, message.event)
+                    continue
+                message.attempts += 1
+                message.generation += 1
+                delivery = LocalDelivery(self, inbox, message, topic)
+                await worker.handle(_Catching(self, topic, handler), delivery)
+                if delivery._settled != "nacked":
+                    error = self._failure.pop(message.event.id, None)
+                    if delivery._settled == "dead-lettered":
+                        del inbox.dead[:-_KEPT_ERRORS]
+                        if error is None:  # it emitted an event that cannot be routed
+                            error = ValueError(inbox.dead[-1].reason)
+                        await self._error(error, message.event)
+                delivered += 1
+                if delivered % 64 == 0:  # handlers may never suspend (in-memory): stay fair
+                    await anyio.lowlevel.checkpoint()
+        finally:
+            self._draining = False
+            self._idle.set()
+
+    async def _to_domain(self, event: Event) -> None:
+        if self.record:
+            self.domain_events.append(event)
+        if self.on_domain is not None:
+            result = self.on_domain(event, self)
+            if inspect.isawaitable(result):
+                await result
+
+    async def _error(self, error: BaseException, event: Event) -> None:
+        self.errors.append((error, event))
+        del self.errors[:-_KEPT_ERRORS]
+        if self.on_error is None:
+            log.error(
+                "delivery of %s (%s, to %s) failed: %s", event.id, event.type, event.to, error
+            )
+            return
+        result = self.on_error(error, event)
+        if inspect.isawaitable(result):
+            await result
+
+    # Conveniences for tests and scripts, over the hosted handlers.
+
     async def resolve(self, event: Event) -> Event | None:
-        """Publish ``event``, run every event that follows from it, and return the last event
-        addressed back to ``event.source`` (its initiator), or None."""
-        if event.source in self._subscribers:
+        """Publish ``event``, run every event that follows from it (firing the hosted
+        workflows' timers as they come due; a ``VirtualClock`` is moved straight to the
+        next one), and return the last event addressed back to ``event.source`` about the
+        same subject, or None. Several may run at once. For tests and scripts: an app
+        uses ``Runtime.start`` and ``handle.result()``."""
+        hosted = self._subscribers.get(event.source)
+        if hosted is not None and not isinstance(hosted, _Collector):
             raise ValueError(
                 f"the event's source {event.source!r} is the topic of a handler in this "
                 "broker; resolve needs an outside initiator, e.g. 'com.shop.web'"
             )
-        collector = _Collector(event.source)
-        unsubscribe = self.subscribe(event.source, collector)
+        collector = self._collectors.get(event.source)
+        if collector is None:
+            collector = self._collectors[event.source] = _Collector(event.source)
+            self.subscribe(event.source, collector)
+        received = collector.expect(event.subject)
         try:
             await self.publish(event)
             await self._idle.wait()
-            while not collector.received and await self._wait_for_timers():
+            while not received and await self._wait_for_timers():
                 await self._idle.wait()
         finally:
-            unsubscribe()
-        return collector.received[-1] if collector.received else None
+            collector.forget(event.subject, received)
+            if not collector.waiting:
+                del self._collectors[event.source]
+                del self._subscribers[event.source]
+        return received[-1] if received else None
 
     async def recover(self) -> int:
-        """Re-send the unanswered requests of every active workflow of this broker's
-        handlers, from their records in memory, and deliver until idle. Returns how many."""
+        """Deprecated: ``Runtime`` (or a ``Worker``) recovers on start. Re-sends the
+        unanswered requests of the hosted workflows' active instances, delivers until idle,
+        fires due timers, and returns how many requests were re-sent."""
+        warnings.warn(
+            "LocalBroker.recover() is deprecated: run your handlers with "
+            "resumable.Runtime([...], memory=...), which recovers on start",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         count = 0
-        for handler in self._subscribers.values():
+        for handler in list(self._subscribers.values()):
             outbox = getattr(handler, "outbox", None)
             if outbox is None:
                 continue
@@ -291,23 +450,20 @@ class LocalBroker(Broker):
                 if request.domain is not None:
                     await self._to_domain(request)
                 else:
-                    self.events.append(request)
-                    self._queue.append(request)
-        if not self._draining:
-            await self._drain()
+                    await self.publish(request)
         await self._idle.wait()
         await self.fire_timers()
         return count
 
     # Timers: a workflow's record has a due time (a sleep, a timeout, a retry backoff); the
-    # broker wakes the workflow once it has passed and delivers what that emits.
+    # broker publishes the workflow's timer event once it has passed.
 
     def _timed(self) -> list[Any]:
-        return [h for h in self._subscribers.values() if callable(getattr(h, "wake", None))]
+        return [h for h in self._subscribers.values() if callable(getattr(h, "timer_event", None))]
 
     async def fire_timers(self) -> int:
-        """Wake every workflow of this broker whose due time has passed, deliver what that
-        emits until idle, and return how many were woken."""
+        """Publish the timer event of every hosted workflow instance whose due time has
+        passed, deliver until idle, and return how many were fired."""
         fired = 0
         seen: set[int] = set()
         for handler in self._timed():
@@ -319,17 +475,17 @@ class LocalBroker(Broker):
                 owner = self._owner_of(key)
                 if owner is None:
                     continue
-                outputs = await owner.wake(key)
+                timer = await owner.timer_event(key)
+                if timer is None:
+                    continue
                 fired += 1
-                await self._route(outputs)
+                await self.publish(timer)
         if fired:
-            if not self._draining:
-                await self._drain()
             await self._idle.wait()
         return fired
 
     async def next_timer(self) -> tuple[float, Any] | None:
-        """The earliest due time of this broker's workflows, and the workflow, or None."""
+        """The earliest due time of the hosted workflows, and the workflow, or None."""
         best: tuple[float, Any] | None = None
         for handler in self._timed():
             for key, due in await handler.memory.due(math.inf, 1):
@@ -339,9 +495,14 @@ class LocalBroker(Broker):
         return best
 
     async def run_timers(self, *, poll: float = 1.0) -> None:
-        """Fire timers as they come due, forever (run it in a task beside your service).
-        Sleeps until the next due time, at most ``poll`` seconds (a timer set meanwhile by
-        another process is seen within that)."""
+        """Deprecated: ``Runtime`` fires timers in the background. Fires the hosted
+        workflows' timers as they come due, forever; sleeps at most ``poll`` seconds."""
+        warnings.warn(
+            "LocalBroker.run_timers() is deprecated: run your handlers with "
+            "resumable.Runtime([...], memory=...), whose workers fire timers",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         while True:
             await self.fire_timers()
             upcoming = await self.next_timer()
@@ -350,7 +511,7 @@ class LocalBroker(Broker):
 
     async def _wait_for_timers(self) -> bool:
         """Fire the next timer, waiting for it (a ``VirtualClock`` is moved to it instead).
-        False if no workflow of this broker has a timer."""
+        False if no hosted workflow has a timer."""
         if await self.fire_timers():
             return True
         upcoming = await self.next_timer()
@@ -359,10 +520,14 @@ class LocalBroker(Broker):
         due, owner = upcoming
         clock = owner.clock
         if isinstance(clock, VirtualClock):
-            clock.set(due)
-        else:
-            await anyio.sleep(max(due - _epoch(owner), 0.0))
-        await self.fire_timers()
+            # The clock reads to the millisecond: move it to the first one at or after due.
+            clock.set(math.ceil(due * 1000) / 1000)
+            while not await self.fire_timers():
+                clock.advance(0.001)
+            return True
+        await anyio.sleep(max(due - _epoch(owner), 0.0))
+        while not await self.fire_timers():
+            await anyio.sleep(0.001)
         return True
 
     def _owner_of(self, key: str) -> Any:
@@ -371,74 +536,14 @@ class LocalBroker(Broker):
         except SubjectError:
             return None
         handler = self._subscribers.get(name)
-        return handler if callable(getattr(handler, "wake", None)) else None
+        return handler if callable(getattr(handler, "timer_event", None)) else None
 
-    async def _route(self, outputs: list[Event]) -> None:
-        for output in outputs:
-            if output.domain is not None:
-                await self._to_domain(output)
-            elif output.to:
-                self.events.append(output)
-                self._queue.append(output)
-
-    async def _drain(self) -> None:
-        self._draining = True
-        self._idle = anyio.Event()
-        try:
-            delivered = 0
-            while self._queue:
-                await self._deliver(self._queue.popleft())
-                delivered += 1
-                if delivered % 64 == 0:  # handlers may never suspend (in-memory): stay fair
-                    await anyio.lowlevel.checkpoint()
-        finally:
-            self._draining = False
-            self._idle.set()
-
-    async def _deliver(self, event: Event) -> None:
-        assert event.to is not None
-        handler = self._subscribers.get(event.to)
-        if handler is None:
-            self._enqueue(event.to, event)
-            return
-        try:
-            outputs = await handler.execute(event)
-        except Exception as error:
-            await self._error(error, event)
-            return
-        for output in outputs:
-            if output.domain is not None:
-                await self._to_domain(output)
-            elif not output.to:
-                await self._error(ValueError(f"event {output.id} has no 'to' topic"), output)
-            else:
-                self.events.append(output)
-                self._queue.append(output)
-
-    async def _to_domain(self, event: Event) -> None:
-        self.domain_events.append(event)
-        if self.on_domain is not None:
-            result = self.on_domain(event, self)
-            if inspect.isawaitable(result):
-                await result
-
-    async def _error(self, error: BaseException, event: Event) -> None:
-        self.errors.append((error, event))
-        if self.on_error is None:
-            log.error(
-                "delivery of %s (%s, to %s) failed: %s", event.id, event.type, event.to, error
-            )
-            return
-        result = self.on_error(error, event)
-        if inspect.isawaitable(result):
-            await result
-
-    # The transport: topics without a subscriber.
+    # The transport.
 
     def _queue_of(self, topic: str) -> _TopicQueue:
         queue = self._topics.get(topic)
         if queue is None:
-            queue = self._topics[topic] = _TopicQueue()
+            queue = self._topics[topic] = _TopicQueue(self.clock)
         return queue
 
     def _enqueue(self, topic: str, event: Event) -> None:
@@ -447,6 +552,7 @@ class LocalBroker(Broker):
             log.debug("event %s is already queued on %r: the copy is dropped", event.id, topic)
             return
         self._seq += 1
+        self._unsettled += 1
         queue = self._queue_of(topic)
         queue.make_ready(_Message(self._seq, event))
         queue.notify()
@@ -457,10 +563,10 @@ class LocalBroker(Broker):
         front."""
         seen = self._seen
         while seen:
-            oldest = next(iter(seen))
-            if seen[oldest] > now - self.duplicate_window:
+            _, queued = next(iter(seen.items()))
+            if queued > now - self.duplicate_window and len(seen) < self.duplicate_limit:
                 break
-            del seen[oldest]
+            seen.popitem(last=False)
         if (topic, event_id) in seen:
             return True
         if self.duplicate_window > 0:
@@ -511,10 +617,29 @@ class LocalBroker(Broker):
     async def dead_letters(self, topic: str) -> list[DeadLetter]:
         """What was dead-lettered from ``topic``, oldest first."""
         queue = self._topics.get(topic)
-        return [] if queue is None else list(queue.dead)
+        hosted = [d for d in self._inbox.dead if d.topic == topic]
+        return hosted + ([] if queue is None else list(queue.dead))
 
     async def close(self) -> None:
         """Stop delivering from the transport queues: waiting ``receive`` calls return."""
         self._closed = True
         for queue in self._topics.values():
             queue.notify()
+
+
+class _Catching:
+    """A hosted handler as the hosting worker runs it: notes the error a delivery failed
+    with, so ``on_error`` gets it once the delivery is dead-lettered."""
+
+    def __init__(self, broker: LocalBroker, source: str, handler: Handler | None) -> None:
+        self.source = source
+        self._broker = broker
+        self._handler = handler
+
+    async def execute(self, event: Event) -> list[Event]:
+        assert self._handler is not None
+        try:
+            return await self._handler.execute(event)
+        except Exception as error:
+            self._broker._failure[event.id] = error
+            raise

@@ -43,7 +43,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         f"NatsBroker needs nats-py ({error}); install it with: pip install 'resumable[nats]'"
     ) from error
 
-from resumable.brokers import Broker, DeadLetter, Delivery
+from resumable.brokers.base import Broker, DeadLetter, Delivery
 from resumable.errors import SetupError
 from resumable.events import Event, EventError, from_json, to_json
 from resumable.uri import redact_url as _redact

@@ -40,7 +40,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from resumable.brokers import Broker, DeadLetter, Delivery
+from resumable.brokers.base import Broker, DeadLetter, Delivery
 from resumable.errors import SetupError
 from resumable.events import Event, EventError, from_json, to_json
 from resumable.uri import redact_url
