@@ -21,8 +21,9 @@ def to_epoch(iso: str) -> float:
 
 
 def to_iso(epoch: float) -> str:
-    """The ISO 8601 UTC time (milliseconds) of ``epoch`` seconds, as events carry it."""
-    moment = datetime.fromtimestamp(epoch, UTC)
+    """The ISO 8601 UTC time of ``epoch`` seconds to the nearest millisecond, as events
+    carry it (rounded, not truncated: a due time to the millisecond reads back as itself)."""
+    moment = datetime.fromtimestamp(round(epoch, 3), UTC)
     return moment.isoformat(timespec="milliseconds")
 
 

@@ -14,6 +14,7 @@ from resumable import (
     Cancelled,
     OrchestratorContract,
     Resumable,
+    Retry,
     VirtualClock,
     call,
     complete,
@@ -25,6 +26,7 @@ from resumable import (
 )
 from resumable.events import Event
 from resumable.memory import InMemoryMemory, Memory
+from resumable.record import decode_header, encode_header
 
 from harness import SHOP, Number
 from orders import OrderResult, PlaceOrder, orders
@@ -373,3 +375,44 @@ async def test_run_timeout_ends_a_generation_that_runs_long() -> None:
     (report,) = await timer(workflow, init.subject)
     assert report.data["errorName"] == "TimeoutError"
     assert "run_timeout of 5.0s of its generation 0" in report.data["errorMessage"]
+
+
+# ----------------------------------------------------------------------------------
+# due times and clocks at one precision
+
+
+async def test_a_retry_due_at_a_fraction_of_a_second_fires_when_the_clock_reaches_it() -> None:
+    async def retried(ctx, order):
+        yield call(book, Number(-1), retry=Retry(attempts=4, initial=0.05, factor=2))
+        yield complete(OrderResult("unreachable"))
+
+    clock = VirtualClock()
+    workflow = make(retried, clock)
+    init = start(clock)
+    (request,) = await workflow.execute(init)
+    for _ in range(3):  # due 0.05, 0.1, 0.2 s after each failure: 0.35 s in all
+        assert await workflow.execute(await answer(request)) == []
+        status = await workflow.status(init.subject)
+        assert status is not None and status.due is not None
+        clock.set(status.due)  # exactly the due time, as a runtime's clock would jump
+        (request,) = await timer(workflow, init.subject)
+    (report,) = await workflow.execute(await answer(request))
+    assert report.type == ERROR_TYPE and report.data["errorName"] == "ValueError"
+
+
+@pytest.mark.parametrize("evict", [False, True])
+async def test_a_retry_policy_in_whole_numbers_is_stored_as_it_reads_back(evict: bool) -> None:
+    async def retried(ctx, order):
+        yield call(book, Number(-1), retry=Retry(attempts=3, initial=2, factor=3))
+        yield complete(OrderResult("unreachable"))
+
+    clock = VirtualClock()
+    workflow = make(retried, clock)
+    init = start(clock)
+    (request,) = await workflow.execute(init)
+    if evict:
+        workflow.evict()
+    await workflow.execute(await answer(request))  # the retry's header is written now
+    stored = await workflow.memory.read(init.subject)
+    assert stored is not None
+    assert encode_header(decode_header(stored.header)) == stored.header

@@ -36,7 +36,9 @@ from resumable.engine.transitions import (
     abandon,
     begin_wait,
     clear_wait,
+    due_in,
     finish_unwind,
+    ms,
     next_undo,
     retry_spec,
     start_unwind,
@@ -290,9 +292,9 @@ def _wait(
                 turn.produced.extend(requests)
             case Sleep():
                 due = (
-                    arm.until.timestamp()
+                    ms(arm.until.timestamp())
                     if arm.until is not None
-                    else turn.now + (arm.seconds or 0)
+                    else due_in(turn.now, arm.seconds or 0)
                 )
                 slot = Slot(kind="timer", due=due)
             case WaitFor():
@@ -301,7 +303,7 @@ def _wait(
             case _:
                 assert_never(arm)
         slots.append(slot)
-    deadline = None if timeout is None else turn.now + timeout
+    deadline = None if timeout is None else due_in(turn.now, timeout)
     assert turn.yielded is not None
     begin_wait(turn.header, mode, slots, deadline, turn.yielded)
     turn.live.replies = {}
@@ -414,7 +416,7 @@ async def _continue_as_new(defn: Definition[Any], turn: Turn, request: ContinueA
         parent_subject=old.parent_subject,
         state=None,
         workflow_deadline=old.workflow_deadline,
-        run_deadline=None if defn.run_timeout is None else turn.now + defn.run_timeout,
+        run_deadline=None if defn.run_timeout is None else due_in(turn.now, defn.run_timeout),
         inbox=list(old.inbox),
         ignored=list(old.ignored),
         generation=generation,

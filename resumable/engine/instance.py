@@ -30,6 +30,7 @@ from resumable.engine.transitions import (
     Wake,
     abandon,
     due_action,
+    due_in,
     due_retries,
     find_slot,
     ignore,
@@ -249,8 +250,8 @@ async def _start(
         init_event_id=event.id,
         parent_subject=parent,
         state=None,
-        workflow_deadline=None if defn.timeout is None else now + defn.timeout,
-        run_deadline=None if defn.run_timeout is None else now + defn.run_timeout,
+        workflow_deadline=None if defn.timeout is None else due_in(now, defn.timeout),
+        run_deadline=None if defn.run_timeout is None else due_in(now, defn.run_timeout),
     )
     live = new_live(defn, key, header, event, typed.data, 0)
     turn = Turn(key, event, subject, headers, header, 0, time, now, journal, live)

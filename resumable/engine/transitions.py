@@ -42,6 +42,7 @@ __all__ = [
     "begin_wait",
     "clear_wait",
     "due_action",
+    "due_in",
     "find_slot",
     "finish_unwind",
     "ms",
@@ -97,15 +98,21 @@ def ms(moment: float) -> float:
     return round(moment, 3)
 
 
+def due_in(now: float, seconds: float) -> float:
+    """The due time ``seconds`` after ``now``, to the millisecond (see ``ms``)."""
+    return ms(now + seconds)
+
+
 def retry_spec(retry: Retry | None) -> RetrySpec | None:
-    """A ``Retry`` policy as persisted in a slot."""
+    """A ``Retry`` policy as persisted in a slot: its times as floats, as they decode, so
+    a header is the same bytes whether its generator stayed cached or not."""
     if retry is None:
         return None
     return RetrySpec(
         attempts=retry.attempts,
-        initial=retry.initial,
-        factor=retry.factor,
-        max_interval=retry.max_interval,
+        initial=float(retry.initial),
+        factor=float(retry.factor),
+        max_interval=float(retry.max_interval),
         non_retryable=retry.non_retryable,
     )
 
@@ -214,7 +221,7 @@ def schedule_retry(slot: Slot, error_name: str | None, now: float) -> float | No
     if error_name in retry.non_retryable:
         return None
     delay = retry.delay(slot.attempt)
-    slot.due = now + delay
+    slot.due = due_in(now, delay)
     return delay
 
 
