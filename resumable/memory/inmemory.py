@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 import anyio.lowlevel
 import attrs
 
-from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
+from resumable.errors import ConflictError, DuplicateEntryError
+from resumable.memory.base import Memory, Stored
 
 __all__ = ["InMemoryMemory"]
 

@@ -30,7 +30,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar, cast
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
+from resumable.errors import ConflictError, DuplicateEntryError
+from resumable.memory.base import Memory, Stored
 
 try:
     import asyncpg

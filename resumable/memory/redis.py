@@ -40,7 +40,8 @@ except ModuleNotFoundError as missing:  # pragma: no cover - depends on the envi
         name=missing.name,
     ) from missing
 
-from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
+from resumable.errors import ConflictError, DuplicateEntryError
+from resumable.memory.base import Memory, Stored
 
 __all__ = ["RedisMemory"]
 

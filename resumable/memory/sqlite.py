@@ -27,7 +27,8 @@ from typing import Any, Generic, TypeVar, cast
 import anyio
 import anyio.to_thread
 
-from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
+from resumable.errors import ConflictError, DuplicateEntryError
+from resumable.memory.base import Memory, Stored
 
 __all__ = ["SQLiteMemory"]
 
