@@ -1,11 +1,9 @@
 """Memory in PostgreSQL: records shared by every process that reaches the server.
 
-Writes: each ``write`` becomes an operation in a queue. One task on the event loop (the
-flusher, started when the queue fills and ending when it empties) takes every queued
-operation and runs them on one connection as one transaction with one commit (group
-commit), so concurrent tasks share the cost of each commit's WAL flush. Each operation runs
-inside its own savepoint: one that fails is rolled back alone and fails only its caller. A
-``write`` returns once the commit holding it is done.
+Writes are group committed (``resumable.memory.group``): concurrent writes share one
+transaction on one connection, so they share the cost of each commit's WAL flush. A batch
+runs its writes in key order, the same in every process, so batches of two processes lock
+records in one order and cannot deadlock. A ``write`` returns once its commit is done.
 
 Reads and leases run on other connections of the pool, each as a single statement (a
 consistent snapshot on its own), so they never wait behind a batch.
@@ -26,12 +24,13 @@ import contextlib
 import inspect
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from resumable.errors import ConflictError, DuplicateEntryError
 from resumable.memory.base import Memory, Stored
+from resumable.memory.group import GroupCommit, Op
 
 try:
     import asyncpg
@@ -41,8 +40,6 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
     ) from error
 
 __all__ = ["SCHEMA_VERSION", "PostgresMemory"]
-
-T = TypeVar("T")
 
 _MIGRATIONS: tuple[str, ...] = (
     # Version 1. ``key`` sorts by code point (COLLATE "C"), as ``keys`` and ``due`` promise.
@@ -150,31 +147,7 @@ def _write_statement(s: str, compare_and_set: str, arrays: int) -> str:
     )
 
 
-class _Op(Generic[T]):
-    """One queued write: its key, the work to run on the batch's connection, how it ended."""
-
-    __slots__ = ("done", "error", "key", "resolved", "run", "taken", "value")
-
-    def __init__(self, key: str, run: Callable[[Any], Awaitable[T]]) -> None:
-        self.key = key
-        self.run = run
-        self.done = asyncio.Event()
-        self.taken = False  # a batch holds this operation; it can no longer be withdrawn
-        self.resolved = False
-        self.value: T | None = None
-        self.error: BaseException | None = None
-
-    def resolve(self, value: T | None, error: BaseException | None) -> None:
-        self.value, self.error, self.resolved = value, error, True
-        self.done.set()
-
-    def outcome(self) -> T:
-        if self.error is not None:
-            raise self.error
-        return cast(T, self.value)
-
-
-class PostgresMemory(Memory):
+class PostgresMemory(GroupCommit, Memory):
     """Records, journals and leases in tables of one PostgreSQL schema, through asyncpg.
 
     A write is committed (to the server's ``synchronous_commit`` promise) before it returns.
@@ -197,17 +170,14 @@ class PostgresMemory(Memory):
                 f"pool_size must be at least 2, not {pool_size}: one connection writes batches "
                 "while the others serve reads and leases"
             )
+        super().__init__()
         self.dsn = dsn
         self.schema = schema
         self.pool_size = pool_size
-        self.commits = 0
-        """Transactions committed so far; shows group commit at work (tests, metrics)."""
         self._clock = clock
         self._sql = _Statements(schema)
         self._pool: Any = None  # asyncpg.Pool once connected
         self._connecting = asyncio.Lock()
-        self._queue: list[_Op[Any]] = []
-        self._flusher: asyncio.Task[None] | None = None
         self._closed = False  # no new calls
         self._shut = False  # the pool is closed for good
 
@@ -263,12 +233,13 @@ class PostgresMemory(Memory):
         header = bytes(header)
         entries = [(event_id, bytes(entry)) for event_id, entry in append]
         sql = self._sql
-        return await self._submit(
-            key,
+        written: int = await self._submit(
             lambda connection: _write(
                 connection, sql, key, revision, status, header, entries, due, reset
             ),
+            key=key,
         )
+        return written
 
     async def entry(self, key: str, event_id: str) -> bytes | None:
         pool = await self._ready()
@@ -301,9 +272,7 @@ class PostgresMemory(Memory):
     async def close(self) -> None:
         """Let queued writes finish, then close the pool. Safe to call twice."""
         self._closed = True
-        flusher = self._flusher
-        if flusher is not None:
-            await asyncio.wait({flusher})  # unlike awaiting it, never cancels the flusher
+        await self._drain()
         async with self._connecting:
             pool, self._pool, self._shut = self._pool, None, True
         if pool is not None:
@@ -348,47 +317,16 @@ class PostgresMemory(Memory):
             raise
         return pool
 
-    async def _submit(self, key: str, run: Callable[[Any], Awaitable[T]]) -> T:
-        """Queue ``run`` for the next batch and return its result once that batch committed."""
-        self._check_open()
-        op = _Op(key, run)
-        self._queue.append(op)
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        try:
-            await op.done.wait()
-        except BaseException:
-            # Cancelled: withdraw the operation unless a batch already holds it.
-            if not op.taken:
-                self._queue.remove(op)
-            raise
-        return op.outcome()
+    async def _execute(self, batch: list[Op]) -> None:
+        """asyncpg is asynchronous: the batch runs on the event loop, in the leader's task."""
+        await self._run_batch(batch)
 
-    async def _flush(self) -> None:
-        """Run queued operations, batch after batch, until the queue is empty."""
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                for op in batch:
-                    op.taken = True
-                try:
-                    await self._run_batch(batch)
-                finally:
-                    for op in batch:
-                        if not op.resolved:
-                            op.resolve(None, RuntimeError(f"{self!r}: the batch was interrupted"))
-        finally:
-            self._flusher = None
-            for op in self._queue:  # only if the flusher itself was cancelled
-                op.resolve(None, RuntimeError(f"{self!r}: the writer was stopped"))
-
-    async def _run_batch(self, batch: list[_Op[Any]]) -> None:
+    async def _run_batch(self, batch: list[Op]) -> None:
         """Run ``batch`` in one transaction, each op in its own savepoint, and resolve it."""
         try:
             pool = await self._connect()
         except Exception as error:
-            for op in batch:
-                op.resolve(None, error)
+            self._fail(batch, error)
             return
         # Key order, the same in every process, so batches running at once lock records in one
         # order and cannot deadlock. The sort is stable: writes to one key keep their order.
@@ -416,12 +354,9 @@ class PostgresMemory(Memory):
                             await connection.execute("ROLLBACK")
                     raise
         except Exception as error:
-            for op in batch:
-                op.resolve(None, error)
+            self._fail(batch, error)
             return
-        self.commits += 1
-        for op, (value, failure) in zip(batch, outcomes, strict=True):
-            op.resolve(value, failure)
+        self._settle(batch, outcomes)
 
 
 async def _write(

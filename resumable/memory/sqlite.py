@@ -1,10 +1,7 @@
 """Memory in one SQLite file: the embedded default, durable and shared by processes on a host.
 
-Writes: each ``write`` becomes an operation in a queue. One caller at a time (the leader)
-takes every queued operation and runs them in a worker thread as one transaction with one
-commit (group commit), so concurrent tasks share the cost of each fsync. Each operation runs
-inside its own savepoint: one that fails is rolled back alone and fails only its caller.
-Then the leader hands the role to the oldest queued caller, if any.
+Writes are group committed (``resumable.memory.group``): concurrent writes share one
+transaction, run in a worker thread with one commit, so they share the cost of each fsync.
 
 Reads run on the caller's thread through a second connection, each in its own read
 transaction (a consistent snapshot). They see only committed writes, which are durable, and
@@ -22,13 +19,14 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
 
 from resumable.errors import ConflictError, DuplicateEntryError
 from resumable.memory.base import Memory, Stored
+from resumable.memory.group import GroupCommit, Op
 
 __all__ = ["SQLiteMemory"]
 
@@ -67,30 +65,7 @@ CREATE TABLE IF NOT EXISTS locks (
 """
 
 
-class _Op(Generic[T]):
-    """One queued call: the work to run on the connection, and how it ended."""
-
-    __slots__ = ("error", "lead", "resolved", "run", "taken", "value", "wake")
-
-    def __init__(self, run: Callable[[sqlite3.Connection], T]) -> None:
-        self.run = run
-        self.wake = anyio.Event()  # set when resolved, or when this caller must lead
-        self.lead = False  # this caller runs the next batch
-        self.taken = False  # a batch holds this operation; it can no longer be withdrawn
-        self.resolved = False
-        self.value: T | None = None
-        self.error: BaseException | None = None
-
-    def resolve(self, value: T | None, error: BaseException | None) -> None:
-        self.value, self.error, self.resolved = value, error, True
-
-    def outcome(self) -> T:
-        if self.error is not None:
-            raise self.error
-        return cast(T, self.value)
-
-
-class SQLiteMemory(Memory):
+class SQLiteMemory(GroupCommit, Memory):
     """Records, journals and leases in a SQLite file, in WAL mode with ``synchronous=FULL``.
 
     A write is fsynced before it returns. The file may be opened by several processes at once;
@@ -98,16 +73,12 @@ class SQLiteMemory(Memory):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time):
+        super().__init__()
         self.path = os.fspath(path)
-        self.commits = 0
-        """Transactions committed so far; shows group commit at work (tests, metrics)."""
         self._clock = clock
         self._connection: sqlite3.Connection | None = None  # the writer, in the worker thread
         self._reader: sqlite3.Connection | None = None
         self._leases: sqlite3.Connection | None = None
-        self._queue: list[_Op[Any]] = []
-        self._busy = False  # a leader is running a batch or about to
-        self._idle: anyio.Event | None = None  # set when the last batch ends, for close()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -133,11 +104,13 @@ class SQLiteMemory(Memory):
         # Snapshot the arguments now: the write runs later, and a bytearray could change.
         header = bytes(header)
         entries = [(event_id, bytes(entry)) for event_id, entry in append]
-        return await self._submit(
+        written: int = await self._submit(
             lambda connection: _write(
                 connection, key, revision, status, header, entries, due, reset
-            )
+            ),
+            key=key,
         )
+        return written
 
     async def entry(self, key: str, event_id: str) -> bytes | None:
         return _snapshot(await self._reader_connection(), lambda c: _entry(c, key, event_id))
@@ -179,10 +152,7 @@ class SQLiteMemory(Memory):
     async def close(self) -> None:
         """Let queued operations finish, then close the connection. Safe to call twice."""
         self._closed = True
-        while self._busy:
-            if self._idle is None:
-                self._idle = anyio.Event()
-            await self._idle.wait()
+        await self._drain()
         connection, self._connection = self._connection, None
         if connection is not None:
             await anyio.to_thread.run_sync(connection.close)
@@ -192,63 +162,17 @@ class SQLiteMemory(Memory):
             if other is not None:
                 other.close()
 
-    async def _submit(self, run: Callable[[sqlite3.Connection], T]) -> T:
-        """Queue ``run`` for the next batch and return its result once that batch committed."""
-        self._check_open()
-        op = _Op(run)
-        self._queue.append(op)
-        if self._busy:
-            try:
-                await op.wake.wait()
-            except BaseException:
-                # Cancelled: withdraw the operation unless a batch already holds it.
-                if not op.taken:
-                    self._queue.remove(op)
-                    if op.lead:
-                        self._hand_over()
-                raise
-        else:
-            self._busy = True
-            op.lead = True
-        if not op.resolved:
-            await self._lead()
-        return op.outcome()
+    async def _execute(self, batch: list[Op]) -> None:
+        """sqlite3 blocks: the batch runs in a worker thread, one thread hop per batch."""
+        await anyio.to_thread.run_sync(self._run_batch, batch)
 
-    async def _lead(self) -> None:
-        """Run every queued operation as one batch, resolve their callers, pass the lead on."""
-        batch, self._queue = self._queue, []
-        for op in batch:
-            op.taken = True
-        try:
-            # Shielded: the batch's callers wait for it, so the leader must see it through.
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._run_batch, batch)
-        finally:
-            for op in batch:
-                if not op.resolved:
-                    op.resolve(None, RuntimeError(f"{self!r}: the batch was interrupted"))
-                op.wake.set()
-            self._hand_over()
-
-    def _hand_over(self) -> None:
-        """Make the oldest queued caller the next leader, or mark the memory idle."""
-        if self._queue:
-            self._queue[0].lead = True
-            self._queue[0].wake.set()
-            return
-        self._busy = False
-        if self._idle is not None:
-            self._idle.set()
-            self._idle = None
-
-    def _run_batch(self, batch: list[_Op[Any]]) -> None:
+    def _run_batch(self, batch: list[Op]) -> None:
         """In a worker thread: run ``batch`` in one transaction, each op in its own savepoint."""
         try:
             connection = self._connect()
             connection.execute("BEGIN IMMEDIATE")
         except Exception as error:
-            for op in batch:
-                op.resolve(None, error)
+            self._fail(batch, error)
             return
         outcomes: list[tuple[Any, Exception | None]] = []
         try:
@@ -265,12 +189,9 @@ class SQLiteMemory(Memory):
             if connection.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     connection.execute("ROLLBACK")
-            for op in batch:
-                op.resolve(None, error)
+            self._fail(batch, error)
             return
-        self.commits += 1
-        for op, (value, failure) in zip(batch, outcomes, strict=True):
-            op.resolve(value, failure)
+        self._settle(batch, outcomes)
 
     def _connect(self) -> sqlite3.Connection:
         """The connection, opened and set up on first use (in the worker thread)."""

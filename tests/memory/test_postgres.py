@@ -224,6 +224,9 @@ async def test_failed_writes_do_not_stop_the_rest_of_their_batch(
             outcomes[name] = error
 
     async with anyio.create_task_group() as group:
+        # Leads a first batch alone (a caller finding no batch running writes at once);
+        # the rest queue behind it and share the next batch.
+        group.start_soon(partial(memory.write, "first", revision=0, status="s", header=b""))
         for index in range(10):
             group.start_soon(
                 partial(
@@ -250,7 +253,7 @@ async def test_failed_writes_do_not_stop_the_rest_of_their_batch(
             )
         )
 
-    assert batches == [13] and len(commits) == 1
+    assert batches == [1, 13] and len(commits) == 2
     assert isinstance(outcomes.pop("stale"), ConflictError)
     assert isinstance(outcomes.pop("exists"), ConflictError)
     assert isinstance(outcomes.pop("duplicate"), DuplicateEntryError)
@@ -277,9 +280,11 @@ async def test_a_batch_runs_its_writes_in_key_order(
 
     monkeypatch.setattr(postgres_module, "_write", recording)
     async with anyio.create_task_group() as group:
+        # Leads a first batch alone; the four others queue behind it and share the next.
+        group.start_soon(partial(memory.write, "first", revision=0, status="s", header=b""))
         for key in ["c", "a", "d", "b"]:
             group.start_soon(partial(memory.write, key, revision=0, status="s", header=b""))
-    assert ran == ["a", "b", "c", "d"]
+    assert ran == ["first", "a", "b", "c", "d"]
 
 
 def _hold_writes_of(key: str, monkeypatch: pytest.MonkeyPatch) -> tuple[anyio.Event, anyio.Event]:
