@@ -13,6 +13,9 @@ Each record also has a **due time**: when it next needs waking (a timer, a timeo
 retry backoff). ``due`` lists the records whose time has come, so whatever runs the
 workflows (``LocalBroker``, ``Worker``) can fire their timers after a restart.
 
+Each record also knows when it was first and last written, and the workflow its key names:
+``list`` pages through records newest first, by workflow and status, from an index.
+
 Plus a lease lock per key, with a time to live so a crashed holder cannot block a key
 forever. Memory never interprets the bytes; ``resumable.record`` does.
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from resumable.errors import ConflictError, DuplicateEntryError
-from resumable.memory.base import Memory, Stored
+from resumable.memory.base import Listed, Memory, Page, Stored
 from resumable.memory.inmemory import InMemoryMemory
 from resumable.memory.sqlite import SQLiteMemory
 
@@ -32,7 +35,9 @@ __all__ = [
     "ConflictError",
     "DuplicateEntryError",
     "InMemoryMemory",
+    "Listed",
     "Memory",
+    "Page",
     "SQLiteMemory",
     "Stored",
     "from_url",

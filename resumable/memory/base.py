@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-__all__ = ["Memory", "Stored"]
+__all__ = ["Listed", "Memory", "Page", "Stored"]
 
 
 class Stored(msgspec.Struct, frozen=True):
@@ -22,6 +22,30 @@ class Stored(msgspec.Struct, frozen=True):
     header: bytes
     journal: list[bytes] | None = None
     """All journal entries in append order, or None when ``read(journal=False)``."""
+
+
+class Listed(msgspec.Struct, frozen=True):
+    """One record as ``Memory.list`` shows it: what it is and when it was written."""
+
+    key: str
+    """The record's key (the workflow's subject)."""
+    workflow: str | None
+    """The orchestrator's name in the subject (``arvo.orc.order.fulfil``), derived from the
+    key at the first write; None for a key that is not an orchestration subject."""
+    status: str
+    """``active``, ``done``, ``failed``, ``cancelled`` or ``parked``."""
+    created: float
+    """Seconds since the epoch (the memory's clock, a wall clock) of the first write."""
+    updated: float
+    """Seconds since the epoch of the latest write."""
+
+
+class Page(msgspec.Struct, frozen=True):
+    """One page of ``Memory.list``: newest first, and where the next page starts."""
+
+    items: list[Listed]
+    cursor: str | None
+    """Pass as ``cursor=`` to get the next page; None when there are no more."""
 
 
 class Memory(abc.ABC):
@@ -56,6 +80,9 @@ class Memory(abc.ABC):
         ``due`` replaces the record's due time (seconds since the epoch; None: nothing to
         wake). ``reset`` drops the whole journal before appending (``continue_as_new``):
         the event ids of ``append`` are then checked only against each other.
+
+        Every write stamps the record's ``updated`` time from the memory's clock; the first
+        also its ``created`` time and the workflow its key names (for ``list``).
         """
 
     @abc.abstractmethod
@@ -64,7 +91,10 @@ class Memory(abc.ABC):
 
     @abc.abstractmethod
     async def keys(self, status: str | None = None) -> list[str]:
-        """Keys of all records, or of those whose status is ``status``, in key order."""
+        """Keys of all records, or of those whose status is ``status``, in key order.
+
+        Reads every matching key at once: fine for tools and tests; ``list`` is the indexed,
+        paged way to show records to people."""
 
     @abc.abstractmethod
     async def due(self, now: float, limit: int = 100) -> list[tuple[str, float]]:
@@ -83,6 +113,27 @@ class Memory(abc.ABC):
     async def unlock(self, key: str, owner: str) -> bool:
         """Release ``owner``'s lease on ``key``. False if ``owner`` did not hold it, or its
         lease had already expired."""
+
+    # Last of the methods: below it, ``list`` in an annotation would name this method.
+    @abc.abstractmethod
+    async def list(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        """One page of records, newest first (by ``created``, ties by key, both descending).
+
+        ``workflow`` keeps the records of that orchestrator (``Listed.workflow``), ``status``
+        those with that status; ``limit`` (1 to 1000) caps the page. ``cursor`` is the
+        ``Page.cursor`` of the page before: an opaque string holding the last ``(created,
+        key)`` seen, so paging never repeats or skips a record that existed when it began,
+        however many records are written meanwhile. Every backend answers from an index
+        (never a scan of every record), so a page costs the same at any size. Raises
+        ``ValueError`` for a limit out of range, an unknown status or a malformed cursor.
+        """
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
         """Release connections and threads. The memory must not be used afterwards."""

@@ -29,8 +29,9 @@ from typing import Any, cast
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from resumable.errors import ConflictError, DuplicateEntryError
-from resumable.memory.base import Memory, Stored
+from resumable.memory.base import Listed, Memory, Page, Stored
 from resumable.memory.group import GroupCommit, Op
+from resumable.memory.listing import check_query, page_of, select_page, workflow_of
 
 try:
     import asyncpg
@@ -66,6 +67,19 @@ _MIGRATIONS: tuple[str, ...] = (
         owner text NOT NULL,
         expires double precision NOT NULL
     );
+    """,
+    # Version 2: what ``list`` reads, with one index per filter in page order (none on
+    # ``updated``: every step changes it). ``_fill_listing`` fills rows already there.
+    """
+    ALTER TABLE {s}.records
+        ADD COLUMN workflow text COLLATE "C",
+        ADD COLUMN created double precision,
+        ADD COLUMN updated double precision;
+    CREATE INDEX records_listed ON {s}.records (created, key);
+    CREATE INDEX records_listed_by_status ON {s}.records (status, created, key);
+    CREATE INDEX records_listed_by_workflow ON {s}.records (workflow, created, key);
+    CREATE INDEX records_listed_by_workflow_status
+        ON {s}.records (workflow, status, created, key);
     """,
 )
 """DDL that takes the schema from version ``i`` to ``i + 1``; never edit a released one."""
@@ -103,16 +117,18 @@ class _Statements:
         # It returns whether it matched and which event ids were new (``_write`` judges).
         self.create = _write_statement(
             s,
-            f"INSERT INTO {s}.records (key, revision, status, header, due)"
-            " VALUES ($1, 1, $2, $3, $4) ON CONFLICT (key) DO NOTHING RETURNING key",
+            f"INSERT INTO {s}.records (key, revision, status, header, due, workflow, created,"
+            " updated) VALUES ($1, 1, $2, $3, $4, $7, $8, $8)"
+            " ON CONFLICT (key) DO NOTHING RETURNING key",
             arrays=5,
         )
         self.update = _write_statement(
             s,
-            f"UPDATE {s}.records SET revision = revision + 1, status = $3, header = $4, due = $5"
-            " WHERE key = $1 AND revision = $2 RETURNING key",
+            f"UPDATE {s}.records SET revision = revision + 1, status = $3, header = $4, due = $5,"
+            " updated = $8 WHERE key = $1 AND revision = $2 RETURNING key",
             arrays=6,
         )
+        self.records = f"{s}.records"
         self.hold = f"SELECT FROM {s}.records WHERE key = $1 FOR UPDATE"
         self.clear = f"DELETE FROM {s}.journal WHERE key = $1"
         self.entry = f"SELECT entry FROM {s}.journal WHERE key = $1 AND event_id = $2"
@@ -233,9 +249,11 @@ class PostgresMemory(GroupCommit, Memory):
         header = bytes(header)
         entries = [(event_id, bytes(entry)) for event_id, entry in append]
         sql = self._sql
+        workflow = workflow_of(key) if revision == 0 else None
+        now = self._clock()
         written: int = await self._submit(
             lambda connection: _write(
-                connection, sql, key, revision, status, header, entries, due, reset
+                connection, sql, key, revision, status, header, entries, due, reset, workflow, now
             ),
             key=key,
         )
@@ -311,7 +329,7 @@ class PostgresMemory(GroupCommit, Memory):
             ) from error
         try:
             async with pool.acquire() as connection:
-                await _migrate(connection, self.schema, where)
+                await _migrate(connection, self.schema, where, self._clock())
         except BaseException:
             pool.terminate()
             raise
@@ -358,6 +376,20 @@ class PostgresMemory(GroupCommit, Memory):
             return
         self._settle(batch, outcomes)
 
+    # Last of the methods: below it, ``list`` in an annotation would name this method.
+    async def list(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        query = check_query(workflow, status, limit, cursor)
+        sql, params = select_page(self._sql.records, query, lambda n: f"${n}")
+        pool = await self._ready()
+        return page_of([Listed(*row) for row in await pool.fetch(sql, *params)], query.limit)
+
 
 async def _write(
     connection: Any,
@@ -369,6 +401,8 @@ async def _write(
     entries: list[tuple[str, bytes]],
     due: float | None,
     reset: bool,
+    workflow: str | None,
+    now: float,
 ) -> int:
     """One compare-and-set write, inside the batch's savepoint: raising undoes it."""
     if reset:  # lock the record before its journal rows, as every write does; undone on failure
@@ -377,9 +411,13 @@ async def _write(
     ids = [event_id for event_id, _ in entries]
     blobs = [entry for _, entry in entries]
     if revision == 0:
-        row = await connection.fetchrow(sql.create, key, status, header, due, ids, blobs)
+        row = await connection.fetchrow(
+            sql.create, key, status, header, due, ids, blobs, workflow, now
+        )
     else:
-        row = await connection.fetchrow(sql.update, key, revision, status, header, due, ids, blobs)
+        row = await connection.fetchrow(
+            sql.update, key, revision, status, header, due, ids, blobs, now
+        )
     matched, added = row
     if not matched:
         raise ConflictError(key, revision, await connection.fetchval(sql.revision, key))
@@ -393,8 +431,9 @@ async def _write(
     return revision + 1
 
 
-async def _migrate(connection: Any, schema: str, where: str) -> None:
-    """Bring ``schema`` to ``SCHEMA_VERSION``: nothing to do (and no lock) if it is there."""
+async def _migrate(connection: Any, schema: str, where: str, now: float) -> None:
+    """Bring ``schema`` to ``SCHEMA_VERSION``: nothing to do (and no lock) if it is there.
+    ``now`` stands for the unknown write times of records older than the listing."""
     version = await _installed_version(connection, schema)
     if version == SCHEMA_VERSION:
         return
@@ -416,6 +455,8 @@ async def _migrate(connection: Any, schema: str, where: str) -> None:
                 )
             for step in range(version or 0, SCHEMA_VERSION):
                 await connection.execute(_MIGRATIONS[step].format(s=s))
+                if step + 1 == 2:
+                    await _fill_listing(connection, s, now)
                 await connection.execute(
                     f"INSERT INTO {s}.schema_version (version) VALUES ($1)", step + 1
                 )
@@ -424,6 +465,20 @@ async def _migrate(connection: Any, schema: str, where: str) -> None:
             f"cannot create the resumable tables in schema {schema!r} at {where}: {error}. "
             "Connect once as a user allowed to create them, or fix the schema by hand"
         ) from error
+
+
+async def _fill_listing(connection: Any, s: str, now: float) -> None:
+    """Version 2 for the records already there: each one's workflow from its key (Python
+    decodes subjects, SQL cannot), and ``now`` as its creation and update times."""
+    keys = [row[0] for row in await connection.fetch(f"SELECT key FROM {s}.records")]
+    if keys:
+        await connection.execute(
+            f"UPDATE {s}.records AS r SET workflow = f.workflow, created = $3, updated = $3"
+            " FROM unnest($1::text[], $2::text[]) AS f(key, workflow) WHERE r.key = f.key",
+            keys,
+            [workflow_of(key) for key in keys],
+            now,
+        )
 
 
 async def _installed_version(connection: Any, schema: str) -> int | None:

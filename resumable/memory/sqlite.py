@@ -25,8 +25,9 @@ import anyio
 import anyio.to_thread
 
 from resumable.errors import ConflictError, DuplicateEntryError
-from resumable.memory.base import Memory, Stored
+from resumable.memory.base import Listed, Memory, Page, Stored
 from resumable.memory.group import GroupCommit, Op
+from resumable.memory.listing import check_query, page_of, select_page, workflow_of
 
 __all__ = ["SQLiteMemory"]
 
@@ -35,26 +36,41 @@ T = TypeVar("T")
 _BUSY_TIMEOUT = 30.0
 """Seconds to wait for another process's write transaction on the same file."""
 
-_SCHEMA = """
-BEGIN;
-CREATE TABLE IF NOT EXISTS records (
-    key TEXT PRIMARY KEY,
-    revision INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    header BLOB NOT NULL,
-    due REAL
-);
-CREATE INDEX IF NOT EXISTS records_by_status ON records (status, key);
-CREATE TABLE IF NOT EXISTS journal (
-    key TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
-    entry BLOB NOT NULL,
-    PRIMARY KEY (key, seq)
-);
-CREATE UNIQUE INDEX IF NOT EXISTS journal_by_event ON journal (key, event_id);
-COMMIT;
-"""
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS records (
+        key TEXT PRIMARY KEY,
+        revision INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        header BLOB NOT NULL,
+        due REAL,
+        workflow TEXT,
+        created REAL,
+        updated REAL
+    )""",
+    """CREATE TABLE IF NOT EXISTS journal (
+        key TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        entry BLOB NOT NULL,
+        PRIMARY KEY (key, seq)
+    )""",
+)
+
+_ADDED_COLUMNS = {"due": "REAL", "workflow": "TEXT", "created": "REAL", "updated": "REAL"}
+"""Columns of ``records`` that files made by earlier versions lack, and their types."""
+
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS records_by_status ON records (status, key)",
+    "CREATE INDEX IF NOT EXISTS records_by_due ON records (due) WHERE due IS NOT NULL",
+    "CREATE UNIQUE INDEX IF NOT EXISTS journal_by_event ON journal (key, event_id)",
+    # list(): one index per filter, each in page order. None on ``updated``: every step
+    # changes it, and an index on it would cost every write.
+    "CREATE INDEX IF NOT EXISTS records_listed ON records (created, key)",
+    "CREATE INDEX IF NOT EXISTS records_listed_by_status ON records (status, created, key)",
+    "CREATE INDEX IF NOT EXISTS records_listed_by_workflow ON records (workflow, created, key)",
+    "CREATE INDEX IF NOT EXISTS records_listed_by_workflow_status"
+    " ON records (workflow, status, created, key)",
+)
 
 _LEASES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS locks (
@@ -104,9 +120,11 @@ class SQLiteMemory(GroupCommit, Memory):
         # Snapshot the arguments now: the write runs later, and a bytearray could change.
         header = bytes(header)
         entries = [(event_id, bytes(entry)) for event_id, entry in append]
+        workflow = workflow_of(key) if revision == 0 else None
+        now = self._clock()
         written: int = await self._submit(
             lambda connection: _write(
-                connection, key, revision, status, header, entries, due, reset
+                connection, key, revision, status, header, entries, due, reset, workflow, now
             ),
             key=key,
         )
@@ -214,13 +232,26 @@ class SQLiteMemory(GroupCommit, Memory):
                     "file on a local file system"
                 )
             connection.execute("PRAGMA synchronous = FULL")
-            connection.executescript(_SCHEMA)
-            _add_due_column(connection)
+            _migrate(connection, self._clock())
         except BaseException:
             connection.close()
             raise
         self._connection = connection
         return connection
+
+    # Last of the methods: below it, ``list`` in an annotation would name this method.
+    async def list(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        query = check_query(workflow, status, limit, cursor)
+        sql, params = select_page("records", query, lambda _: "?")
+        rows = (await self._reader_connection()).execute(sql, params)  # one statement: a snapshot
+        return page_of([Listed(*row) for row in rows], query.limit)
 
 
 def _open(path: str, *, synchronous: str) -> sqlite3.Connection:
@@ -272,8 +303,12 @@ def _write(
     entries: list[tuple[str, bytes]],
     due: float | None,
     reset: bool,
+    workflow: str | None,
+    now: float,
 ) -> int:
-    row = connection.execute("SELECT revision FROM records WHERE key = ?", (key,)).fetchone()
+    row = connection.execute(
+        "SELECT revision, status FROM records WHERE key = ?", (key,)
+    ).fetchone()
     found: int | None = None if row is None else row[0]
     if found != (revision if revision != 0 else None):
         raise ConflictError(key, revision, found)
@@ -284,17 +319,21 @@ def _write(
         seen.add(event_id)
     if revision == 0:
         connection.execute(
-            "INSERT INTO records (key, revision, status, header, due) VALUES (?, 1, ?, ?, ?)",
-            (key, status, header, due),
+            "INSERT INTO records (key, revision, status, header, due, workflow, created, updated)"
+            " VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
+            (key, status, header, due, workflow, now, now),
+        )
+    elif row[1] == status:  # most steps: not setting status spares the indexes holding it
+        connection.execute(
+            "UPDATE records SET revision = ?, header = ?, due = ?, updated = ? WHERE key = ?",
+            (revision + 1, header, due, now, key),
         )
     else:
-        cursor = connection.execute(
-            "UPDATE records SET revision = ?, status = ?, header = ?, due = ?"
-            " WHERE key = ? AND revision = ?",
-            (revision + 1, status, header, due, key, revision),
+        connection.execute(
+            "UPDATE records SET revision = ?, status = ?, header = ?, due = ?, updated = ?"
+            " WHERE key = ?",
+            (revision + 1, status, header, due, now, key),
         )
-        if cursor.rowcount != 1:
-            raise ConflictError(key, revision, None)
     if reset:
         connection.execute("DELETE FROM journal WHERE key = ?", (key,))
     if entries:
@@ -333,14 +372,32 @@ def _due(connection: sqlite3.Connection, now: float, limit: int) -> list[tuple[s
     return [(key, due) for key, due in rows]
 
 
-def _add_due_column(connection: sqlite3.Connection) -> None:
-    """Files written before timers existed have no ``due`` column: add it (idempotent)."""
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(records)")}
-    if "due" not in columns:
-        connection.execute("ALTER TABLE records ADD COLUMN due REAL")
-    connection.execute(
-        "CREATE INDEX IF NOT EXISTS records_by_due ON records (due) WHERE due IS NOT NULL"
-    )
+def _migrate(connection: sqlite3.Connection, now: float) -> None:
+    """Create the tables, or bring a file made by an earlier version up to date: add the
+    columns it lacks, derive the listing's from each record (``now`` stands for the unknown
+    times of its writes) and create the indexes. In one transaction, so processes opening
+    the file at once do not race."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for table in _TABLES:
+            connection.execute(table)
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(records)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in columns:
+                connection.execute(f"ALTER TABLE records ADD COLUMN {name} {kind}")
+        if "created" not in columns:
+            connection.create_function("resumable_workflow", 1, workflow_of, deterministic=True)
+            connection.execute(
+                "UPDATE records SET workflow = resumable_workflow(key), created = ?, updated = ?",
+                (now, now),
+            )
+        for index in _INDEXES:
+            connection.execute(index)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
 
 
 def _lock(connection: sqlite3.Connection, key: str, owner: str, ttl: float, now: float) -> bool:
