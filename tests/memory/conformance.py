@@ -18,6 +18,7 @@ import math
 import os
 import uuid
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -742,8 +743,11 @@ class MemoryConformance:
         assert await memory.list(status="done") == Page([], None)
 
     async def test_list_limits(self, memory: Memory) -> None:
-        for index in range(1001):
-            await memory.write(f"k{index:04}", revision=0, status="done", header=b"")
+        async with anyio.create_task_group() as group:  # at once: they share commits
+            for index in range(1001):
+                group.start_soon(
+                    partial(memory.write, f"k{index:04}", revision=0, status="done", header=b"")
+                )
         full = await memory.list(limit=1000)
         assert len(full.items) == 1000 and full.cursor is not None
         assert (await memory.list(limit=1000, cursor=full.cursor)).items == [
