@@ -87,6 +87,9 @@ _MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(_MIGRATIONS)
 """The newest schema version this code knows how to use."""
 
+_LISTING_VERSION = 2
+"""The version that added ``list``'s columns, which ``_fill_listing`` fills for old rows."""
+
 _LOCK_CLASS = 0x7273_6D62
 """First key of the advisory lock taken while creating tables (``rsmb``); the second is
 derived from the schema name, so different schemas do not wait for each other."""
@@ -455,7 +458,7 @@ async def _migrate(connection: Any, schema: str, where: str, now: float) -> None
                 )
             for step in range(version or 0, SCHEMA_VERSION):
                 await connection.execute(_MIGRATIONS[step].format(s=s))
-                if step + 1 == 2:
+                if step + 1 == _LISTING_VERSION:  # its rows need Python: SQL cannot read subjects
                     await _fill_listing(connection, s, now)
                 await connection.execute(
                     f"INSERT INTO {s}.schema_version (version) VALUES ($1)", step + 1
