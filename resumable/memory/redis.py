@@ -367,13 +367,12 @@ class RedisMemory(Memory):
                 keys=[name], args=[top, query.limit + 1, f"{self.prefix}:r:"]
             )
         rows = []
-        for index in range(0, len(flat), 4):
-            member, found, status_, updated = flat[index : index + 4]
-            since, key = _text(member)[:16], _text(member)[16:]
-            found_workflow = None if found is None else _text(found)
-            rows.append(
-                Listed(key, found_workflow, _text(status_), _created(since), float(updated))
-            )
+        for index in range(0, len(flat), 4):  # member, workflow, status, updated
+            member = _text(flat[index])
+            stored = None if flat[index + 1] is None else _text(flat[index + 1])
+            created = _created(member[:16])
+            updated = float(_text(flat[index + 3]))
+            rows.append(Listed(member[16:], stored, _text(flat[index + 2]), created, updated))
         return page_of(rows, query.limit)
 
     async def close(self) -> None:

@@ -12,10 +12,12 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from resumable.errors import ConflictError, DuplicateEntryError
 from resumable.memory import Stored
-from resumable.memory.redis import RedisMemory
+from resumable.memory.redis import RedisMemory, _created, _since
 
 from .conformance import FakeClock, MemoryConformance, check_two_instances_share, subject
 from servers import require_redis
@@ -357,3 +359,12 @@ async def test_a_record_from_before_the_listing_enters_it_at_its_next_write(
     (listed,) = (await memory.list(workflow="arvo.orc.order.fulfil", status="done")).items
     assert (listed.key, listed.workflow, listed.status) == (key, "arvo.orc.order.fulfil", "done")
     assert (await memory.list(status="active")).items == []
+
+
+# ``+ 0.0`` turns -0.0 into 0.0: the two are equal as times but not as bits.
+@given(st.lists(st.floats(allow_nan=False).map(lambda value: value + 0.0), max_size=20))
+def test_since_sorts_as_the_times_do_and_decodes_back(times: list[float]) -> None:
+    encoded = [_since(value) for value in times]
+    assert all(len(since) == 16 for since in encoded)
+    assert [_created(since) for since in encoded] == times
+    assert sorted(encoded) == [_since(value) for value in sorted(times)]
