@@ -13,6 +13,9 @@ Each record also has a **due time**: when it next needs waking (a timer, a timeo
 retry backoff). ``due`` lists the records whose time has come, so whatever runs the
 workflows (``LocalBroker``, ``Worker``) can fire their timers after a restart.
 
+Each record also knows when it was first and last written, and the workflow its key names:
+``list`` pages through records newest first, by workflow and status, from an index.
+
 Plus a lease lock per key, with a time to live so a crashed holder cannot block a key
 forever. Memory never interprets the bytes; ``resumable.record`` does.
 
@@ -21,101 +24,24 @@ Every backend passes the same conformance suite (``tests/memory/conformance.py``
 
 from __future__ import annotations
 
-import abc
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from resumable.errors import ConflictError, DuplicateEntryError, SetupError
+from resumable.memory.base import Listed, Memory, Page, Stored
+from resumable.memory.inmemory import InMemoryMemory
+from resumable.memory.sqlite import SQLiteMemory
 
 __all__ = [
     "ConflictError",
     "DuplicateEntryError",
     "InMemoryMemory",
+    "Listed",
     "Memory",
+    "Page",
     "SQLiteMemory",
     "Stored",
     "from_url",
 ]
-
-
-class Stored(msgspec.Struct, frozen=True):
-    """One record as read from memory."""
-
-    revision: int
-    status: str
-    header: bytes
-    journal: list[bytes] | None = None
-    """All journal entries in append order, or None when ``read(journal=False)``."""
-
-
-class Memory(abc.ABC):
-    """The storage interface the driver runs on. All methods are safe under concurrent tasks."""
-
-    @abc.abstractmethod
-    async def read(self, key: str, *, journal: bool = False) -> Stored | None:
-        """The record under ``key`` (with its journal if asked), or None if there is none."""
-
-    @abc.abstractmethod
-    async def write(
-        self,
-        key: str,
-        *,
-        revision: int,
-        status: str,
-        header: bytes,
-        append: Sequence[tuple[str, bytes]] = (),
-        due: float | None = None,
-        reset: bool = False,
-    ) -> int:
-        """Replace the header and append journal entries, if the record is at ``revision``.
-
-        ``revision`` is the revision the caller read (0 for a record that must not exist
-        yet). ``append`` holds ``(event_id, entry)`` pairs, appended in order and found
-        again by ``entry``. Returns the new revision (``revision + 1``). Raises
-        ``ConflictError`` and changes nothing if the stored revision differs, and
-        ``DuplicateEntryError`` (changing nothing) if an event id in ``append`` is already
-        journaled under ``key`` or repeated. When this returns, the write is durable to
-        the backend's promise.
-
-        ``due`` replaces the record's due time (seconds since the epoch; None: nothing to
-        wake). ``reset`` drops the whole journal before appending (``continue_as_new``):
-        the event ids of ``append`` are then checked only against each other.
-        """
-
-    @abc.abstractmethod
-    async def entry(self, key: str, event_id: str) -> bytes | None:
-        """The journal entry appended for ``event_id`` under ``key``, or None."""
-
-    @abc.abstractmethod
-    async def keys(self, status: str | None = None) -> list[str]:
-        """Keys of all records, or of those whose status is ``status``, in key order."""
-
-    @abc.abstractmethod
-    async def due(self, now: float, limit: int = 100) -> list[tuple[str, float]]:
-        """Up to ``limit`` ``(key, due)`` pairs whose due time is at or before ``now``,
-        earliest first (ties in key order). ``now=math.inf`` finds the next one to come."""
-
-    @abc.abstractmethod
-    async def lock(self, key: str, owner: str, ttl: float) -> bool:
-        """Take the lease on ``key`` for ``owner`` for ``ttl`` seconds.
-
-        True if taken (or already held by ``owner``, whose lease is then renewed); False if
-        another owner holds an unexpired lease. Raises only for an operational failure.
-        """
-
-    @abc.abstractmethod
-    async def unlock(self, key: str, owner: str) -> bool:
-        """Release ``owner``'s lease on ``key``. False if ``owner`` did not hold it, or its
-        lease had already expired."""
-
-    async def close(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
-        """Release connections and threads. The memory must not be used afterwards."""
-
-
-from resumable.memory.inmemory import InMemoryMemory  # noqa: E402
-from resumable.memory.sqlite import SQLiteMemory  # noqa: E402
 
 
 def from_url(url: str) -> Memory:

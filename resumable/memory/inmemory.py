@@ -1,14 +1,24 @@
-"""Memory in process dictionaries: for tests, and for workflows that need not survive a restart."""
+"""Memory in process dictionaries: for tests, and for workflows that need not survive a restart.
+
+``list`` reads sorted lists of ``(created, key)``, one for all records and one per status,
+workflow and both, kept in order with ``bisect``: a page costs a binary search and a slice.
+A record enters them at its first write and moves between status lists when its status
+changes; a write that keeps the status touches none of them.
+"""
 
 from __future__ import annotations
 
+import bisect
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import anyio.lowlevel
 import attrs
 
-from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
+from resumable.errors import ConflictError, DuplicateEntryError
+from resumable.memory.base import Listed, Memory, Page, Stored
+from resumable.memory.listing import check_query, page_of, workflow_of
 
 __all__ = ["InMemoryMemory"]
 
@@ -20,6 +30,9 @@ class _Record:
     revision: int
     status: str
     header: bytes
+    workflow: str | None
+    created: float
+    updated: float
     due: float | None = None
     journal: list[bytes] = attrs.field(factory=list)
     index: dict[str, bytes] = attrs.field(factory=dict)
@@ -30,13 +43,17 @@ class InMemoryMemory(Memory):
 
     Operations do not suspend, so each is atomic with respect to other tasks; a loop that
     only runs in-memory workflows should yield now and then (``LocalBroker`` does).
-    ``clock`` gives the lease time; inject one to test expiry.
+    ``clock`` (the wall clock) times leases and stamps records; inject one to test expiry.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._records: dict[str, _Record] = {}
         self._locks: dict[str, tuple[str, float]] = {}
+        # Ascending (created, key) of the records each listing filter keeps; read backwards.
+        self._listed: dict[tuple[str | None, str | None], list[tuple[float, str]]] = defaultdict(
+            list
+        )
 
     async def read(self, key: str, *, journal: bool = False) -> Stored | None:
         record = self._records.get(key)
@@ -68,11 +85,23 @@ class InMemoryMemory(Memory):
         if found != (revision if revision != 0 else None):
             raise ConflictError(key, revision, found)
         _check_new_event_ids(key, entries, {} if record is None or reset else record.index)
+        now = self._clock()
         if record is None:
-            record = self._records[key] = _Record(0, status, header)
-        elif reset:
-            record.journal = []
-            record.index = {}
+            record = self._records[key] = _Record(0, status, header, workflow_of(key), now, now)
+            for name in _filters(record.workflow, None) + _filters(record.workflow, status):
+                bisect.insort(self._listed[name], (now, key))
+        else:
+            if reset:
+                record.journal = []
+                record.index = {}
+            if record.status != status:
+                position = (record.created, key)
+                for name in _filters(record.workflow, record.status):
+                    listed = self._listed[name]
+                    del listed[bisect.bisect_left(listed, position)]
+                for name in _filters(record.workflow, status):
+                    bisect.insort(self._listed[name], position)
+            record.updated = now
         record.revision = revision + 1
         record.status = status
         record.header = header
@@ -114,6 +143,31 @@ class InMemoryMemory(Memory):
             return False
         del self._locks[key]
         return held[1] > self._clock()
+
+    async def list(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        query = check_query(workflow, status, limit, cursor)
+        listed = self._listed.get((query.workflow, query.status), [])
+        end = len(listed) if query.after is None else bisect.bisect_left(listed, query.after)
+        rows = []
+        for created, key in reversed(listed[max(0, end - limit - 1) : end]):
+            record = self._records[key]
+            rows.append(Listed(key, record.workflow, record.status, created, record.updated))
+        return page_of(rows, limit)
+
+
+def _filters(workflow: str | None, status: str | None) -> list[tuple[str | None, str | None]]:
+    """The ``(workflow, status)`` listing filters that keep a record of ``workflow`` with
+    ``status``: with and without its workflow (None: the filter ignores that field)."""
+    if workflow is None:
+        return [(None, status)]
+    return [(None, status), (workflow, status)]
 
 
 def _check_new_event_ids(

@@ -1,11 +1,9 @@
 """Memory in PostgreSQL: records shared by every process that reaches the server.
 
-Writes: each ``write`` becomes an operation in a queue. One task on the event loop (the
-flusher, started when the queue fills and ending when it empties) takes every queued
-operation and runs them on one connection as one transaction with one commit (group
-commit), so concurrent tasks share the cost of each commit's WAL flush. Each operation runs
-inside its own savepoint: one that fails is rolled back alone and fails only its caller. A
-``write`` returns once the commit holding it is done.
+Writes are group committed (``resumable.memory.group``): concurrent writes share one
+transaction on one connection, so they share the cost of each commit's WAL flush. A batch
+runs its writes in key order, the same in every process, so batches of two processes lock
+records in one order and cannot deadlock. A ``write`` returns once its commit is done.
 
 Reads and leases run on other connections of the pool, each as a single statement (a
 consistent snapshot on its own), so they never wait behind a batch.
@@ -26,12 +24,14 @@ import contextlib
 import inspect
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-from resumable.errors import SetupError
-from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
+from resumable.errors import ConflictError, DuplicateEntryError, SetupError
+from resumable.memory.base import Listed, Memory, Page, Stored
+from resumable.memory.group import GroupCommit, Op
+from resumable.memory.listing import check_query, page_of, select_page, workflow_of
 from resumable.uri import redact_url as _redact
 
 try:
@@ -42,8 +42,6 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
     ) from error
 
 __all__ = ["SCHEMA_VERSION", "PostgresMemory"]
-
-T = TypeVar("T")
 
 _MIGRATIONS: tuple[str, ...] = (
     # Version 1. ``key`` sorts by code point (COLLATE "C"), as ``keys`` and ``due`` promise.
@@ -71,11 +69,27 @@ _MIGRATIONS: tuple[str, ...] = (
         expires double precision NOT NULL
     );
     """,
+    # Version 2: what ``list`` reads, with one index per filter in page order (none on
+    # ``updated``: every step changes it). ``_fill_listing`` fills rows already there.
+    """
+    ALTER TABLE {s}.records
+        ADD COLUMN workflow text COLLATE "C",
+        ADD COLUMN created double precision,
+        ADD COLUMN updated double precision;
+    CREATE INDEX records_listed ON {s}.records (created, key);
+    CREATE INDEX records_listed_by_status ON {s}.records (status, created, key);
+    CREATE INDEX records_listed_by_workflow ON {s}.records (workflow, created, key);
+    CREATE INDEX records_listed_by_workflow_status
+        ON {s}.records (workflow, status, created, key);
+    """,
 )
 """DDL that takes the schema from version ``i`` to ``i + 1``; never edit a released one."""
 
 SCHEMA_VERSION = len(_MIGRATIONS)
 """The newest schema version this code knows how to use."""
+
+_LISTING_VERSION = 2
+"""The version that added ``list``'s columns, which ``_fill_listing`` fills for old rows."""
 
 _LOCK_CLASS = 0x7273_6D62
 """First key of the advisory lock taken while creating tables (``rsmb``); the second is
@@ -107,16 +121,18 @@ class _Statements:
         # It returns whether it matched and which event ids were new (``_write`` judges).
         self.create = _write_statement(
             s,
-            f"INSERT INTO {s}.records (key, revision, status, header, due)"
-            " VALUES ($1, 1, $2, $3, $4) ON CONFLICT (key) DO NOTHING RETURNING key",
+            f"INSERT INTO {s}.records (key, revision, status, header, due, workflow, created,"
+            " updated) VALUES ($1, 1, $2, $3, $4, $7, $8, $8)"
+            " ON CONFLICT (key) DO NOTHING RETURNING key",
             arrays=5,
         )
         self.update = _write_statement(
             s,
-            f"UPDATE {s}.records SET revision = revision + 1, status = $3, header = $4, due = $5"
-            " WHERE key = $1 AND revision = $2 RETURNING key",
+            f"UPDATE {s}.records SET revision = revision + 1, status = $3, header = $4, due = $5,"
+            " updated = $8 WHERE key = $1 AND revision = $2 RETURNING key",
             arrays=6,
         )
+        self.records = f"{s}.records"
         self.hold = f"SELECT FROM {s}.records WHERE key = $1 FOR UPDATE"
         self.clear = f"DELETE FROM {s}.journal WHERE key = $1"
         self.entry = f"SELECT entry FROM {s}.journal WHERE key = $1 AND event_id = $2"
@@ -151,31 +167,7 @@ def _write_statement(s: str, compare_and_set: str, arrays: int) -> str:
     )
 
 
-class _Op(Generic[T]):
-    """One queued write: its key, the work to run on the batch's connection, how it ended."""
-
-    __slots__ = ("done", "error", "key", "resolved", "run", "taken", "value")
-
-    def __init__(self, key: str, run: Callable[[Any], Awaitable[T]]) -> None:
-        self.key = key
-        self.run = run
-        self.done = asyncio.Event()
-        self.taken = False  # a batch holds this operation; it can no longer be withdrawn
-        self.resolved = False
-        self.value: T | None = None
-        self.error: BaseException | None = None
-
-    def resolve(self, value: T | None, error: BaseException | None) -> None:
-        self.value, self.error, self.resolved = value, error, True
-        self.done.set()
-
-    def outcome(self) -> T:
-        if self.error is not None:
-            raise self.error
-        return cast(T, self.value)
-
-
-class PostgresMemory(Memory):
+class PostgresMemory(GroupCommit, Memory):
     """Records, journals and leases in tables of one PostgreSQL schema, through asyncpg.
 
     A write is committed (to the server's ``synchronous_commit`` promise) before it returns.
@@ -198,17 +190,14 @@ class PostgresMemory(Memory):
                 f"pool_size must be at least 2, not {pool_size}: one connection writes batches "
                 "while the others serve reads and leases"
             )
+        super().__init__()
         self.dsn = dsn
         self.schema = schema
         self.pool_size = pool_size
-        self.commits = 0
-        """Transactions committed so far; shows group commit at work (tests, metrics)."""
         self._clock = clock
         self._sql = _Statements(schema)
         self._pool: Any = None  # asyncpg.Pool once connected
         self._connecting = asyncio.Lock()
-        self._queue: list[_Op[Any]] = []
-        self._flusher: asyncio.Task[None] | None = None
         self._closed = False  # no new calls
         self._shut = False  # the pool is closed for good
 
@@ -264,12 +253,15 @@ class PostgresMemory(Memory):
         header = bytes(header)
         entries = [(event_id, bytes(entry)) for event_id, entry in append]
         sql = self._sql
-        return await self._submit(
-            key,
+        workflow = workflow_of(key) if revision == 0 else None
+        now = self._clock()
+        written: int = await self._submit(
             lambda connection: _write(
-                connection, sql, key, revision, status, header, entries, due, reset
+                connection, sql, key, revision, status, header, entries, due, reset, workflow, now
             ),
+            key=key,
         )
+        return written
 
     async def entry(self, key: str, event_id: str) -> bytes | None:
         pool = await self._ready()
@@ -302,9 +294,7 @@ class PostgresMemory(Memory):
     async def close(self) -> None:
         """Let queued writes finish, then close the pool. Safe to call twice."""
         self._closed = True
-        flusher = self._flusher
-        if flusher is not None:
-            await asyncio.wait({flusher})  # unlike awaiting it, never cancels the flusher
+        await self._drain()
         async with self._connecting:
             pool, self._pool, self._shut = self._pool, None, True
         if pool is not None:
@@ -343,53 +333,22 @@ class PostgresMemory(Memory):
             ) from error
         try:
             async with pool.acquire() as connection:
-                await _migrate(connection, self.schema, where)
+                await _migrate(connection, self.schema, where, self._clock())
         except BaseException:
             pool.terminate()
             raise
         return pool
 
-    async def _submit(self, key: str, run: Callable[[Any], Awaitable[T]]) -> T:
-        """Queue ``run`` for the next batch and return its result once that batch committed."""
-        self._check_open()
-        op = _Op(key, run)
-        self._queue.append(op)
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        try:
-            await op.done.wait()
-        except BaseException:
-            # Cancelled: withdraw the operation unless a batch already holds it.
-            if not op.taken:
-                self._queue.remove(op)
-            raise
-        return op.outcome()
+    async def _execute(self, batch: list[Op]) -> None:
+        """asyncpg is asynchronous: the batch runs on the event loop, in the leader's task."""
+        await self._run_batch(batch)
 
-    async def _flush(self) -> None:
-        """Run queued operations, batch after batch, until the queue is empty."""
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                for op in batch:
-                    op.taken = True
-                try:
-                    await self._run_batch(batch)
-                finally:
-                    for op in batch:
-                        if not op.resolved:
-                            op.resolve(None, RuntimeError(f"{self!r}: the batch was interrupted"))
-        finally:
-            self._flusher = None
-            for op in self._queue:  # only if the flusher itself was cancelled
-                op.resolve(None, RuntimeError(f"{self!r}: the writer was stopped"))
-
-    async def _run_batch(self, batch: list[_Op[Any]]) -> None:
+    async def _run_batch(self, batch: list[Op]) -> None:
         """Run ``batch`` in one transaction, each op in its own savepoint, and resolve it."""
         try:
             pool = await self._connect()
         except Exception as error:
-            for op in batch:
-                op.resolve(None, error)
+            self._fail(batch, error)
             return
         # Key order, the same in every process, so batches running at once lock records in one
         # order and cannot deadlock. The sort is stable: writes to one key keep their order.
@@ -417,12 +376,23 @@ class PostgresMemory(Memory):
                             await connection.execute("ROLLBACK")
                     raise
         except Exception as error:
-            for op in batch:
-                op.resolve(None, error)
+            self._fail(batch, error)
             return
-        self.commits += 1
-        for op, (value, failure) in zip(batch, outcomes, strict=True):
-            op.resolve(value, failure)
+        self._settle(batch, outcomes)
+
+    # Last of the methods: below it, ``list`` in an annotation would name this method.
+    async def list(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        query = check_query(workflow, status, limit, cursor)
+        sql, params = select_page(self._sql.records, query, lambda n: f"${n}")
+        pool = await self._ready()
+        return page_of([Listed(*row) for row in await pool.fetch(sql, *params)], query.limit)
 
 
 async def _write(
@@ -435,6 +405,8 @@ async def _write(
     entries: list[tuple[str, bytes]],
     due: float | None,
     reset: bool,
+    workflow: str | None,
+    now: float,
 ) -> int:
     """One compare-and-set write, inside the batch's savepoint: raising undoes it."""
     if reset:  # lock the record before its journal rows, as every write does; undone on failure
@@ -443,9 +415,13 @@ async def _write(
     ids = [event_id for event_id, _ in entries]
     blobs = [entry for _, entry in entries]
     if revision == 0:
-        row = await connection.fetchrow(sql.create, key, status, header, due, ids, blobs)
+        row = await connection.fetchrow(
+            sql.create, key, status, header, due, ids, blobs, workflow, now
+        )
     else:
-        row = await connection.fetchrow(sql.update, key, revision, status, header, due, ids, blobs)
+        row = await connection.fetchrow(
+            sql.update, key, revision, status, header, due, ids, blobs, now
+        )
     matched, added = row
     if not matched:
         raise ConflictError(key, revision, await connection.fetchval(sql.revision, key))
@@ -459,8 +435,9 @@ async def _write(
     return revision + 1
 
 
-async def _migrate(connection: Any, schema: str, where: str) -> None:
-    """Bring ``schema`` to ``SCHEMA_VERSION``: nothing to do (and no lock) if it is there."""
+async def _migrate(connection: Any, schema: str, where: str, now: float) -> None:
+    """Bring ``schema`` to ``SCHEMA_VERSION``: nothing to do (and no lock) if it is there.
+    ``now`` stands for the unknown write times of records older than the listing."""
     version = await _installed_version(connection, schema)
     if version == SCHEMA_VERSION:
         return
@@ -482,6 +459,8 @@ async def _migrate(connection: Any, schema: str, where: str) -> None:
                 )
             for step in range(version or 0, SCHEMA_VERSION):
                 await connection.execute(_MIGRATIONS[step].format(s=s))
+                if step + 1 == _LISTING_VERSION:  # its rows need Python: SQL cannot read subjects
+                    await _fill_listing(connection, s, now)
                 await connection.execute(
                     f"INSERT INTO {s}.schema_version (version) VALUES ($1)", step + 1
                 )
@@ -490,6 +469,20 @@ async def _migrate(connection: Any, schema: str, where: str) -> None:
             f"cannot create the resumable tables in schema {schema!r} at {where}: {error}. "
             "Connect once as a user allowed to create them, or fix the schema by hand"
         ) from error
+
+
+async def _fill_listing(connection: Any, s: str, now: float) -> None:
+    """Version 2 for the records already there: each one's workflow from its key (Python
+    decodes subjects, SQL cannot), and ``now`` as its creation and update times."""
+    keys = [row[0] for row in await connection.fetch(f"SELECT key FROM {s}.records")]
+    if keys:
+        await connection.execute(
+            f"UPDATE {s}.records AS r SET workflow = f.workflow, created = $3, updated = $3"
+            " FROM unnest($1::text[], $2::text[]) AS f(key, workflow) WHERE r.key = f.key",
+            keys,
+            [workflow_of(key) for key in keys],
+            now,
+        )
 
 
 async def _installed_version(connection: Any, schema: str) -> int | None:

@@ -13,6 +13,14 @@ And for all records: ``{prefix}:keys`` (a sorted set of every key, all at score 
 in byte order, which for UTF-8 is ``str`` order), ``{prefix}:s:{status}`` (the keys whose
 status is ``status``) and ``{prefix}:due`` (keys scored by due time).
 
+For ``list``, the record hash also holds ``since`` (its creation time, as 16 hex digits that
+sort as the times do), ``updated`` and ``workflow``, and sorted sets at score 0 hold members
+``since + key``, so they sort by ``(created, key)`` and a page is one ``ZRANGE BYLEX REV``:
+``{prefix}:ls`` (every record), ``{prefix}:ls:s:{status}``, ``{prefix}:ls:w:{workflow}`` and
+``{prefix}:ls:ws:{workflow}:{status}``. The write script moves a record between the status
+sets when its status changes. A record written by a version without the listing enters it
+at its next write.
+
 ``write``, ``lock`` and ``unlock`` are Lua scripts, so each runs atomically on the server,
 checking before it changes anything. A write is as durable as the server is configured to
 make it: run Redis with ``appendonly yes`` and ``appendfsync always`` for a write to be on
@@ -26,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
@@ -40,8 +49,9 @@ except ModuleNotFoundError as missing:  # pragma: no cover - depends on the envi
         name=missing.name,
     ) from missing
 
-from resumable.errors import SetupError
-from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
+from resumable.errors import ConflictError, DuplicateEntryError, SetupError
+from resumable.memory.base import Listed, Memory, Page, Stored
+from resumable.memory.listing import check_query, page_of, workflow_of
 from resumable.uri import redact_url as _redact
 
 __all__ = ["RedisMemory"]
@@ -61,7 +71,8 @@ _WRITE = """#!lua
 local record, journal, index, all, due_set = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local key, expected, status, header = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local due, reset, statuses, token = ARGV[5], ARGV[6] == '1', ARGV[7], ARGV[8]
-local stored = redis.call('HMGET', record, 'revision', 'status', 'writer')
+local listed, since, updated, workflow = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local stored = redis.call('HMGET', record, 'revision', 'status', 'writer', 'since', 'workflow')
 local found = tonumber(stored[1]) or 0
 if found ~= expected then
   if found == expected + 1 and stored[3] == token then
@@ -70,7 +81,7 @@ if found ~= expected then
   return {0, found}
 end
 local seen = {}
-for i = 9, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   local id = ARGV[i]
   if seen[id] or (not reset and redis.call('HEXISTS', index, id) == 1) then
     return {2, id}
@@ -83,7 +94,27 @@ end
 redis.call('ZADD', statuses .. status, 0, key)
 redis.call('ZADD', all, 0, key)
 redis.call('HSET', record, 'revision', expected + 1, 'status', status, 'header', header,
-  'writer', token)
+  'writer', token, 'updated', updated)
+-- The listing: members are since .. key, all at score 0, so they sort by (created, key).
+if not stored[4] then  -- a new record (or one written before the listing existed)
+  local member = since .. key
+  redis.call('HSET', record, 'since', since)
+  redis.call('ZADD', listed, 0, member)
+  redis.call('ZADD', listed .. ':s:' .. status, 0, member)
+  if workflow ~= '' then
+    redis.call('HSET', record, 'workflow', workflow)
+    redis.call('ZADD', listed .. ':w:' .. workflow, 0, member)
+    redis.call('ZADD', listed .. ':ws:' .. workflow .. ':' .. status, 0, member)
+  end
+elseif stored[2] ~= status then
+  local member = stored[4] .. key
+  redis.call('ZREM', listed .. ':s:' .. stored[2], member)
+  redis.call('ZADD', listed .. ':s:' .. status, 0, member)
+  if stored[5] then
+    redis.call('ZREM', listed .. ':ws:' .. stored[5] .. ':' .. stored[2], member)
+    redis.call('ZADD', listed .. ':ws:' .. stored[5] .. ':' .. status, 0, member)
+  end
+end
 if due == '' then
   redis.call('HDEL', record, 'due')
   redis.call('ZREM', due_set, key)
@@ -96,7 +127,7 @@ if reset then
 end
 -- In chunks: unpack() of thousands of values overflows Lua's C stack.
 local entries, indexed = {}, {}
-for i = 9, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   entries[#entries + 1] = ARGV[i + 1]
   indexed[#indexed + 1] = ARGV[i]
   indexed[#indexed + 1] = ARGV[i + 1]
@@ -107,6 +138,21 @@ for i = 9, #ARGV, 2 do
   end
 end
 return {1, expected + 1}
+"""
+
+# One page: the members below the cursor, newest first, each with its record's fields.
+_LIST = """#!lua flags=no-writes
+local members = redis.call('ZRANGE', KEYS[1], ARGV[1], '-', 'BYLEX', 'REV', 'LIMIT', 0, ARGV[2])
+local page = {}
+for _, member in ipairs(members) do
+  local fields = redis.call('HMGET', ARGV[3] .. string.sub(member, 17), 'workflow', 'status',
+    'updated')
+  page[#page + 1] = member
+  page[#page + 1] = fields[1]
+  page[#page + 1] = fields[2]
+  page[#page + 1] = fields[3]
+end
+return page
 """
 
 _LOCK = """#!lua
@@ -177,6 +223,7 @@ class RedisMemory(Memory):
         self._write_script = self._client.register_script(_WRITE)
         self._lock_script = self._client.register_script(_LOCK)
         self._unlock_script = self._client.register_script(_UNLOCK)
+        self._list_script = self._client.register_script(_LIST)
         self._closed = False
 
     @classmethod
@@ -230,6 +277,7 @@ class RedisMemory(Memory):
     ) -> int:
         if due is not None and math.isnan(due):
             raise ValueError(f"due time of {key!r} is NaN; pass seconds since the epoch or None")
+        now = float(self._clock())
         args: list[str | int | bytes] = [
             key,
             revision,
@@ -239,6 +287,11 @@ class RedisMemory(Memory):
             "1" if reset else "0",
             f"{self.prefix}:s:",
             os.urandom(16).hex(),  # this write's token: a retry of it is not a conflict
+            f"{self.prefix}:ls",
+            _since(now),
+            repr(now),
+            # Used at a record's first write only (or the first since the listing existed).
+            workflow_of(key) or "",
         ]
         for event_id, entry in append:
             args += [event_id, bytes(entry)]
@@ -298,6 +351,30 @@ class RedisMemory(Memory):
         with self._failures():
             released = await self._unlock_script(keys=[self._lease(key)], args=[owner, repr(now)])
         return bool(released)
+
+    async def list(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        query = check_query(workflow, status, limit, cursor)
+        name = _listing_set(f"{self.prefix}:ls", query.workflow, query.status)
+        top = "+" if query.after is None else f"({_since(query.after[0])}{query.after[1]}"
+        with self._failures():
+            flat = await self._list_script(
+                keys=[name], args=[top, query.limit + 1, f"{self.prefix}:r:"]
+            )
+        rows = []
+        for index in range(0, len(flat), 4):  # member, workflow, status, updated
+            member = _text(flat[index])
+            stored = None if flat[index + 1] is None else _text(flat[index + 1])
+            created = _created(member[:16])
+            updated = float(_text(flat[index + 3]))
+            rows.append(Listed(member[16:], stored, _text(flat[index + 2]), created, updated))
+        return page_of(rows, query.limit)
 
     async def close(self) -> None:
         """Close the client and its connection pool. Safe to call twice."""
@@ -364,6 +441,32 @@ class RedisMemory(Memory):
                 f"type RedisMemory gives it ({error}); another program uses this prefix: "
                 "give RedisMemory a prefix of its own"
             ) from error
+
+
+def _listing_set(listed: str, workflow: str | None, status: str | None) -> str:
+    """The sorted set ``list`` reads for a filter, named as the write script names it."""
+    if workflow is None:
+        return listed if status is None else f"{listed}:s:{status}"
+    return f"{listed}:w:{workflow}" if status is None else f"{listed}:ws:{workflow}:{status}"
+
+
+def _since(created: float) -> str:
+    """``created`` as 16 hex digits that sort as the numbers do (IEEE 754 bits, the sign
+    flipped): a listing member starts with it, so members sort by ``(created, key)``."""
+    (bits,) = struct.unpack(">Q", struct.pack(">d", created))
+    return f"{bits ^ _ALL_BITS if bits >> 63 else bits | _SIGN_BIT:016x}"
+
+
+def _created(since: str) -> float:
+    """The time ``_since`` encoded."""
+    bits = int(since, 16)
+    (created,) = struct.unpack(
+        ">d", struct.pack(">Q", bits ^ _SIGN_BIT if bits >> 63 else bits ^ _ALL_BITS)
+    )
+    return float(created)
+
+
+_SIGN_BIT, _ALL_BITS = 1 << 63, (1 << 64) - 1
 
 
 def _bytes(value: object) -> bytes:

@@ -1,10 +1,7 @@
 """Memory in one SQLite file: the embedded default, durable and shared by processes on a host.
 
-Writes: each ``write`` becomes an operation in a queue. One caller at a time (the leader)
-takes every queued operation and runs them in a worker thread as one transaction with one
-commit (group commit), so concurrent tasks share the cost of each fsync. Each operation runs
-inside its own savepoint: one that fails is rolled back alone and fails only its caller.
-Then the leader hands the role to the oldest queued caller, if any.
+Writes are group committed (``resumable.memory.group``): concurrent writes share one
+transaction, run in a worker thread with one commit, so they share the cost of each fsync.
 
 Reads run on the caller's thread through a second connection, each in its own read
 transaction (a consistent snapshot). They see only committed writes, which are durable, and
@@ -22,12 +19,15 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
 
-from resumable.memory import ConflictError, DuplicateEntryError, Memory, Stored
+from resumable.errors import ConflictError, DuplicateEntryError
+from resumable.memory.base import Listed, Memory, Page, Stored
+from resumable.memory.group import GroupCommit, Op
+from resumable.memory.listing import check_query, page_of, select_page, workflow_of
 
 __all__ = ["SQLiteMemory"]
 
@@ -36,26 +36,41 @@ T = TypeVar("T")
 _BUSY_TIMEOUT = 30.0
 """Seconds to wait for another process's write transaction on the same file."""
 
-_SCHEMA = """
-BEGIN;
-CREATE TABLE IF NOT EXISTS records (
-    key TEXT PRIMARY KEY,
-    revision INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    header BLOB NOT NULL,
-    due REAL
-);
-CREATE INDEX IF NOT EXISTS records_by_status ON records (status, key);
-CREATE TABLE IF NOT EXISTS journal (
-    key TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
-    entry BLOB NOT NULL,
-    PRIMARY KEY (key, seq)
-);
-CREATE UNIQUE INDEX IF NOT EXISTS journal_by_event ON journal (key, event_id);
-COMMIT;
-"""
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS records (
+        key TEXT PRIMARY KEY,
+        revision INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        header BLOB NOT NULL,
+        due REAL,
+        workflow TEXT,
+        created REAL,
+        updated REAL
+    )""",
+    """CREATE TABLE IF NOT EXISTS journal (
+        key TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        entry BLOB NOT NULL,
+        PRIMARY KEY (key, seq)
+    )""",
+)
+
+_ADDED_COLUMNS = {"due": "REAL", "workflow": "TEXT", "created": "REAL", "updated": "REAL"}
+"""Columns of ``records`` that files made by earlier versions lack, and their types."""
+
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS records_by_status ON records (status, key)",
+    "CREATE INDEX IF NOT EXISTS records_by_due ON records (due) WHERE due IS NOT NULL",
+    "CREATE UNIQUE INDEX IF NOT EXISTS journal_by_event ON journal (key, event_id)",
+    # list(): one index per filter, each in page order. None on ``updated``: every step
+    # changes it, and an index on it would cost every write.
+    "CREATE INDEX IF NOT EXISTS records_listed ON records (created, key)",
+    "CREATE INDEX IF NOT EXISTS records_listed_by_status ON records (status, created, key)",
+    "CREATE INDEX IF NOT EXISTS records_listed_by_workflow ON records (workflow, created, key)",
+    "CREATE INDEX IF NOT EXISTS records_listed_by_workflow_status"
+    " ON records (workflow, status, created, key)",
+)
 
 _LEASES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS locks (
@@ -66,30 +81,7 @@ CREATE TABLE IF NOT EXISTS locks (
 """
 
 
-class _Op(Generic[T]):
-    """One queued call: the work to run on the connection, and how it ended."""
-
-    __slots__ = ("error", "lead", "resolved", "run", "taken", "value", "wake")
-
-    def __init__(self, run: Callable[[sqlite3.Connection], T]) -> None:
-        self.run = run
-        self.wake = anyio.Event()  # set when resolved, or when this caller must lead
-        self.lead = False  # this caller runs the next batch
-        self.taken = False  # a batch holds this operation; it can no longer be withdrawn
-        self.resolved = False
-        self.value: T | None = None
-        self.error: BaseException | None = None
-
-    def resolve(self, value: T | None, error: BaseException | None) -> None:
-        self.value, self.error, self.resolved = value, error, True
-
-    def outcome(self) -> T:
-        if self.error is not None:
-            raise self.error
-        return cast(T, self.value)
-
-
-class SQLiteMemory(Memory):
+class SQLiteMemory(GroupCommit, Memory):
     """Records, journals and leases in a SQLite file, in WAL mode with ``synchronous=FULL``.
 
     A write is fsynced before it returns. The file may be opened by several processes at once;
@@ -97,16 +89,12 @@ class SQLiteMemory(Memory):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time):
+        super().__init__()
         self.path = os.fspath(path)
-        self.commits = 0
-        """Transactions committed so far; shows group commit at work (tests, metrics)."""
         self._clock = clock
         self._connection: sqlite3.Connection | None = None  # the writer, in the worker thread
         self._reader: sqlite3.Connection | None = None
         self._leases: sqlite3.Connection | None = None
-        self._queue: list[_Op[Any]] = []
-        self._busy = False  # a leader is running a batch or about to
-        self._idle: anyio.Event | None = None  # set when the last batch ends, for close()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -132,11 +120,15 @@ class SQLiteMemory(Memory):
         # Snapshot the arguments now: the write runs later, and a bytearray could change.
         header = bytes(header)
         entries = [(event_id, bytes(entry)) for event_id, entry in append]
-        return await self._submit(
+        workflow = workflow_of(key) if revision == 0 else None
+        now = self._clock()
+        written: int = await self._submit(
             lambda connection: _write(
-                connection, key, revision, status, header, entries, due, reset
-            )
+                connection, key, revision, status, header, entries, due, reset, workflow, now
+            ),
+            key=key,
         )
+        return written
 
     async def entry(self, key: str, event_id: str) -> bytes | None:
         return _snapshot(await self._reader_connection(), lambda c: _entry(c, key, event_id))
@@ -178,10 +170,7 @@ class SQLiteMemory(Memory):
     async def close(self) -> None:
         """Let queued operations finish, then close the connection. Safe to call twice."""
         self._closed = True
-        while self._busy:
-            if self._idle is None:
-                self._idle = anyio.Event()
-            await self._idle.wait()
+        await self._drain()
         connection, self._connection = self._connection, None
         if connection is not None:
             await anyio.to_thread.run_sync(connection.close)
@@ -191,63 +180,17 @@ class SQLiteMemory(Memory):
             if other is not None:
                 other.close()
 
-    async def _submit(self, run: Callable[[sqlite3.Connection], T]) -> T:
-        """Queue ``run`` for the next batch and return its result once that batch committed."""
-        self._check_open()
-        op = _Op(run)
-        self._queue.append(op)
-        if self._busy:
-            try:
-                await op.wake.wait()
-            except BaseException:
-                # Cancelled: withdraw the operation unless a batch already holds it.
-                if not op.taken:
-                    self._queue.remove(op)
-                    if op.lead:
-                        self._hand_over()
-                raise
-        else:
-            self._busy = True
-            op.lead = True
-        if not op.resolved:
-            await self._lead()
-        return op.outcome()
+    async def _execute(self, batch: list[Op]) -> None:
+        """sqlite3 blocks: the batch runs in a worker thread, one thread hop per batch."""
+        await anyio.to_thread.run_sync(self._run_batch, batch)
 
-    async def _lead(self) -> None:
-        """Run every queued operation as one batch, resolve their callers, pass the lead on."""
-        batch, self._queue = self._queue, []
-        for op in batch:
-            op.taken = True
-        try:
-            # Shielded: the batch's callers wait for it, so the leader must see it through.
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._run_batch, batch)
-        finally:
-            for op in batch:
-                if not op.resolved:
-                    op.resolve(None, RuntimeError(f"{self!r}: the batch was interrupted"))
-                op.wake.set()
-            self._hand_over()
-
-    def _hand_over(self) -> None:
-        """Make the oldest queued caller the next leader, or mark the memory idle."""
-        if self._queue:
-            self._queue[0].lead = True
-            self._queue[0].wake.set()
-            return
-        self._busy = False
-        if self._idle is not None:
-            self._idle.set()
-            self._idle = None
-
-    def _run_batch(self, batch: list[_Op[Any]]) -> None:
+    def _run_batch(self, batch: list[Op]) -> None:
         """In a worker thread: run ``batch`` in one transaction, each op in its own savepoint."""
         try:
             connection = self._connect()
             connection.execute("BEGIN IMMEDIATE")
         except Exception as error:
-            for op in batch:
-                op.resolve(None, error)
+            self._fail(batch, error)
             return
         outcomes: list[tuple[Any, Exception | None]] = []
         try:
@@ -264,12 +207,9 @@ class SQLiteMemory(Memory):
             if connection.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     connection.execute("ROLLBACK")
-            for op in batch:
-                op.resolve(None, error)
+            self._fail(batch, error)
             return
-        self.commits += 1
-        for op, (value, failure) in zip(batch, outcomes, strict=True):
-            op.resolve(value, failure)
+        self._settle(batch, outcomes)
 
     def _connect(self) -> sqlite3.Connection:
         """The connection, opened and set up on first use (in the worker thread)."""
@@ -292,13 +232,26 @@ class SQLiteMemory(Memory):
                     "file on a local file system"
                 )
             connection.execute("PRAGMA synchronous = FULL")
-            connection.executescript(_SCHEMA)
-            _add_due_column(connection)
+            _migrate(connection, self._clock())
         except BaseException:
             connection.close()
             raise
         self._connection = connection
         return connection
+
+    # Last of the methods: below it, ``list`` in an annotation would name this method.
+    async def list(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        query = check_query(workflow, status, limit, cursor)
+        sql, params = select_page("records", query, lambda _: "?")
+        rows = (await self._reader_connection()).execute(sql, params)  # one statement: a snapshot
+        return page_of([Listed(*row) for row in rows], query.limit)
 
 
 def _open(path: str, *, synchronous: str) -> sqlite3.Connection:
@@ -350,8 +303,12 @@ def _write(
     entries: list[tuple[str, bytes]],
     due: float | None,
     reset: bool,
+    workflow: str | None,
+    now: float,
 ) -> int:
-    row = connection.execute("SELECT revision FROM records WHERE key = ?", (key,)).fetchone()
+    row = connection.execute(
+        "SELECT revision, status FROM records WHERE key = ?", (key,)
+    ).fetchone()
     found: int | None = None if row is None else row[0]
     if found != (revision if revision != 0 else None):
         raise ConflictError(key, revision, found)
@@ -362,17 +319,21 @@ def _write(
         seen.add(event_id)
     if revision == 0:
         connection.execute(
-            "INSERT INTO records (key, revision, status, header, due) VALUES (?, 1, ?, ?, ?)",
-            (key, status, header, due),
+            "INSERT INTO records (key, revision, status, header, due, workflow, created, updated)"
+            " VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
+            (key, status, header, due, workflow, now, now),
+        )
+    elif row[1] == status:  # most steps: not setting status spares the indexes holding it
+        connection.execute(
+            "UPDATE records SET revision = ?, header = ?, due = ?, updated = ? WHERE key = ?",
+            (revision + 1, header, due, now, key),
         )
     else:
-        cursor = connection.execute(
-            "UPDATE records SET revision = ?, status = ?, header = ?, due = ?"
-            " WHERE key = ? AND revision = ?",
-            (revision + 1, status, header, due, key, revision),
+        connection.execute(
+            "UPDATE records SET revision = ?, status = ?, header = ?, due = ?, updated = ?"
+            " WHERE key = ?",
+            (revision + 1, status, header, due, now, key),
         )
-        if cursor.rowcount != 1:
-            raise ConflictError(key, revision, None)
     if reset:
         connection.execute("DELETE FROM journal WHERE key = ?", (key,))
     if entries:
@@ -411,14 +372,32 @@ def _due(connection: sqlite3.Connection, now: float, limit: int) -> list[tuple[s
     return [(key, due) for key, due in rows]
 
 
-def _add_due_column(connection: sqlite3.Connection) -> None:
-    """Files written before timers existed have no ``due`` column: add it (idempotent)."""
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(records)")}
-    if "due" not in columns:
-        connection.execute("ALTER TABLE records ADD COLUMN due REAL")
-    connection.execute(
-        "CREATE INDEX IF NOT EXISTS records_by_due ON records (due) WHERE due IS NOT NULL"
-    )
+def _migrate(connection: sqlite3.Connection, now: float) -> None:
+    """Create the tables, or bring a file made by an earlier version up to date: add the
+    columns it lacks, derive the listing's from each record (``now`` stands for the unknown
+    times of its writes) and create the indexes. In one transaction, so processes opening
+    the file at once do not race."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for table in _TABLES:
+            connection.execute(table)
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(records)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in columns:
+                connection.execute(f"ALTER TABLE records ADD COLUMN {name} {kind}")
+        if "created" not in columns:
+            connection.create_function("resumable_workflow", 1, workflow_of, deterministic=True)
+            connection.execute(
+                "UPDATE records SET workflow = resumable_workflow(key), created = ?, updated = ?",
+                (now, now),
+            )
+        for index in _INDEXES:
+            connection.execute(index)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
 
 
 def _lock(connection: sqlite3.Connection, key: str, owner: str, ttl: float, now: float) -> bool:

@@ -18,6 +18,7 @@ import math
 import os
 import uuid
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -27,7 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resumable.errors import ConflictError, DuplicateEntryError
-from resumable.memory import Memory, Stored
+from resumable.memory import Listed, Memory, Page, Stored
+from resumable.subject import new_subject
 
 
 class FakeClock:
@@ -58,6 +60,35 @@ async def check_two_instances_share(first: Memory, second: Memory, clock: FakeCl
     finally:
         await first.close()
         await second.close()
+
+
+def subject(execution_id: str, orchestrator: str = "arvo.orc.order.fulfil") -> str:
+    """An orchestration subject naming ``orchestrator``, as the driver's records have."""
+    return new_subject(
+        orchestrator=orchestrator,
+        version="1.0.0",
+        initiator="com.shop.web",
+        execution_id=execution_id,
+    )
+
+
+async def list_all(memory: Memory, limit: int, **filters: Any) -> list[Listed]:
+    """Every record ``list`` gives for ``filters``, page after page of ``limit``."""
+    items: list[Listed] = []
+    cursor: str | None = None
+    while True:
+        page = await memory.list(limit=limit, cursor=cursor, **filters)
+        assert len(page.items) <= limit
+        assert page.items or cursor is None, "a cursor must lead to a page with items"
+        items += page.items
+        if page.cursor is None:
+            return items
+        assert len(page.items) == limit, "only the last page may be short"
+        cursor = page.cursor
+
+
+def _newest_first(items: list[Listed]) -> list[Listed]:
+    return sorted(items, key=lambda item: (item.created, item.key), reverse=True)
 
 
 async def _snapshot(memory: Memory, key: str) -> Stored | None:
@@ -560,6 +591,193 @@ class MemoryConformance:
                 reset=True,
             )
         assert await memory.read("k", journal=True) == stored
+
+    # Listing.
+
+    async def test_list_of_nothing_is_one_empty_page(self, memory: Memory) -> None:
+        assert await memory.list() == Page(items=[], cursor=None)
+        assert await memory.list(workflow="arvo.orc.order.fulfil", status="active") == Page(
+            [], None
+        )
+
+    async def test_list_shows_records_newest_first(self, memory: Memory, clock: FakeClock) -> None:
+        order, refund = subject("o1"), subject("r1", orchestrator="arvo.orc.refund")
+        start = clock.now
+        await memory.write(order, revision=0, status="active", header=b"")
+        clock.advance(1)
+        await memory.write(refund, revision=0, status="active", header=b"")
+        clock.advance(1)
+        await memory.write("plain-key", revision=0, status="done", header=b"")
+        clock.advance(5)
+        await memory.write(order, revision=1, status="active", header=b"h", append=[("e", b"")])
+        assert (await memory.list()).items == [
+            Listed("plain-key", None, "done", start + 2, start + 2),
+            Listed(refund, "arvo.orc.refund", "active", start + 1, start + 1),
+            Listed(order, "arvo.orc.order.fulfil", "active", start, start + 7),
+        ]
+
+    async def test_list_ties_in_creation_go_by_key_descending(
+        self, memory: Memory, clock: FakeClock
+    ) -> None:
+        keys = [subject(f"t{index}") for index in range(5)] + ["a", "é", "日本", "Z"]
+        for key in keys:
+            await memory.write(key, revision=0, status="active", header=b"")
+        clock.advance(1)
+        await memory.write("later", revision=0, status="active", header=b"")
+        listed = [item.key for item in (await memory.list()).items]
+        assert listed == ["later", *sorted(keys, reverse=True)]
+
+    async def test_list_filters_by_workflow_and_status(
+        self, memory: Memory, clock: FakeClock
+    ) -> None:
+        made: dict[str, tuple[str | None, str]] = {}
+        statuses = ["active", "done", "failed", "cancelled", "parked"]
+        for index in range(30):
+            workflow = ["arvo.orc.order.fulfil", "arvo.orc.refund", None][index % 3]
+            status = statuses[index % 5]
+            key = f"plain-{index}" if workflow is None else subject(f"f{index}", workflow)
+            await memory.write(key, revision=0, status=status, header=b"")
+            made[key] = (workflow, status)
+            clock.advance(0.5)
+        for workflow in [None, "arvo.orc.order.fulfil", "arvo.orc.refund", "arvo.orc.none"]:
+            for status in [None, *statuses]:
+                items = await list_all(memory, 4, workflow=workflow, status=status)
+                expected = [
+                    key
+                    for key, (w, s) in made.items()
+                    if workflow in (None, w) and status in (None, s)
+                ]
+                assert [item.key for item in items] == expected[::-1], (workflow, status)
+                assert all(made[item.key] == (item.workflow, item.status) for item in items)
+
+    async def test_list_pages_with_a_cursor(self, memory: Memory, clock: FakeClock) -> None:
+        for index in range(23):
+            await memory.write(subject(f"p{index:02}"), revision=0, status="active", header=b"")
+            if index % 4 == 0:  # some records share a creation time
+                clock.advance(1)
+        everything = (await memory.list(limit=1000)).items
+        assert len(everything) == 23 and everything == _newest_first(everything)
+        for limit in [1, 5, 7, 23, 24]:
+            assert await list_all(memory, limit) == everything, limit
+        first = await memory.list(limit=10)
+        second = await memory.list(limit=10, cursor=first.cursor)
+        assert first.items + second.items == everything[:20]
+        assert second == await memory.list(limit=10, cursor=first.cursor)  # a cursor is reusable
+        third = await memory.list(limit=3, cursor=second.cursor)
+        assert third.items == everything[20:] and third.cursor is None
+
+    async def test_list_exactly_full_last_page_has_no_cursor(self, memory: Memory) -> None:
+        for index in range(6):
+            await memory.write(f"k{index}", revision=0, status="done", header=b"")
+        first = await memory.list(limit=3)
+        assert first.cursor is not None
+        assert (await memory.list(limit=3, cursor=first.cursor)).cursor is None
+        assert (await memory.list(limit=6)).cursor is None
+
+    async def test_paging_while_records_are_written_repeats_and_skips_nothing(
+        self, memory: Memory, clock: FakeClock
+    ) -> None:
+        existing = set()
+        for index in range(20):
+            key = subject(f"old{index:02}")
+            await memory.write(key, revision=0, status="active", header=b"")
+            existing.add(key)
+            if index % 3 == 0:
+                clock.advance(1)
+        seen: list[str] = []
+        page = await memory.list(limit=6, status="active")
+        seen += [item.key for item in page.items]
+        written = 0
+        while page.cursor is not None:
+            for _ in range(3):  # new records, some at the very time the cursor stopped at
+                written += 1
+                await memory.write(
+                    subject(f"new{written:02}"), revision=0, status="active", header=b""
+                )
+            clock.advance(0.25)
+            page = await memory.list(limit=6, status="active", cursor=page.cursor)
+            seen += [item.key for item in page.items]
+        old = [key for key in seen if key in existing]
+        assert sorted(old) == sorted(existing) and len(old) == len(set(old))
+
+    async def test_a_status_change_moves_the_record_between_filters(
+        self, memory: Memory, clock: FakeClock
+    ) -> None:
+        key, other = subject("s1"), subject("s2")
+        created = clock.now
+        revision = await memory.write(key, revision=0, status="active", header=b"")
+        await memory.write(other, revision=0, status="active", header=b"")
+        clock.advance(3)
+        revision = await memory.write(key, revision=revision, status="parked", header=b"")
+
+        async def keys(**filters: Any) -> list[str]:
+            return [item.key for item in await list_all(memory, 1, **filters)]
+
+        workflow = "arvo.orc.order.fulfil"
+        assert await keys(status="active") == [other]
+        assert await keys(status="parked") == [key]
+        assert await keys(workflow=workflow, status="active") == [other]
+        assert await keys(workflow=workflow, status="parked") == [key]
+        assert sorted(await keys(workflow=workflow)) == sorted([key, other])
+        clock.advance(1)
+        await memory.write(key, revision=revision, status="active", header=b"", reset=True)
+        assert sorted(await keys(workflow=workflow, status="active")) == sorted([key, other])
+        assert await keys(status="parked") == []
+        (listed,) = [item for item in (await memory.list()).items if item.key == key]
+        assert (listed.created, listed.updated) == (created, created + 4)
+
+    async def test_a_failed_write_changes_nothing_listed(
+        self, memory: Memory, clock: FakeClock
+    ) -> None:
+        key = subject("f1")
+        await memory.write(key, revision=0, status="active", header=b"", append=[("e", b"")])
+        before = await memory.list()
+        clock.advance(1)
+        with pytest.raises(ConflictError):
+            await memory.write(key, revision=0, status="done", header=b"")
+        with pytest.raises(DuplicateEntryError):
+            await memory.write(key, revision=1, status="done", header=b"", append=[("e", b"")])
+        with pytest.raises(ConflictError):
+            await memory.write("never", revision=2, status="done", header=b"")
+        assert await memory.list() == before
+        assert await memory.list(status="done") == Page([], None)
+
+    async def test_list_limits(self, memory: Memory) -> None:
+        async with anyio.create_task_group() as group:  # at once: they share commits
+            for index in range(1001):
+                group.start_soon(
+                    partial(memory.write, f"k{index:04}", revision=0, status="done", header=b"")
+                )
+        full = await memory.list(limit=1000)
+        assert len(full.items) == 1000 and full.cursor is not None
+        assert (await memory.list(limit=1000, cursor=full.cursor)).items == [
+            Listed("k0000", None, "done", full.items[0].created, full.items[0].created)
+        ]
+        assert len((await memory.list()).items) == 100
+        assert len((await memory.list(limit=1)).items) == 1
+
+    @pytest.mark.parametrize("limit", [0, -1, 1001, True, 2.5, "10", None])
+    async def test_list_refuses_a_bad_limit(self, memory: Memory, limit: Any) -> None:
+        with pytest.raises(ValueError, match=r"limit must be an int from 1 to 1000"):
+            await memory.list(limit=limit)
+
+    @pytest.mark.parametrize("status", ["open", "", "ACTIVE", 1])
+    async def test_list_refuses_an_unknown_status(self, memory: Memory, status: Any) -> None:
+        with pytest.raises(ValueError, match=r"status must be None or one of 'active'.*'parked'"):
+            await memory.list(status=status)
+
+    @pytest.mark.parametrize(
+        "cursor",
+        ["", "not a cursor", "W10=", "WyJhIiwxXQ==", "WzEuMCwyXQ==", "WzFlOTk5LCJrIl0=", 7],
+        ids=["empty", "text", "json-list", "swapped", "key-not-str", "infinite", "int"],
+    )
+    async def test_list_refuses_a_malformed_cursor(self, memory: Memory, cursor: Any) -> None:
+        with pytest.raises(ValueError, match=r"cursor .* is not one list\(\) returned"):
+            await memory.list(cursor=cursor)
+
+    async def test_list_refuses_a_workflow_that_is_not_a_string(self, memory: Memory) -> None:
+        with pytest.raises(ValueError, match="workflow must be None or an orchestrator name"):
+            await memory.list(workflow=b"arvo.orc.x")  # type: ignore[arg-type]
 
     # Bytes.
 
