@@ -36,6 +36,7 @@ from resumable.errors import (
     ConflictError,
     ExecutionViolation,
     NonDeterminismError,
+    SetupError,
     TransactionViolation,
 )
 from resumable.events import Event, EventError, now_iso
@@ -145,10 +146,15 @@ class Resumable(Generic[S]):
                 time=clock(),
             )
         except EventError as error:
-            raise ValueError(
+            raise SetupError(
                 f"clock() must return an ISO 8601 UTC timestamp like {now_iso()!r}: {error}"
             ) from None
+        if isinstance(lock_ttl, bool) or not isinstance(lock_ttl, int | float) or lock_ttl <= 0:
+            raise SetupError(f"lock_ttl must be a positive number of seconds, got {lock_ttl!r}")
         self.memory: Memory = memory if memory is not None else InMemoryMemory()
+        self.own_memory = memory is not None
+        """False while the workflow runs on the in-process memory it made for itself: a
+        ``Runtime`` then gives it the runtime's (``bind``)."""
         self.cache_size = cache_size
         self.lock_ttl = lock_ttl
         self.clock = clock
@@ -185,6 +191,15 @@ class Resumable(Generic[S]):
 
     def __repr__(self) -> str:
         return f"Resumable({self.contract.uri!r})"
+
+    def bind(self, memory: Memory | None = None, clock: Callable[[], str] | None = None) -> None:
+        """Run on ``memory`` and ``clock`` from now on: how a ``Runtime`` gives its own to
+        the workflows it hosts. Live generators of another memory's records are dropped."""
+        if memory is not None and memory is not self.memory:
+            self._cache.drop()
+            self.memory = memory
+        if clock is not None:
+            self.clock = clock
 
     def evict(self, subject: str | None = None) -> None:
         """Drop one live generator (or all) from the cache; the next step replays. Runs no

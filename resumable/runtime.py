@@ -21,6 +21,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -60,8 +61,6 @@ DEFAULT_SOURCE = "com.resumable.client"
 """The initiator of the instances a runtime or client starts: their completions go there."""
 
 _ENDED = (DONE, FAILED, CANCELLED)
-_BOUND = "_resumable_runtime_bound"
-"""Set on a workflow whose memory a Runtime assigned, so another Runtime may replace it."""
 
 
 def _first_millisecond_at_or_after(due: float) -> float:
@@ -294,10 +293,32 @@ class Client:
     ) -> WorkflowPage:
         """Instances (of ``workflow``, with ``status``), ``limit`` at a time; pass the
         page's ``cursor`` back for the next page."""
-        if limit < 1:
-            raise ValueError(f"limit must be 1 or more, got {limit!r}")
-        name = None if workflow is None else self._contract_of(workflow).type
-        return await _list_from_keys(self._memories(), name, status, limit, cursor)
+        contract = None if workflow is None else self._contract_of(workflow)
+        memory = self.memory if contract is None else self._memory_for(contract)
+        page = await memory.list(
+            workflow=None if contract is None else contract.type,
+            status=status,
+            limit=limit,
+            cursor=cursor,
+        )
+        items = []
+        for listed in page.items:
+            try:
+                parsed = parse_subject(listed.key)
+            except SubjectError:
+                continue
+            items.append(
+                WorkflowInfo(
+                    id=parsed.execution_id,
+                    workflow=parsed.name,
+                    status=listed.status,
+                    version=parsed.version,
+                    subject=listed.key,
+                    created=datetime.fromtimestamp(listed.created, UTC),
+                    updated=datetime.fromtimestamp(listed.updated, UTC),
+                )
+            )
+        return WorkflowPage(items=items, cursor=page.cursor)
 
     # ---------------------------------------------------------------------------------
     # what handles call
@@ -586,16 +607,12 @@ class Runtime(Client):
         self._worker_done = anyio.Event()
 
     def _bind(self, workflow: Resumable[Any], have_memory: bool) -> None:
-        """Give ``workflow`` this runtime's memory (if it has none of its own) and clock."""
-        if have_memory and (
-            getattr(workflow, _BOUND, False) or type(workflow.memory) is InMemoryMemory
-        ):
-            if workflow.memory is not self.memory:
-                workflow.evict()  # live generators belong to the old memory's records
-            workflow.memory = self.memory
-            setattr(workflow, _BOUND, True)
-        if self.clock is not now_iso:
-            workflow.clock = self.clock
+        """Give ``workflow`` this runtime's memory (unless it was made with its own) and
+        clock."""
+        workflow.bind(
+            memory=self.memory if have_memory and not workflow.own_memory else None,
+            clock=self.clock if self.clock is not now_iso else None,
+        )
 
     async def _started(self, group: anyio.abc.TaskGroup) -> None:
         await super()._started(group)
@@ -668,48 +685,3 @@ class Runtime(Client):
                 continue
             clock.set(_first_millisecond_at_or_after(upcoming))
             worker.fire_timers_now()
-
-
-async def _list_from_keys(
-    memories: list[Memory], workflow: str | None, status: str | None, limit: int, cursor: str | None
-) -> WorkflowPage:
-    """``list`` over ``Memory.keys`` and a header read per record, in key order, the cursor
-    being the last key shown.
-
-    A stand-in until ``Memory.list`` (an indexed listing, newest first, with created and
-    updated times) lands: swap this one function for it."""
-    keys: list[str] = []
-    for memory in memories:
-        keys.extend(await memory.keys(status=status))
-    keys = sorted(set(keys))
-    items: list[WorkflowInfo] = []
-    next_cursor: str | None = None
-    for key in keys:
-        if cursor is not None and key <= cursor:
-            continue
-        try:
-            parsed = parse_subject(key)
-        except SubjectError:
-            continue
-        if workflow is not None and parsed.name != workflow:
-            continue
-        if len(items) == limit:
-            next_cursor = items[-1].subject
-            break
-        found = None
-        for memory in memories:
-            found = await read_status(memory, key)
-            if found is not None:
-                break
-        if found is None:
-            continue
-        items.append(
-            WorkflowInfo(
-                id=parsed.execution_id,
-                workflow=parsed.name,
-                status=found.status,
-                version=found.version,
-                subject=key,
-            )
-        )
-    return WorkflowPage(items=items, cursor=next_cursor)

@@ -23,6 +23,7 @@ from resumable import (
     OrchestratorContract,
     Resumable,
     ServiceError,
+    SetupError,
     TransactionViolation,
     call,
     complete,
@@ -700,14 +701,28 @@ def test_definition_errors_are_clear() -> None:
         Resumable(orders, versions={"1.0.0": plain})
     with pytest.raises(ValueError, match=re.escape("no version '9.0.0'")):
         Resumable(orders, versions={"9.0.0": fulfil})
-    with pytest.raises(ConfigViolation, match="twice"):
+    # a mistake in how a workflow is put together is a SetupError (it was ConfigViolation,
+    # which is for events that cannot be routed)
+    with pytest.raises(SetupError, match="twice"):
         Resumable(orders, versions={"1.0.0": fulfil}, services=[payments, payments])
-    with pytest.raises(ConfigViolation, match="itself"):
+    with pytest.raises(SetupError, match="itself"):
         Resumable(orders, versions={"1.0.0": fulfil}, services=[orders])
     with pytest.raises(TypeError, match="OrchestratorContract"):
         Resumable(payments, versions={"1.0.0": fulfil})  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="attrs class"):
         Resumable(orders, versions={"1.0.0": fulfil}, state=dict)
+    for options in (
+        {"state": dict},
+        {"timeout": -1},
+        {"run_timeout": 0},
+        {"cache_size": -1},
+        {"lock_ttl": 0},
+        {"executionunits": "1"},
+        {"clock": lambda: "yesterday"},
+        {"signals": [42]},
+    ):
+        with pytest.raises(SetupError):
+            Resumable(orders, versions={"1.0.0": fulfil}, **options)
 
 
 async def test_call_to_an_unlisted_service_is_a_config_violation() -> None:

@@ -27,7 +27,6 @@ from resumable import (
 )
 from resumable.brokers import LocalBroker
 from resumable.demo import make_handlers, make_workflow
-from resumable.memory import InMemoryMemory
 
 from orders import OrderResult, OrderState, PlaceOrder, orders
 
@@ -62,7 +61,7 @@ def db(tmp_path: Path) -> str:
 
 
 async def test_start_then_result_on_sqlite(db: str) -> None:
-    async with Runtime([*make_handlers(), make_workflow(InMemoryMemory())], memory=db) as rt:
+    async with Runtime([*make_handlers(), make_workflow(None)], memory=db) as rt:
         handle = await rt.start(orders, PlaceOrder("o-1", 4200), id="loan-42")
         assert isinstance(handle, WorkflowHandle) and handle.id == "loan-42"
         status = await handle.status()  # durable when start returns: never "no such"
@@ -77,7 +76,7 @@ async def test_start_then_result_on_sqlite(db: str) -> None:
 async def test_the_users_id_is_the_subjects_execution_id(db: str) -> None:
     from resumable.subject import parse_subject
 
-    async with Runtime([*make_handlers(), make_workflow(InMemoryMemory())], memory=db) as rt:
+    async with Runtime([*make_handlers(), make_workflow(None)], memory=db) as rt:
         handle = await rt.start(orders, PlaceOrder("o-1", 10), id="order-7")
         subject = parse_subject(await handle.subject())
         assert (subject.execution_id, subject.name, subject.initiator) == (
@@ -252,9 +251,7 @@ async def test_a_virtual_clock_stamps_everything_and_moves_to_timers(db: str) ->
 
 async def test_a_runtime_on_a_local_broker_object_drains_and_keeps_no_history(db: str) -> None:
     broker = LocalBroker()
-    async with Runtime(
-        [*make_handlers(), make_workflow(InMemoryMemory())], memory=db, broker=broker
-    ) as rt:
+    async with Runtime([*make_handlers(), make_workflow(None)], memory=db, broker=broker) as rt:
         handles = [await rt.start(orders, PlaceOrder(f"o-{n}", 10), id=f"h-{n}") for n in range(20)]
         for handle in handles:
             assert (await handle.result(timeout=10)).status == "shipped"

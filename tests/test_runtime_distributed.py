@@ -15,7 +15,7 @@ import pytest
 from resumable import Client, Runtime, WorkflowIdConflict
 from resumable.brokers import Broker
 from resumable.demo import make_handlers, make_workflow
-from resumable.memory import InMemoryMemory, Memory
+from resumable.memory import Memory
 
 from orders import OrderResult, PlaceOrder, orders
 from servers import require_nats, require_postgres, require_redis
@@ -27,7 +27,7 @@ async def run_both(make_broker: Callable[[], Broker], make_memory: Callable[[], 
     runtime_memory, client_memory = make_memory(), make_memory()
     runtime_broker = make_broker()
     runtime = Runtime(
-        [*make_handlers(), make_workflow(InMemoryMemory())],
+        [*make_handlers(), make_workflow(None)],
         broker=runtime_broker,
         memory=runtime_memory,
         timer_interval=0.1,

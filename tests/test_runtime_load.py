@@ -21,9 +21,8 @@ pytestmark = pytest.mark.anyio
 async def test_a_thousand_starts_from_fifty_tasks_all_succeed_and_all_results_arrive(
     tmp_path: Path,
 ) -> None:
-    from resumable.memory import InMemoryMemory
 
-    workflow = make_workflow(InMemoryMemory())
+    workflow = make_workflow(None)
     results: dict[str, OrderResult] = {}
     async with Runtime([*make_handlers(), workflow], memory=f"sqlite:///{tmp_path / 'a.db'}") as rt:
 

@@ -18,6 +18,7 @@ from resumable import (
     EventHandler,
     ExecutionViolation,
     Resumable,
+    SetupError,
     VirtualClock,
     call,
     complete,
@@ -313,9 +314,9 @@ def test_signals_are_checked_at_definition() -> None:
     async def wf(ctx, order):
         yield complete(OrderResult("ok"))
 
-    with pytest.raises(ConfigViolation, match="signal type"):
+    with pytest.raises(SetupError, match="signal type"):  # construction: SetupError
         make_with_signals(wf, [approve, approve])
-    with pytest.raises(ConfigViolation, match="signal type"):
+    with pytest.raises(SetupError, match="signal type"):
         make_with_signals(wf, ["evt.test.echo.done"])  # a reply of a service
     with pytest.raises(TypeError, match="signals must be"):
         make_with_signals(wf, [3])

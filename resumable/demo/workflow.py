@@ -157,10 +157,11 @@ STOCK_AND_LABEL_TIMEOUT = 300.0
 
 
 def make_workflow(
-    memory: Memory, *, fn: WorkflowFunction = fulfil, **options: Any
+    memory: Memory | None, *, fn: WorkflowFunction = fulfil, **options: Any
 ) -> Resumable[OrderState]:
-    """The order workflow on ``memory``: ``fulfil``, or another function for version 1.0.0
-    (a test's variant of it); ``options`` go to ``Resumable``."""
+    """The order workflow on ``memory`` (None: the memory of the ``Runtime`` that runs it):
+    ``fulfil``, or another function for version 1.0.0 (a test's variant of it);
+    ``options`` go to ``Resumable``."""
     return Resumable(
         orders,
         versions={"1.0.0": fn},

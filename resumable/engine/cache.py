@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 
 from resumable.engine.frame import Frame
+from resumable.errors import SetupError
 from resumable.events import Event
 from resumable.record import Header
 from resumable.workflow import Context
@@ -35,7 +36,7 @@ class LiveCache:
 
     def __init__(self, size: int) -> None:
         if size < 0:
-            raise ValueError(f"cache_size must be >= 0, got {size}")
+            raise SetupError(f"cache_size must be >= 0, got {size}")
         self.size = size
         self._items: OrderedDict[str, Live] = OrderedDict()
 

@@ -20,7 +20,7 @@ from resumable.contracts import (
     parse_dataschema,
 )
 from resumable.domains import ORCHESTRATION_CONTEXT, DomainSpec, check_domain_spec
-from resumable.errors import ConfigViolation, ContractViolation, ServiceError
+from resumable.errors import ConfigViolation, ContractViolation, ServiceError, SetupError
 from resumable.events import Event, with_data
 from resumable.record import wire
 from resumable.state import converter as _converter
@@ -46,7 +46,7 @@ def _seconds(value: float | timedelta | None, name: str) -> float | None:
     if seconds is None:
         return None
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        raise SetupError(f"{name} must be a positive number of seconds, got {value!r}")
     return float(seconds)
 
 
@@ -89,30 +89,30 @@ class Definition(Generic[S]):
     ) -> Definition[S]:
         """Check every part and build the definition; a mistake raises naming the part."""
         if not isinstance(contract, OrchestratorContract):
-            raise TypeError(
+            raise SetupError(
                 f"Resumable needs an OrchestratorContract, got {contract!r}; "
                 "use EventHandler for a stateless service"
             )
         for version, fn in versions.items():
             if version not in contract.versions:
-                raise ValueError(
+                raise SetupError(
                     f"workflow {contract.uri!r}: contract has no version {version!r}; it has "
                     f"{', '.join(contract.versions)}"
                 )
             if not inspect.isasyncgenfunction(fn):
-                raise TypeError(
+                raise SetupError(
                     f"workflow {contract.uri!r} version {version}: {fn!r} must be an async "
                     "generator function (async def with yield)"
                 )
         if not versions:
-            raise ValueError(f"workflow {contract.uri!r} needs at least one version function")
+            raise SetupError(f"workflow {contract.uri!r} needs at least one version function")
         if state is not None and not attrs.has(state):
-            raise TypeError(f"workflow state must be an attrs class, got {state!r}")
+            raise SetupError(f"workflow state must be an attrs class, got {state!r}")
         check_domain_spec(service_domain, "service_domain")
         check_domain_spec(complete_domain, "complete_domain")
         check_domain_spec(system_error_domain, "system_error_domain")
         if isinstance(executionunits, bool) or not isinstance(executionunits, int | float):
-            raise TypeError(f"executionunits must be a number, got {executionunits!r}")
+            raise SetupError(f"executionunits must be a number, got {executionunits!r}")
         definition = cls(
             contract=contract,
             functions=dict(versions),
@@ -136,15 +136,15 @@ class Definition(Generic[S]):
         elif isinstance(item, Contract):
             versioned = item.latest
         else:
-            raise TypeError(f"services must be contracts, got {item!r}")
+            raise SetupError(f"services must be contracts, got {item!r}")
         uri = versioned.uri
         if uri == self.contract.uri:
-            raise ConfigViolation(
+            raise SetupError(
                 f"workflow {self.contract.uri!r} lists itself as a service; a workflow cannot "
                 "call itself"
             )
         if uri in self.services:
-            raise ConfigViolation(
+            raise SetupError(
                 f"workflow {self.contract.uri!r} lists contract {uri!r} twice; list each "
                 "service once, at the version to call"
             )
@@ -158,10 +158,10 @@ class Definition(Generic[S]):
         elif isinstance(signal, str) and signal:
             type_, contract = signal, None
         else:
-            raise TypeError(f"signals must be contracts or event types, got {signal!r}")
+            raise SetupError(f"signals must be contracts or event types, got {signal!r}")
         reserved = {self.source, TIMER_TYPE, CANCEL_TYPE, *self.reply_types}
         if type_ in reserved or type_ in self.signals:
-            raise ConfigViolation(
+            raise SetupError(
                 f"workflow {self.contract.uri!r}: signal type {type_!r} is listed twice or is "
                 "already the type of its init event, a service reply, a timer or a cancellation"
             )
