@@ -272,8 +272,10 @@ async def run_schedule(scenario: Scenario, schedule: Schedule) -> Outcome:
                 applied.append(_apply(env, queue.pop(0), step, trace))
                 await _act(env, applied[-1])
             if queue and queue[0].at <= step:
-                applied.append(_apply(env, queue.pop(0), step, trace))
-                await _act(env, applied[-1])
+                op = _apply(env, queue.pop(0), step, trace)
+                if op != Deliver(step):  # delivering the first in flight is no disturbance
+                    applied.append(op)
+                await _act(env, op)
             else:
                 trace.append(f"step {step}: deliver {_label(env.pending[0])}")
                 await env.step(0)
