@@ -14,7 +14,7 @@ from typing import Any, Final
 import msgspec
 
 from resumable.contracts import Contract, VersionedContract
-from resumable.errors import ConfigViolation
+from resumable.errors import ConfigViolation, ResumableError
 from resumable.events import Event
 from resumable.handler import Emit, EventHandler
 
@@ -32,7 +32,7 @@ NEVER: Final = _Never()
 """A scripted reply, or a fake's return value: the service does not answer at all."""
 
 
-class Fail(Exception):
+class Fail(ResumableError):
     """A scripted system error: the service fails with ``message`` (its ``errorName`` is
     ``name``), so the workflow gets a ``sys.<type>.error`` reply (``ServiceError``)."""
 

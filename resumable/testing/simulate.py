@@ -28,6 +28,7 @@ import msgspec
 
 from resumable.contracts import Contract, OrchestratorContract
 from resumable.driver import Resumable
+from resumable.errors import ResumableError
 from resumable.events import Event
 from resumable.handler import EventHandler
 from resumable.testing.compare import differences, identity
@@ -414,7 +415,7 @@ def _answers_changed(env: WorkflowEnv) -> str | None:
     return None
 
 
-class ScheduleFailed(AssertionError):
+class ScheduleFailed(ResumableError, AssertionError):
     """A schedule made the scenario end differently from the undisturbed run."""
 
 
