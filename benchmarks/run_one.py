@@ -50,6 +50,8 @@ JOB_ORDER = [
     "r1k-mem",
     "floor-replay-sqlite",
     "r1k-sqlite",
+    # The test kit's simulator (resumable.testing) on the demo's order workflow.
+    "sim-orders",
     # The distributed rows, right after their baseline (the SQLite embedded run).
     "dist-sqlite-embedded",
     "dist-nats-pg",
@@ -71,6 +73,10 @@ def _async_job(name: str) -> Callable[[Sizes, Path], Awaitable[list[Row]]]:
             "floor-replay-mem": floors.floor_replay_mem,
             "floor-replay-sqlite": floors.floor_replay_sqlite,
         }[name]
+    if name == "sim-orders":
+        from benchmarks.simulation import simulation_job
+
+        return simulation_job
     if name.startswith("dist-"):
         from benchmarks import distributed
 

@@ -1,8 +1,8 @@
 """Deterministic identifiers: the same inputs give the same id on every retry and replay.
 
 Emitted events get ids derived from what caused them (the consumed event, the workflow's
-step), so a retried or replayed step emits byte-identical events and consumers can
-de-duplicate by id.
+step), so a retried or replayed step emits events with the same ids and consumers can
+de-duplicate by id. What else stays identical is stated in ``resumable.testing.compare``.
 """
 
 from __future__ import annotations

@@ -246,3 +246,20 @@ def test_changing_the_code_between_steps_parks_at_the_changed_step(length, data)
         assert before is not None and after is not None and after.journal == before.journal
 
     anyio.run(run)
+
+
+# The same properties through the test kit (resumable.testing): any order, duplicates,
+# crashes before the write and before the publish, evictions and handovers, at once.
+
+from resumable.testing import Scenario, Start, check, schedules  # noqa: E402
+
+
+@PROFILE
+@given(order=orders_strategy, schedule=schedules(steps=12))
+def test_any_schedule_ends_as_the_undisturbed_run(order, schedule) -> None:
+    scenario = Scenario(
+        [order_workflow(InMemoryMemory()), *HANDLERS],
+        start=[Start(orders, order, "o"), Start(orders, PlaceOrder("p", 10), "p")],
+    )
+    outcome = check(scenario, schedule)
+    assert outcome.instances["p"]["result"] == {"status": "shipped", "payment_id": "pay-p"}

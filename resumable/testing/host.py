@@ -1,0 +1,122 @@
+"""One simulated process hosting workflows: the engine's ``decide`` over a shared memory.
+
+What ``Resumable.execute`` does, less the span and the lease (a test delivers one event at
+a time), and with the two places a process can die made explicit: after deciding and
+before writing (the step is lost, its event comes again), and after writing and before
+publishing (the events are lost; the journal gives them back). Each host has its own cache
+of live generators, so two hosts on one memory hand instances over as two runtimes do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from resumable.engine.cache import LiveCache
+from resumable.engine.definition import Definition
+from resumable.engine.instance import Stored, decide
+from resumable.errors import ExecutionViolation
+from resumable.events import Event
+from resumable.memory import Memory
+from resumable.record import encode_header
+from resumable.subject import SubjectError, parse_subject
+
+__all__ = ["CrashPoint", "Host"]
+
+CrashPoint = Literal["before-write", "before-publish"]
+"""Where a process dies while applying an event: before its record is written (the step
+is lost) or after, before its events are published (the events are lost)."""
+
+
+class _Journal:
+    """The engine's read access to one instance's journal."""
+
+    __slots__ = ("key", "memory")
+
+    def __init__(self, memory: Memory, key: str) -> None:
+        self.memory = memory
+        self.key = key
+
+    async def entry(self, event_id: str) -> bytes | None:
+        return await self.memory.entry(self.key, event_id)
+
+    async def entries(self, revision: int) -> list[bytes]:
+        full = await self.memory.read(self.key, journal=True)
+        assert full is not None and full.journal is not None and full.revision == revision
+        return full.journal
+
+
+class Host:
+    """A process running workflows on ``memory``; ``crash()`` drops its live generators."""
+
+    def __init__(self, memory: Memory, cache_size: int = 1024) -> None:
+        self.memory = memory
+        self.cache = LiveCache(cache_size)
+
+    def crash(self) -> None:
+        """The process died: every live generator is gone (none of their code runs)."""
+        self.cache.drop()
+
+    async def execute(
+        self,
+        defn: Definition[Any],
+        event: Event,
+        *,
+        time: str,
+        now: float,
+        crash: CrashPoint | None = None,
+    ) -> list[Event]:
+        """Apply ``event`` and return what it emits (nothing if ``crash`` cut it short)."""
+        try:
+            subject = parse_subject(event.subject)
+        except SubjectError as error:
+            raise ExecutionViolation(
+                f"event {event.id} ({event.type}) has subject {event.subject!r}, which is not "
+                f"an orchestration subject: {error}"
+            ) from None
+        if subject.name != defn.source:
+            return []
+        defn.function(subject.version, f"subject of event {event.id}")
+        typed = defn.validate(event, subject)
+        key = event.subject
+        stored = await self.memory.read(key)
+        instance = None
+        if stored is not None:
+            instance = Stored(stored.revision, stored.header, self.cache.get(key, stored.revision))
+        try:
+            decision = await decide(
+                defn,
+                event,
+                typed,
+                subject,
+                instance,
+                _Journal(self.memory, key),
+                time=time,
+                now=now,
+                headers=(None, None),
+            )
+        except BaseException:
+            self.cache.drop(key)
+            raise
+        if crash == "before-write":
+            self.crash()
+            return []
+        header = decision.header
+        if header is not None:
+            written = await self.memory.write(
+                key,
+                revision=0 if stored is None else stored.revision,
+                status=header.status,
+                header=encode_header(header),
+                append=decision.append,
+                due=header.next_due(),
+                reset=decision.reset,
+            )
+            if decision.live is None:
+                self.cache.drop(key)
+            else:
+                decision.live.revision = written
+                self.cache.put(key, decision.live)
+        if crash == "before-publish":
+            self.crash()
+            return []
+        return decision.emitted

@@ -1,0 +1,129 @@
+"""resumable.testing's simulator: every disturbance keeps a correct workflow's outcome, a
+broken service or workflow is caught, and the printed schedule replays exactly."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from resumable import Resumable, call, complete, step
+from resumable.demo import (
+    CardCharged,
+    OrderResult,
+    PlaceOrder,
+    make_handlers,
+    make_workflow,
+    orders,
+    payments,
+)
+from resumable.memory import InMemoryMemory
+from resumable.testing import (
+    Crash,
+    Deliver,
+    Duplicate,
+    Evict,
+    Handover,
+    Scenario,
+    Schedule,
+    ScheduleFailed,
+    Start,
+    check,
+    fake,
+    run_once,
+    simulate,
+)
+
+QUICK = settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+def _orders() -> Scenario:
+    return Scenario(
+        [make_workflow(InMemoryMemory()), *make_handlers()],
+        start=[
+            Start(orders, PlaceOrder("o-1", 4200), "o-1"),
+            Start(orders, PlaceOrder("o-2", 4200, "out-of-stock"), "o-2"),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        Schedule([Deliver(at=1, index=1)]),
+        Schedule([Duplicate(at=0), Duplicate(at=3, index=1)]),
+        Schedule([Crash(at=1, point="before-write"), Crash(at=4, point="before-publish")]),
+        Schedule([Evict(at=2), Handover(at=3), Evict(at=5), Handover(at=6)]),
+    ],
+    ids=["reorder", "duplicate", "crash", "evict-handover"],
+)
+def test_each_disturbance_keeps_the_order_workflows_outcome(schedule: Schedule) -> None:
+    outcome = check(_orders(), schedule)
+    assert [op.at for op in outcome.schedule] == [op.at for op in schedule]  # all applied
+    assert outcome.instances["o-1"]["result"] == {"status": "shipped", "payment_id": "pay-o-1"}
+    assert outcome.instances["o-2"]["status"] == "failed"
+    assert len(outcome.trace) > len(schedule)
+
+
+def test_simulate_runs_the_schedules_it_reports() -> None:
+    report = simulate(_orders(), settings=QUICK)
+    assert report.schedules == 60 and report.per_second > 0
+
+
+def _charge_then_step(counter):
+    async def wf(ctx, order: PlaceOrder):
+        yield call(payments, {"order_id": order.order_id, "amount_cents": 1})
+        receipt = yield step(lambda: f"receipt-{next(counter)}")  # not idempotent
+        yield complete(OrderResult(receipt))
+
+    return wf
+
+
+def test_a_local_step_that_is_not_idempotent_is_caught_by_a_crash_before_the_write() -> None:
+    def handlers():
+        workflow = Resumable(
+            orders, versions={"1.0.0": _charge_then_step(itertools.count())}, services=[payments]
+        )
+        return [workflow, fake(payments, lambda r: CardCharged("pay"))]
+
+    scenario = Scenario(handlers, start=[Start(orders, PlaceOrder("o-1", 1), "o-1")])
+    with pytest.raises(ScheduleFailed) as failure:
+        simulate(scenario, settings=QUICK)
+    message = str(failure.value)
+    assert "result is {'status': 'receipt-1'" in message
+    printed = message.rsplit("replay it with: check(scenario, ", 1)[1][:-1]
+    shrunk = eval(printed)  # the printed schedule is code
+    assert (
+        len(shrunk) <= 2
+        and not any(isinstance(op, Deliver) for op in shrunk)
+        and any(isinstance(op, Crash) for op in shrunk)
+    )
+    with pytest.raises(ScheduleFailed):
+        check(scenario, shrunk)
+    with pytest.raises(ScheduleFailed):
+        check(scenario, Schedule([Crash(at=2, point="before-write")]))
+
+
+def test_the_printed_schedule_replays_the_same_run() -> None:
+    scenario = _orders()
+    first = run_once(scenario, Schedule([Duplicate(at=1, index=5), Crash(at=3), Handover(at=4)]))
+    again = run_once(scenario, first.schedule)
+    assert (again.trace, again.instances, again.completions) == (
+        first.trace,
+        first.instances,
+        first.completions,
+    )
+
+
+def test_a_violation_during_a_run_is_a_failure() -> None:
+    async def asks_an_unlisted_service(ctx, order: PlaceOrder):
+        yield call(payments, {"order_id": order.order_id, "amount_cents": 1})
+        yield complete(OrderResult("done"))
+
+    broken = Resumable(orders, versions={"1.0.0": asks_an_unlisted_service}, services=[])
+    scenario = Scenario([broken], start=[Start(orders, PlaceOrder("o-1", 1), "o-1")])
+    with pytest.raises(ScheduleFailed, match="undisturbed run itself fails: ConfigViolation"):
+        check(scenario, Schedule())
