@@ -33,19 +33,19 @@ from resumable.engine.replay import replay
 from resumable.engine.turn import Decision
 from resumable.errors import (
     ConfigViolation,
-    ConflictError,
     ExecutionViolation,
     NonDeterminismError,
     SetupError,
     TransactionViolation,
+    WorkflowAwaitError,
 )
 from resumable.events import Event, EventError, now_iso
 from resumable.ids import lease_owner
 from resumable.memory import InMemoryMemory, Memory, Stored
-from resumable.queries import WorkflowStatus, read_status
-from resumable.record import ACTIVE, PARKED, Header, decode_entry, decode_header, encode_header
-from resumable.stepping import WorkflowAwaitError
-from resumable.subject import SubjectError, parse_subject, parse_subject_shared
+from resumable.queries import WorkflowStatus, read_status, subjects
+from resumable.record import ACTIVE, PARKED, Header, decode_entry, decode_header
+from resumable.storage import MemoryJournal, apply_decision, read_record, write_record
+from resumable.subject import SubjectError, parse_subject_shared
 from resumable.telemetry import SPAN_KIND_RESUMABLE, execution_span
 from resumable.workflow import WorkflowFunction
 
@@ -54,41 +54,6 @@ __all__ = ["CANCEL_TYPE", "TIMER_TYPE", "Resumable", "WorkflowAwaitError", "Work
 log = logging.getLogger("resumable")
 
 S = TypeVar("S")
-
-
-class _Journal:
-    """The engine's read access to one instance's journal in memory."""
-
-    __slots__ = ("key", "memory")
-
-    def __init__(self, memory: Memory, key: str) -> None:
-        self.memory = memory
-        self.key = key
-
-    async def entry(self, event_id: str) -> bytes | None:
-        try:
-            return await self.memory.entry(self.key, event_id)
-        except Exception as error:
-            raise TransactionViolation(
-                TransactionViolation.READ_FAILURE,
-                f"could not read the journal of workflow {self.key!r} for event {event_id}: "
-                f"{error}",
-            ) from error
-
-    async def entries(self, revision: int) -> list[bytes]:
-        try:
-            full = await self.memory.read(self.key, journal=True)
-        except Exception as error:
-            raise TransactionViolation(
-                TransactionViolation.READ_FAILURE,
-                f"could not read the journal of workflow {self.key!r}: {error}",
-            ) from error
-        if full is None or full.journal is None or full.revision != revision:
-            raise TransactionViolation(
-                TransactionViolation.READ_FAILURE,
-                f"workflow {self.key!r} changed while it was being read; retry the event",
-            )
-        return full.journal
 
 
 class Resumable(Generic[S]):
@@ -263,7 +228,7 @@ class Resumable(Generic[S]):
                         typed,
                         subject,
                         instance,
-                        _Journal(self.memory, key),
+                        MemoryJournal(self.memory, key),
                         time=time,
                         now=now,
                         headers=headers,
@@ -280,19 +245,7 @@ class Resumable(Generic[S]):
                 await self._unlock(key, owner)
 
     async def _apply(self, key: str, revision: int, decision: Decision, why: str) -> None:
-        """Write what the engine decided (compare-and-set) and keep its live generator."""
-        header = decision.header
-        if header is None:
-            return
-        written = await self._write(
-            key, revision, header, decision.append, why, reset=decision.reset
-        )
-        live = decision.live
-        if live is None:
-            self._cache.drop(key)
-        else:
-            live.revision = written
-            self._cache.put(key, live)
+        await apply_decision(self.memory, self._cache, key, revision, decision, why)
 
     async def _lock(self, key: str, why: str) -> str:
         owner = lease_owner()
@@ -318,45 +271,12 @@ class Resumable(Generic[S]):
             log.warning("could not unlock workflow %s; its lease will expire", key, exc_info=True)
 
     async def _read(self, key: str, why: str, *, journal: bool = False) -> Stored | None:
-        try:
-            return await self.memory.read(key, journal=journal)
-        except Exception as error:
-            raise TransactionViolation(
-                TransactionViolation.READ_FAILURE,
-                f"could not read workflow {key!r} for event {why}: {error}",
-            ) from error
+        return await read_record(self.memory, key, why, journal=journal)
 
     async def _write(
-        self,
-        key: str,
-        revision: int,
-        header: Header,
-        append: list[tuple[str, bytes]],
-        why: str,
-        *,
-        reset: bool = False,
+        self, key: str, revision: int, header: Header, append: list[tuple[str, bytes]], why: str
     ) -> int:
-        try:
-            return await self.memory.write(
-                key,
-                revision=revision,
-                status=header.status,
-                header=encode_header(header),
-                append=append,
-                due=header.next_due(),
-                reset=reset,
-            )
-        except ConflictError as error:
-            raise TransactionViolation(
-                TransactionViolation.WRITE_FAILURE,
-                f"workflow {key!r} was changed by another writer while event {why} was "
-                f"applied ({error}); the event was not applied, retry it",
-            ) from error
-        except Exception as error:
-            raise TransactionViolation(
-                TransactionViolation.WRITE_FAILURE,
-                f"could not write workflow {key!r} for event {why}: {error}",
-            ) from error
+        return await write_record(self.memory, key, revision, header, append, why)
 
     # ---------------------------------------------------------------------------------
     # parked instances
@@ -453,14 +373,7 @@ class Resumable(Generic[S]):
     # queries
 
     async def _keys(self, status: str) -> list[str]:
-        out = []
-        for key in await self.memory.keys(status=status):
-            try:
-                if parse_subject(key).name == self.source:
-                    out.append(key)
-            except SubjectError:
-                continue
-        return out
+        return await subjects(self.memory, self.source, status)
 
     async def status(self, subject: str, *, history: bool = False) -> WorkflowStatus[S] | None:
         """The stored status of one instance, read from memory only (no code runs): status,

@@ -17,7 +17,7 @@ from resumable.memory import Memory
 from resumable.record import Parked, decode_entry, decode_header
 from resumable.state import structure_state
 
-__all__ = ["HistoryStep", "WorkflowStatus", "read_status"]
+__all__ = ["HistoryStep", "WorkflowStatus", "read_status", "subjects"]
 
 S = TypeVar("S")
 
@@ -110,3 +110,16 @@ async def read_status(
         parked=header.parked,
         history=steps,
     )
+
+
+async def subjects(memory: Memory, workflow: str, status: str | None = None) -> list[str]:
+    """The subjects of every instance of ``workflow`` (with ``status``), newest first,
+    read page by page through the memory's index."""
+    out: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = await memory.list(workflow=workflow, status=status, limit=1000, cursor=cursor)
+        out.extend(listed.key for listed in page.items)
+        if page.cursor is None:
+            return out
+        cursor = page.cursor

@@ -19,8 +19,8 @@ from resumable.driver import Resumable
 from resumable.engine.replay import replay
 from resumable.errors import NonDeterminismError
 from resumable.memory import Memory
+from resumable.queries import subjects
 from resumable.record import decode_header
-from resumable.subject import SubjectError, parse_subject
 
 __all__ = ["Incompatible", "ReplayReport", "replay_check"]
 
@@ -67,12 +67,7 @@ async def replay_check(workflow: Resumable[object], memory: Memory | None = None
     memory = memory if memory is not None else workflow.memory
     checked = 0
     found: list[Incompatible] = []
-    for key in await memory.keys():
-        try:
-            if parse_subject(key).name != workflow.source:
-                continue
-        except SubjectError:
-            continue
+    for key in reversed(await subjects(memory, workflow.source)):  # oldest first
         stored = await memory.read(key, journal=True)
         if stored is None or not stored.journal:
             continue

@@ -17,7 +17,7 @@ from resumable.engine.instance import Stored, decide
 from resumable.errors import ExecutionViolation
 from resumable.events import Event
 from resumable.memory import Memory
-from resumable.record import encode_header
+from resumable.storage import MemoryJournal, apply_decision
 from resumable.subject import SubjectError, parse_subject
 
 __all__ = ["CrashPoint", "Host"]
@@ -25,24 +25,6 @@ __all__ = ["CrashPoint", "Host"]
 CrashPoint = Literal["before-write", "before-publish"]
 """Where a process dies while applying an event: before its record is written (the step
 is lost) or after, before its events are published (the events are lost)."""
-
-
-class _Journal:
-    """The engine's read access to one instance's journal."""
-
-    __slots__ = ("key", "memory")
-
-    def __init__(self, memory: Memory, key: str) -> None:
-        self.memory = memory
-        self.key = key
-
-    async def entry(self, event_id: str) -> bytes | None:
-        return await self.memory.entry(self.key, event_id)
-
-    async def entries(self, revision: int) -> list[bytes]:
-        full = await self.memory.read(self.key, journal=True)
-        assert full is not None and full.journal is not None and full.revision == revision
-        return full.journal
 
 
 class Host:
@@ -89,7 +71,7 @@ class Host:
                 typed,
                 subject,
                 instance,
-                _Journal(self.memory, key),
+                MemoryJournal(self.memory, key),
                 time=time,
                 now=now,
                 headers=(None, None),
@@ -100,22 +82,14 @@ class Host:
         if crash == "before-write":
             self.crash()
             return []
-        header = decision.header
-        if header is not None:
-            written = await self.memory.write(
-                key,
-                revision=0 if stored is None else stored.revision,
-                status=header.status,
-                header=encode_header(header),
-                append=decision.append,
-                due=header.next_due(),
-                reset=decision.reset,
-            )
-            if decision.live is None:
-                self.cache.drop(key)
-            else:
-                decision.live.revision = written
-                self.cache.put(key, decision.live)
+        await apply_decision(
+            self.memory,
+            self.cache,
+            key,
+            0 if stored is None else stored.revision,
+            decision,
+            event.id,
+        )
         if crash == "before-publish":
             self.crash()
             return []
