@@ -30,7 +30,6 @@ from resumable.engine.definition import CANCEL_TYPE, TIMER_TYPE, Definition
 from resumable.engine.instance import Stored as Instance
 from resumable.engine.instance import decide, park
 from resumable.engine.replay import replay
-from resumable.engine.turn import Decision
 from resumable.errors import (
     ConfigViolation,
     ExecutionViolation,
@@ -210,12 +209,12 @@ class Resumable(Generic[S]):
                     defn.source,
                 )
                 return []
-            defn.function(subject.version, f"subject of event {event.id}")
+            defn.function(subject.version, lambda: f"subject of event {event.id}")
             typed = defn.validate(event, subject)
             key = event.subject
             owner = await self._lock(key, event.id)
             try:
-                stored = await self._read(key, event.id)
+                stored = await read_record(self.memory, key, event.id)
                 instance = None
                 if stored is not None:
                     live = self._cache.get(key, stored.revision)
@@ -233,8 +232,9 @@ class Resumable(Generic[S]):
                         now=now,
                         headers=headers,
                     )
-                    await self._apply(
-                        key, 0 if stored is None else stored.revision, decision, event.id
+                    revision = 0 if stored is None else stored.revision
+                    await apply_decision(
+                        self.memory, self._cache, key, revision, decision, event.id
                     )
                 except BaseException:
                     self._cache.drop(key)
@@ -243,9 +243,6 @@ class Resumable(Generic[S]):
                 return decision.emitted
             finally:
                 await self._unlock(key, owner)
-
-    async def _apply(self, key: str, revision: int, decision: Decision, why: str) -> None:
-        await apply_decision(self.memory, self._cache, key, revision, decision, why)
 
     async def _lock(self, key: str, why: str) -> str:
         owner = lease_owner()

@@ -7,6 +7,7 @@ non-recording and the incoming trace headers pass through unchanged.
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Final
@@ -28,12 +29,20 @@ _tracer = trace.get_tracer("resumable")
 TraceHeaders = tuple[str | None, str | None]
 
 
+_PROVIDER_FROM_ENV: Final = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+
+
 def _tracing_off() -> bool:
     """True while no OpenTelemetry SDK is installed: spans would be no-ops, so skip them and
-    pass the incoming trace headers through, which is what a no-op span would do."""
-    return isinstance(_tracer, trace.ProxyTracer) and isinstance(
-        trace.get_tracer_provider(), trace.ProxyTracerProvider
-    )
+    pass the incoming trace headers through, which is what a no-op span would do.
+
+    Called twice per step: while no provider is set it reads the API's global directly
+    rather than ``get_tracer_provider()``, which looks the environment up on every call."""
+    if not isinstance(_tracer, trace.ProxyTracer):
+        return False
+    if getattr(trace, "_TRACER_PROVIDER", None) is None and not _PROVIDER_FROM_ENV:
+        return True
+    return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 class execution_span:

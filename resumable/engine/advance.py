@@ -90,7 +90,7 @@ def new_live(
     defn: Definition[Any], key: str, header: Header, init: Event, data: Any, revision: int
 ) -> Live:
     """A new generation's generator, before its first step."""
-    fn = defn.function(header.version, f"subject of event {init.id}")
+    fn = defn.function(header.version, lambda: f"subject of event {init.id}")
     frame = Frame(seed_of(key, header.generation))
     ctx: Context[Any] = Context(
         state=defn.new_state(), subject=key, version=header.version, frame=frame
@@ -117,7 +117,9 @@ async def advance(
     live = turn.live
     assert live is not None
     header = turn.header
-    outcome = await _run_inline(defn, turn, live, step(live.gen, value, error))
+    outcome = step(live.gen, value, error)
+    if not (isinstance(outcome, Yielded) and isinstance(outcome.value, Call | Complete)):
+        outcome = await _run_inline(defn, turn, live, outcome)  # the common case needs none
     turn.yielded = describe(outcome)
     if isinstance(outcome, Raised):
         _ended_by(defn, turn, outcome.error)
@@ -166,8 +168,14 @@ async def advance(
             raise AssertionError("answered inline")
         case _:
             assert_never(request)
+    _keep_state(defn, header, live)
+
+
+def _keep_state(defn: Definition[Any], header: Header, live: Live) -> None:
+    """Put the explicit state and the ``ctx.patched`` answers in the header to write."""
     header.state = defn.unstructure(live.ctx.state)
-    header.patches = dict(live.frame.patches)
+    if live.frame.patches or header.patches:
+        header.patches = dict(live.frame.patches)
 
 
 async def _run_inline(defn: Definition[Any], turn: Turn, live: Live, outcome: Outcome) -> Outcome:
@@ -320,8 +328,7 @@ def _ended_by(defn: Definition[Any], turn: Turn, error: BaseException) -> None:
         raise error
     live = turn.live
     assert live is not None
-    turn.header.state = defn.unstructure(live.ctx.state)
-    turn.header.patches = dict(live.frame.patches)
+    _keep_state(defn, turn.header, live)
     turn.live = None
     log.info("workflow %s ended at step %d: %r", turn.key, turn.header.seq, error)
     cancelled = turn.header.cancelling or isinstance(error, Cancelled)

@@ -4,7 +4,7 @@ and the checks and typing of the events it consumes. Built once, read by every s
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Final, Generic, Literal, TypeVar
 
@@ -70,6 +70,8 @@ class Definition(Generic[S]):
     """Every event type a service may answer with (its system error included)."""
     signals: dict[str, Contract | None] = attrs.Factory(dict)
     """Signal types, with their contract (None for untyped data)."""
+    source: str = attrs.field(init=False)
+    uri: str = attrs.field(init=False)
 
     @classmethod
     def build(
@@ -167,19 +169,17 @@ class Definition(Generic[S]):
             )
         self.signals[type_] = contract
 
-    @property
-    def source(self) -> str:
+    def __attrs_post_init__(self) -> None:
+        self.source = self.contract.type
         """The topic this workflow listens on: ``arvo.orc.<name>``."""
-        return self.contract.type
+        self.uri = self.contract.uri
 
-    @property
-    def uri(self) -> str:
-        return self.contract.uri
-
-    def function(self, version: str, why: str) -> WorkflowFunction:
-        """The function of ``version``; ``why`` names what needs it, for the error."""
+    def function(self, version: str, why: str | Callable[[], str]) -> WorkflowFunction:
+        """The function of ``version``; ``why`` names what needs it, for the error (a
+        callable, so a step pays for the text only when it is needed)."""
         fn = self.functions.get(version)
         if fn is None:
+            why = why if isinstance(why, str) else why()
             raise ConfigViolation(
                 f"workflow {self.uri!r} has no function for version {version} ({why}); it "
                 f"runs versions {', '.join(self.functions)}"
@@ -327,12 +327,16 @@ class Definition(Generic[S]):
             )
         return versioned
 
-    def payload(self, call: Call, what: str) -> tuple[VersionedContract, dict[str, Any]]:
-        """The service a call goes to, and its payload validated as plain data."""
+    def payload(
+        self, call: Call, what: str | Callable[[], str]
+    ) -> tuple[VersionedContract, dict[str, Any]]:
+        """The service a call goes to, and its payload validated as plain data; ``what``
+        says which payload, for the error (a callable: made only if needed)."""
         versioned = self.service(call)
         try:
             _, data = versioned.validate_accepts(call.data)
         except msgspec.ValidationError as error:
+            what = what if isinstance(what, str) else what()
             raise ContractViolation(
                 f"workflow {self.uri!r}{what} for {versioned.type} does not match "
                 f"{versioned.accepts.__name__}: {error}"

@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 
+_LOCAL: list[str | None] = [None]
+
+
 def _domains(
     defn: Definition[Any], event: Event, header: Header, service: VersionedContract | None = None
 ) -> DomainContext:
@@ -56,10 +59,14 @@ def _domains(
 def requests(defn: Definition[Any], call: Call, index: int, turn: Turn) -> tuple[Slot, list[Event]]:
     """The request events of one call (one per domain), and the slot for its reply."""
     event, header, seq, headers = turn.event, turn.header, turn.header.seq, turn.headers
-    versioned, data = defn.payload(call, f" step {seq}: the payload")
+    versioned, data = defn.payload(call, lambda: f" step {seq}: the payload")
     key, seed, time = turn.key, turn.seed, turn.time
-    context = _domains(defn, event, header, versioned)
     domain_spec = call.domain if call.domain is not None else defn.service_domain
+    domains = (  # the common case, a local request, needs no resolving
+        _LOCAL
+        if domain_spec is None
+        else resolve_domains(domain_spec, _domains(defn, event, header, versioned))
+    )
     redirectto = call.redirectto or defn.source
     overrides = bool(call.to or call.redirectto or call.accesscontrol or call.extensions) or (
         call.executionunits is not None
@@ -69,7 +76,7 @@ def requests(defn: Definition[Any], call: Call, index: int, turn: Turn) -> tuple
     )
     out: list[Event] = []
     children: list[str] = []
-    for domain in resolve_domains(domain_spec, context):
+    for domain in domains:
         request_subject = key
         request_data = data
         if versioned.is_orchestrator:

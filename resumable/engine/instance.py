@@ -155,8 +155,10 @@ def _overdue(header: Header, kind: EventKind, now: float) -> Due | None:
     """What fell due before this event was applied, though no timer event has come yet:
     the event then finds the deadline passed (a reply or signal after its wait's timeout,
     anything after the instance's), or a race already won by its timer arm."""
-    if header.unwinding is not None:
-        return None
+    if header.unwinding is not None or not (
+        header.deadline or header.workflow_deadline or header.run_deadline or header.mode == "race"
+    ):
+        return None  # nothing that falls due could change what this event does
     due = due_action(header, now, retries=False)
     if due is None or (kind == "cancel" and due.what not in ("workflow", "run")):
         return None
@@ -264,7 +266,7 @@ async def _on_reply(defn: Definition[Any], turn: Turn, index: int, typed: Event)
     slot = turn.header.waiting[index]
     if slot.retry is not None and _retries(defn, turn, index, typed):
         return
-    live = await _live(defn, turn)
+    live = turn.live or await _live(defn, turn)
     header = turn.header
     slot = header.waiting[index]
     slot.reply = turn.event.id
@@ -277,10 +279,12 @@ async def _on_reply(defn: Definition[Any], turn: Turn, index: int, typed: Event)
         await resume(defn, turn, GATHER, replies)
     elif header.mode == "race":
         _abandon(defn, turn, keep=index)
-        push_undo(header, [index], lambda _: defn.is_error(typed))
+        if slot.undo is not None:
+            push_undo(header, [index], lambda _: defn.is_error(typed))
         await resume(defn, turn, Wake("race", index), [typed])
     else:
-        push_undo(header, [index], lambda _: defn.is_error(typed))
+        if slot.undo is not None:
+            push_undo(header, [index], lambda _: defn.is_error(typed))
         await resume(defn, turn, CALL, [typed])
 
 

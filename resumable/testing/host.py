@@ -57,7 +57,7 @@ class Host:
             ) from None
         if subject.name != defn.source:
             return []
-        defn.function(subject.version, f"subject of event {event.id}")
+        defn.function(subject.version, lambda: f"subject of event {event.id}")
         typed = defn.validate(event, subject)
         key = event.subject
         stored = await self.memory.read(key)
