@@ -26,7 +26,7 @@ from resumable.subject import new_subject
 from resumable.types import Handler
 
 SHOP = "com.shop.web"
-XSS = "<script>window.__xss = 1</script><img src=x onerror=\"window.__xss = 2\">"
+XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
 
 
 class Expense(msgspec.Struct):

@@ -29,7 +29,7 @@ from resumable.memory.listing import STATUSES
 from resumable.ui.actions import ActionError, Actions
 from resumable.ui.forms import FormError, read_payload, with_values
 from resumable.ui.security import COOKIE, Guard
-from resumable.ui.views import list_instances, load_instance, looks_like_subject, pretty
+from resumable.ui.views import PAGE_SIZE, list_instances, load_instance, looks_like_subject, pretty
 
 __all__ = ["LOOPBACK_HOSTS", "create_app"]
 
@@ -121,11 +121,13 @@ def create_app(
     topics: list[str] | None = None,
     refresh: float = 5.0,
     allowed_hosts: list[str] | None = None,
+    page_size: int = PAGE_SIZE,
 ) -> Starlette:
     """The inspector for ``memory``. ``actions`` does what forms ask (none: no delivery);
     ``guard`` holds the token (none: read-only); ``topics`` are the topics whose dead
     letters are shown; ``refresh`` is how often (seconds) pages update their live part;
-    ``allowed_hosts`` are the Host headers served (default: loopback names only)."""
+    ``allowed_hosts`` are the Host headers served (default: loopback names only);
+    ``page_size`` is how many instances one page of the list shows."""
     site = _Site(
         memory,
         actions if actions is not None else Actions(memory, None),
@@ -146,6 +148,7 @@ def create_app(
                 status=wanted["status"],
                 id=wanted["id"],
                 cursor=query.get("cursor") or None,
+                limit=page_size,
             )
         except ValueError as error:
             return site.problem(request, 400, str(error))
