@@ -30,7 +30,7 @@ SOURCE = "com.resumable.ui"
 """The source of the events the inspector sends."""
 
 
-class ActionError(Exception):
+class ActionError(ResumableError):
     """An action that could not be done, and why (shown to the person who asked)."""
 
 

@@ -18,11 +18,12 @@ import attrs
 import msgspec
 
 from resumable.contracts import Contract
+from resumable.errors import ResumableError
 
 __all__ = ["Field", "FormError", "SignalForm", "form_for", "read_payload"]
 
 
-class FormError(ValueError):
+class FormError(ResumableError, ValueError):
     """What was wrong with a submitted form, said for the person who filled it in."""
 
 
