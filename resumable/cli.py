@@ -137,6 +137,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="what to log on stderr (default WARNING; the health line is shown regardless)",
     )
+    from resumable.ui.command import add_command as add_ui_command
+
+    add_ui_command(commands, _MEMORY_HELP)
     return parser
 
 
@@ -169,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("resumable worker: --timer-interval must be more than 0", file=sys.stderr)
             return 2
         return anyio.run(_worker, args)
+    if args.command == "ui":
+        from resumable.ui.command import run as run_ui
+
+        return run_ui(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

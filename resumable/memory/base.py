@@ -135,5 +135,19 @@ class Memory(abc.ABC):
         ``ValueError`` for a limit out of range, an unknown status or a malformed cursor.
         """
 
+    async def count(self, *, workflow: str | None = None) -> dict[str, int]:
+        """How many records have each status (of the workflow ``workflow``, if given); a
+        status no record has is left out. For dashboards: the SQL and Redis backends answer
+        from the listing indexes; this default pages through ``list``, reading every record."""
+        counts: dict[str, int] = {}
+        cursor: str | None = None
+        while True:
+            page = await self.list(workflow=workflow, limit=1000, cursor=cursor)
+            for item in page.items:
+                counts[item.status] = counts.get(item.status, 0) + 1
+            if page.cursor is None:
+                return counts
+            cursor = page.cursor
+
     async def close(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
         """Release connections and threads. The memory must not be used afterwards."""

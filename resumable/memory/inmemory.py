@@ -18,7 +18,7 @@ import attrs
 
 from resumable.errors import ConflictError, DuplicateEntryError
 from resumable.memory.base import Listed, Memory, Page, Stored
-from resumable.memory.listing import check_query, page_of, workflow_of
+from resumable.memory.listing import STATUSES, check_query, page_of, workflow_of
 
 __all__ = ["InMemoryMemory"]
 
@@ -160,6 +160,11 @@ class InMemoryMemory(Memory):
             record = self._records[key]
             rows.append(Listed(key, record.workflow, record.status, created, record.updated))
         return page_of(rows, limit)
+
+    async def count(self, *, workflow: str | None = None) -> dict[str, int]:
+        query = check_query(workflow, None, 1, None)
+        found = ((s, len(self._listed.get((query.workflow, s), ()))) for s in STATUSES)
+        return {status: number for status, number in found if number}
 
 
 def _filters(workflow: str | None, status: str | None) -> list[tuple[str | None, str | None]]:

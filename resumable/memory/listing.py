@@ -21,6 +21,7 @@ __all__ = [
     "Query",
     "check_query",
     "page_of",
+    "select_counts",
     "select_page",
     "workflow_of",
 ]
@@ -93,6 +94,17 @@ def select_page(table: str, query: Query, mark: Callable[[int], str]) -> tuple[s
         f"SELECT key, workflow, status, created, updated FROM {table}{where}"
         f" ORDER BY created DESC, key DESC LIMIT {param(query.limit + 1)}",
         params,
+    )
+
+
+def select_counts(table: str, query: Query, mark: str) -> tuple[str, list[object]]:
+    """The SQL counting the records of each status (of ``query.workflow``, if set) from the
+    listing index on ``([workflow,] status, created, key)``; ``mark`` is the placeholder."""
+    if query.workflow is None:
+        return f"SELECT status, count(*) FROM {table} GROUP BY status", []
+    return (
+        f"SELECT status, count(*) FROM {table} WHERE workflow = {mark} GROUP BY status",
+        [query.workflow],
     )
 
 

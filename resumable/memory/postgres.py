@@ -31,7 +31,7 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 from resumable.errors import ConflictError, DuplicateEntryError, SetupError
 from resumable.memory.base import Listed, Memory, Page, Stored
 from resumable.memory.group import GroupCommit, Op
-from resumable.memory.listing import check_query, page_of, select_page, workflow_of
+from resumable.memory.listing import check_query, page_of, select_counts, select_page, workflow_of
 from resumable.uri import redact_url as _redact
 
 try:
@@ -393,6 +393,12 @@ class PostgresMemory(GroupCommit, Memory):
         sql, params = select_page(self._sql.records, query, lambda n: f"${n}")
         pool = await self._ready()
         return page_of([Listed(*row) for row in await pool.fetch(sql, *params)], query.limit)
+
+    async def count(self, *, workflow: str | None = None) -> dict[str, int]:
+        query = check_query(workflow, None, 1, None)
+        sql, params = select_counts(self._sql.records, query, "$1")
+        pool = await self._ready()
+        return {row[0]: row[1] for row in await pool.fetch(sql, *params)}
 
 
 async def _write(

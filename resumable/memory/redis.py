@@ -51,7 +51,7 @@ except ModuleNotFoundError as missing:  # pragma: no cover - depends on the envi
 
 from resumable.errors import ConflictError, DuplicateEntryError, SetupError
 from resumable.memory.base import Listed, Memory, Page, Stored
-from resumable.memory.listing import check_query, page_of, workflow_of
+from resumable.memory.listing import STATUSES, check_query, page_of, workflow_of
 from resumable.uri import redact_url as _redact
 
 __all__ = ["RedisMemory"]
@@ -375,6 +375,16 @@ class RedisMemory(Memory):
             updated = float(_text(flat[index + 3]))
             rows.append(Listed(member[16:], stored, _text(flat[index + 2]), created, updated))
         return page_of(rows, query.limit)
+
+    async def count(self, *, workflow: str | None = None) -> dict[str, int]:
+        query = check_query(workflow, None, 1, None)
+        listed = f"{self.prefix}:ls"
+        with self._failures():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for status in STATUSES:
+                    pipe.zcard(_listing_set(listed, query.workflow, status))
+                numbers = await pipe.execute()
+        return {status: int(n) for status, n in zip(STATUSES, numbers, strict=True) if n}
 
     async def close(self) -> None:
         """Close the client and its connection pool. Safe to call twice."""

@@ -27,7 +27,7 @@ import anyio.to_thread
 from resumable.errors import ConflictError, DuplicateEntryError
 from resumable.memory.base import Listed, Memory, Page, Stored
 from resumable.memory.group import GroupCommit, Op
-from resumable.memory.listing import check_query, page_of, select_page, workflow_of
+from resumable.memory.listing import check_query, page_of, select_counts, select_page, workflow_of
 
 __all__ = ["SQLiteMemory"]
 
@@ -252,6 +252,11 @@ class SQLiteMemory(GroupCommit, Memory):
         sql, params = select_page("records", query, lambda _: "?")
         rows = (await self._reader_connection()).execute(sql, params)  # one statement: a snapshot
         return page_of([Listed(*row) for row in rows], query.limit)
+
+    async def count(self, *, workflow: str | None = None) -> dict[str, int]:
+        sql, params = select_counts("records", check_query(workflow, None, 1, None), "?")
+        rows = (await self._reader_connection()).execute(sql, params)
+        return {status: number for status, number in rows}
 
 
 def _open(path: str, *, synchronous: str) -> sqlite3.Connection:

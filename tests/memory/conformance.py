@@ -650,6 +650,26 @@ class MemoryConformance:
                 assert [item.key for item in items] == expected[::-1], (workflow, status)
                 assert all(made[item.key] == (item.workflow, item.status) for item in items)
 
+    async def test_count_tallies_statuses_overall_and_per_workflow(self, memory: Memory) -> None:
+        assert await memory.count() == {}
+        order, refund = "arvo.orc.order.fulfil", "arvo.orc.refund"
+        made = [
+            (subject("c1"), "active"),
+            (subject("c2"), "active"),
+            (subject("c3"), "done"),
+            (subject("c4", refund), "active"),
+            (subject("c5", refund), "parked"),
+            ("plain-key", "failed"),
+        ]
+        for key, status in made:
+            await memory.write(key, revision=0, status="active", header=b"")
+            if status != "active":
+                await memory.write(key, revision=1, status=status, header=b"")
+        assert await memory.count() == {"active": 3, "done": 1, "parked": 1, "failed": 1}
+        assert await memory.count(workflow=order) == {"active": 2, "done": 1}
+        assert await memory.count(workflow=refund) == {"active": 1, "parked": 1}
+        assert await memory.count(workflow="arvo.orc.none") == {}
+
     async def test_list_pages_with_a_cursor(self, memory: Memory, clock: FakeClock) -> None:
         for index in range(23):
             await memory.write(subject(f"p{index:02}"), revision=0, status="active", header=b"")
