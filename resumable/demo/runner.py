@@ -1,12 +1,14 @@
 """``resumable demo``: many orders through the order workflow, durably on one SQLite file.
 
-Services and workflows run in process on a ``LocalBroker``. ``--crash-after N`` exits the
-process abruptly after N workflow steps; running again on the same file resumes every
-order from its journal and finishes each exactly once.
+The services and the workflow run in a ``Runtime`` on the caller's event loop, with the
+in-process broker. ``--crash-after N`` exits the process abruptly after N workflow
+steps; running again on the same file recovers on start and finishes every order
+exactly once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -17,11 +19,16 @@ from typing import Any, TextIO
 import anyio
 
 from resumable.demo.services import EffectLog, make_handlers
-from resumable.demo.workflow import OrderState, PlaceOrder, make_workflow, orders
+from resumable.demo.workflow import SERVICES, OrderState, PlaceOrder, fulfil, orders
 from resumable.driver import Resumable
+from resumable.errors import WorkflowFailed
 from resumable.events import Event
 from resumable.memory import Memory, SQLiteMemory
 from resumable.record import decode_entry
+from resumable.runtime import Runtime
+
+SHOP = "com.shop.web"
+"""The demo's runtime starts orders as the shop: their reports go to this topic."""
 
 
 def demo_order(index: int) -> PlaceOrder:
@@ -34,32 +41,34 @@ def demo_order(index: int) -> PlaceOrder:
 
 
 def init_for(index: int) -> Event:
-    """The init event of order ``index``: its subject is fixed, so a rerun can find it."""
+    """The init event of order ``index`` as a shop would send it (for tests that drive the
+    workflow by hand); its subject is the one ``Runtime.start(..., id="order-N")`` gives."""
     return orders.init_event(
         demo_order(index),
-        source="com.shop.web",
+        source=SHOP,
         execution_id=f"order-{index}",
         id=f"init-order-{index}",
     )
 
 
-class _Counted:
-    """Wraps the workflow for the broker: counts steps and can crash after N of them."""
+class CountingWorkflow(Resumable[OrderState]):
+    """The order workflow, counting its steps; with ``crash_after`` it kills the process
+    right after that step is written, before its events are published."""
 
-    def __init__(
-        self, workflow: Resumable[OrderState], crash_after: int | None, out: TextIO
-    ) -> None:
-        self.workflow = workflow
-        self.source = workflow.source
+    def __init__(self, memory: Memory, crash_after: int | None, out: TextIO) -> None:
+        super().__init__(
+            orders,
+            versions={"1.0.0": fulfil},
+            services=SERVICES,
+            state=OrderState,
+            memory=memory,
+        )
         self.crash_after = crash_after
         self.out = out
         self.steps = 0
 
-    async def outbox(self) -> list[Event]:
-        return await self.workflow.outbox()
-
     async def execute(self, event: Event) -> list[Event]:
-        events = await self.workflow.execute(event)
+        events = await super().execute(event)
         self.steps += 1
         if self.crash_after is not None and self.steps >= self.crash_after:
             self.out.write(
@@ -78,13 +87,13 @@ class _Progress:
         self.last = 0.0
         self.start = time.perf_counter()
 
-    def show(self, done: int, steps: int, *, force: bool = False) -> None:
+    def show(self, done: int, steps: int, *, what: str = "finished", force: bool = False) -> None:
         now = time.perf_counter()
         if not force and now - self.last < 0.2:
             return
         self.last = now
         rate = steps / max(now - self.start, 1e-9)
-        self.out.write(f"\r  {done:>6}/{self.total} orders finished   {rate:>8,.0f} steps/s")
+        self.out.write(f"\r  {done:>6}/{self.total} orders {what:<8}   {rate:>8,.0f} steps/s")
         self.out.flush()
 
 
@@ -98,59 +107,48 @@ async def run(
     """Run ``count`` orders on the SQLite file at ``path``, resuming any earlier run."""
     memory = SQLiteMemory(path)
     effects = EffectLog(path)
-    workflow = make_workflow(memory)
-    counted = _Counted(workflow, crash_after, out)
-    finished: dict[str, Event] = {}
-
-    class Shop:
-        source = "com.shop.web"
-
-        async def execute(self, event: Event) -> list[Event]:
-            finished[event.subject] = event
-            return []
-
-    from resumable.brokers import LocalBroker
-
-    broker = LocalBroker([*make_handlers(effects), counted, Shop()])
-    started_before = 0
-    for i in range(count):
-        if await memory.read(init_for(i).subject) is not None:
-            started_before += 1
+    workflow = CountingWorkflow(memory, crash_after, out)
+    ids = [f"order-{i}" for i in range(count)]
     out.write(f"resumable demo: {count} orders on {Path(path).resolve()}\n")
-    resent = 0
-    if started_before:
+    earlier = await memory.list(workflow=orders.type, limit=1)
+    if earlier.items:
+        started = sum([len(await memory.keys(status=s)) for s in ("active", "done", "failed")])
         active = len(await memory.keys(status="active"))
         out.write(
-            f"  found {started_before} orders from an earlier run ({active} unfinished); "
+            f"  found {started} orders from an earlier run ({active} unfinished); "
             "resuming them from their journals\n"
-        )
-        resent = await broker.recover()
-        out.write(
-            f"  re-sent {_count(resent, 'request whose reply was', 'requests whose replies were')}"
-            " lost with the process\n"
         )
     progress = _Progress(count, out)
     started_at = time.perf_counter()
-    for i in range(count):
-        init = init_for(i)
-        if await memory.read(init.subject) is None:
-            await broker.publish(init)
-        progress.show(i + 1, counted.steps)
-    progress.show(count, counted.steps, force=True)
+    async with Runtime([*make_handlers(effects), workflow], memory=memory, source=SHOP) as rt:
+        handles = []
+        for i, order_id in enumerate(ids):  # a start that happened before runs nothing again
+            handles.append(await rt.start(orders, demo_order(i), id=order_id))
+            progress.show(i + 1, workflow.steps, what="started")
+        for done, handle in enumerate(handles, 1):
+            with contextlib.suppress(WorkflowFailed):  # reported below, from its record
+                await handle.result()
+            progress.show(done, workflow.steps)
+        progress.show(count, workflow.steps, force=True)
+        assert rt.worker is not None
+        stats = rt.worker.stats
     elapsed = time.perf_counter() - started_at
-    summary = await _summarise(memory, count)
-    summary["steps"] = counted.steps
-    summary["events"] = len(broker.events)
-    summary["resent"] = resent
-    summary["errors"] = len(broker.errors)
+    summary = await _summarise(memory, [await h.subject() for h in handles])
+    summary["steps"] = workflow.steps
+    summary["events"] = stats.published
+    summary["resent"] = stats.recovered
+    summary["errors"] = stats.dead_lettered
     summary["repeated_effects"] = effects.repeats
     effect_counts = effects.counts()
+    if summary["resent"]:
+        lost = _count(stats.recovered, "request whose reply was", "requests whose replies were")
+        out.write(f"\n  re-sent {lost} lost with the process")
     out.write(
         f"\n  completed {summary['done']} of {count} orders: {summary['shipped']} shipped, "
         f"{summary['declined']} declined, {summary['compensated']} failed and compensated "
         "(refunded)\n"
-        f"  this run: {counted.steps} workflow steps, {len(broker.events)} events, "
-        f"{counted.steps / max(elapsed, 1e-9):,.0f} steps/s\n"
+        f"  this run: {workflow.steps} workflow steps, {stats.published} events, "
+        f"{workflow.steps / max(elapsed, 1e-9):,.0f} steps/s\n"
         f"  effects: {effect_counts.get('charge', 0)} charges, "
         f"{effect_counts.get('reserve', 0)} reservations, "
         f"{effect_counts.get('label', 0)} labels, {effect_counts.get('refund', 0)} refunds; "
@@ -164,8 +162,8 @@ async def run(
             f"  {count - summary['done']} orders unfinished, "
             f"{summary['completions'] - summary['done']} extra completions\n"
         )
-    if broker.errors:
-        out.write(f"  {len(broker.errors)} delivery errors, first: {broker.errors[0][0]}\n")
+    if stats.dead_lettered:
+        out.write(f"  {stats.dead_lettered} events dead-lettered (see the log for why)\n")
     effects.close()
     await memory.close()
     return summary
@@ -175,14 +173,14 @@ def _count(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
-async def _summarise(memory: Memory, count: int) -> dict[str, int]:
+async def _summarise(memory: Memory, subjects: list[str]) -> dict[str, int]:
     """Outcomes read back from the records: statuses, results and reports journaled.
 
     A finished order is ``done`` (shipped or declined) or ``failed`` (it could not ship and
     its charge was refunded by the compensation stack); each reports to the shop once."""
     summary = {"done": 0, "shipped": 0, "declined": 0, "compensated": 0, "completions": 0}
-    for i in range(count):
-        stored = await memory.read(init_for(i).subject, journal=True)
+    for subject in subjects:
+        stored = await memory.read(subject, journal=True)
         if stored is None or stored.status not in ("done", "failed") or stored.journal is None:
             continue
         summary["done"] += 1
