@@ -68,6 +68,9 @@ class Definition(Generic[S]):
     services: dict[str, VersionedContract] = attrs.Factory(dict)
     reply_types: dict[str, VersionedContract] = attrs.Factory(dict)
     """Every event type a service may answer with (its system error included)."""
+    repliers: dict[str, list[str]] = attrs.Factory(dict)
+    """The uris of the services that may answer with each event type: a reply without
+    ``parentid`` is matched to an open call to one of them."""
     signals: dict[str, Contract | None] = attrs.Factory(dict)
     """Signal types, with their contract (None for untyped data)."""
 
@@ -151,6 +154,7 @@ class Definition(Generic[S]):
         self.services[uri] = versioned
         for type_ in (*versioned.emits, versioned.system_error_type):
             self.reply_types.setdefault(type_, versioned)
+            self.repliers.setdefault(type_, []).append(uri)
 
     def _add_signal(self, signal: Contract | str) -> None:
         if isinstance(signal, Contract):
