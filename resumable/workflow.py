@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random as _random
 import uuid as _uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
@@ -25,6 +25,7 @@ from resumable.contracts import Contract, VersionedContract
 from resumable.domains import DomainSpec, check_domain_spec
 from resumable.engine.frame import Frame
 from resumable.errors import SetupError
+from resumable.events import Event
 from resumable.ids import derive_id
 from resumable.types import WorkflowFunction
 
@@ -35,11 +36,13 @@ __all__ = [
     "ContinueAsNew",
     "Gather",
     "Race",
+    "Reply",
     "Request",
     "Retry",
     "Sleep",
     "Step",
     "WaitFor",
+    "Workflow",
     "WorkflowFunction",
     "call",
     "complete",
@@ -193,6 +196,16 @@ class Complete:
 
 
 Request = Call | Gather | Race | Sleep | WaitFor | Step | ContinueAsNew | Complete
+"""Anything a workflow may ``yield``."""
+
+Reply = Event[object]
+"""A reply as a workflow annotates it: ``reply: Reply = yield call(...)``. Its ``data`` is
+``object`` until a ``match`` on the contract's Structs narrows it (docs/typing.md)."""
+
+Workflow = AsyncGenerator[Request, Any]
+"""The return annotation of a workflow function: ``async def fn(ctx, data) -> Workflow``.
+The value of each ``yield`` depends on what was yielded, so annotate the variable it is
+assigned to (``Reply``, ``tuple[Reply, Reply]`` for a gather of two, ...)."""
 
 
 def _check_timeout(timeout: float | timedelta | None, where: str) -> float | None:
