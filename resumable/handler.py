@@ -132,7 +132,8 @@ class EventHandler:
     returns ``Emit(...)``, a list of them, or None. Emitted ids derive from the consumed
     event's id, so a redelivered request produces the same reply ids. ``clock`` stamps the
     replies' ``time`` (ISO 8601 UTC); a ``Runtime`` given a ``VirtualClock`` sets it, so the
-    workflows it answers never see wall time.
+    workflows it answers never see wall time. ``error_stack=True`` puts the Python traceback
+    in the system errors it sends (off by default: it shows callers this service's code).
     """
 
     def __init__(
@@ -165,8 +166,6 @@ class EventHandler:
         self.contract = contract
         self.functions = dict(versions)
         self.error_stack = error_stack
-        """Whether system errors carry the Python traceback (``errorStack``): off by default,
-        as it shows other services this one's code paths."""
         self.executionunits = executionunits
         self.system_error_domain = system_error_domain
         self.clock = clock
