@@ -16,7 +16,7 @@ from typing import Any, Final
 import attrs
 import msgspec
 
-from resumable.errors import SetupError
+from resumable.errors import PayloadError, SetupError, UnknownVersionError
 from resumable.events import ARVO_CONTENT_TYPE, Event
 from resumable.names import (
     DOMAIN_PATTERN,
@@ -63,12 +63,12 @@ class ErrorData(msgspec.Struct, frozen=True):
     errorStack: str | None = None
 
     @classmethod
-    def of(cls, error: BaseException) -> ErrorData:
-        """The payload describing ``error``."""
+    def of(cls, error: BaseException, *, stack: bool = True) -> ErrorData:
+        """The payload describing ``error``; with its Python traceback if ``stack``."""
         import traceback
 
-        stack = "".join(traceback.format_exception(error)) if error.__traceback__ else None
-        return cls(type(error).__name__, str(error), stack)
+        text = "".join(traceback.format_exception(error)) if stack and error.__traceback__ else None
+        return cls(type(error).__name__, str(error), text)
 
 
 def semver_key(version: str) -> tuple[int, int, int]:
@@ -109,10 +109,18 @@ def _check_struct(schema: Any, *, what: str, uri: str, version: str) -> Schema:
     return schema
 
 
-def _validate(schema: Schema, data: Any) -> tuple[msgspec.Struct, dict[str, Any]]:
-    """Validate ``data`` (a Struct or plain dict) against ``schema``: (typed, wire dict)."""
+def _validate(
+    schema: Schema, data: Any, *, uri: str, version: str, type_: str
+) -> tuple[msgspec.Struct, dict[str, Any]]:
+    """Validate ``data`` (a Struct or plain dict) against ``schema``: (typed, wire dict).
+    A mismatch raises ``PayloadError`` naming the contract, version, type and field."""
     wire = msgspec.to_builtins(data) if isinstance(data, msgspec.Struct) else data
-    typed = msgspec.convert(wire, schema)
+    try:
+        typed = msgspec.convert(wire, schema)
+    except msgspec.ValidationError as error:
+        raise PayloadError(
+            uri=uri, version=version, type=type_, schema=schema.__name__, error=str(error)
+        ) from None
     if not isinstance(wire, dict):
         wire = msgspec.to_builtins(typed)
     return typed, wire
@@ -165,13 +173,14 @@ class VersionedContract:
         return self.emits.get(type_)
 
     def validate_accepts(self, data: Any) -> tuple[msgspec.Struct, dict[str, Any]]:
-        """Validate an accepted payload; raises ``msgspec.ValidationError``."""
-        return _validate(self.accepts, data)
+        """Validate an accepted payload; raises ``PayloadError`` (a msgspec.ValidationError)."""
+        return _validate(self.accepts, data, uri=self.uri, version=self.version, type_=self.type)
 
     def validate_emit(self, type_: str, data: Any) -> tuple[msgspec.Struct, dict[str, Any]]:
-        """Validate an emitted payload; raises KeyError for a type this version does not emit."""
+        """Validate an emitted payload (``PayloadError`` if it does not match); raises
+        KeyError for a type this version does not emit."""
         schema = ErrorData if type_ == self.system_error_type else self.emits[type_]
-        return _validate(schema, data)
+        return _validate(schema, data, uri=self.uri, version=self.version, type_=type_)
 
     def json_schema(self) -> dict[str, Any]:
         """This version as JSON Schema: accepted, emitted and system-error payloads."""
@@ -269,9 +278,11 @@ class Contract:
         try:
             return self.versions[version]
         except KeyError:
-            raise KeyError(
+            raise UnknownVersionError(
                 f"contract {self.uri!r} has no version {version!r}; "
-                f"it has {', '.join(self.versions)}"
+                f"it has {', '.join(self.versions)}",
+                version,
+                list(self.versions),
             ) from None
 
     def json_schema(self) -> dict[str, Any]:

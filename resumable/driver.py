@@ -65,7 +65,9 @@ class Resumable(Generic[S]):
     by default). ``timeout`` ends an instance still running that long after it started,
     across ``continue_as_new``; ``run_timeout`` bounds each generation alone. ``clock``
     gives event times (ISO 8601 UTC); pass a ``VirtualClock`` in tests. ``cache_size``
-    bounds the live generators kept between steps.
+    bounds the live generators kept between steps. ``error_stack`` puts the Python
+    traceback in the system-error events it sends (off: it shows other services the
+    workflow's code paths).
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class Resumable(Generic[S]):
         service_domain: DomainSpec = None,
         complete_domain: DomainSpec = (ORCHESTRATION_CONTEXT,),
         system_error_domain: DomainSpec = (ORCHESTRATION_CONTEXT,),
+        error_stack: bool = False,
     ) -> None:
         self.definition: Definition[S] = Definition.build(
             contract,
@@ -99,6 +102,7 @@ class Resumable(Generic[S]):
             service_domain=service_domain,
             complete_domain=complete_domain,
             system_error_domain=system_error_domain,
+            error_stack=error_stack,
         )
         self._cache = LiveCache(cache_size)
         try:

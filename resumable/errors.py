@@ -11,7 +11,11 @@ on purpose; each also keeps the built-in base it always had (``ValueError``, ...
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any, Final, Literal
+
+import msgspec
 
 __all__ = [
     "Cancelled",
@@ -21,12 +25,15 @@ __all__ = [
     "DuplicateEntryError",
     "ExecutionViolation",
     "NonDeterminismError",
+    "PayloadError",
     "ResumableError",
     "ServiceError",
     "SetupError",
+    "StateError",
     "StepError",
     "TransactionCause",
     "TransactionViolation",
+    "UnknownVersionError",
     "ViolationError",
     "WorkflowAwaitError",
     "is_violation",
@@ -88,6 +95,77 @@ class ExecutionViolation(ViolationError):
     """The event cannot be executed: bad subject, no workflow to resume, reply nobody awaits."""
 
     type = "Execution"
+
+
+class UnknownVersionError(ConfigViolation, SetupError, KeyError):
+    """A contract, workflow or handler was asked for a version it does not have.
+
+    The one type for that mistake, wherever it is made: a violation when an event names
+    the version (``execute`` raises it to the caller), a ``SetupError`` when code does,
+    and still the ``KeyError``/``ValueError`` that ``contract.version(...)`` and
+    ``Resumable(...)`` raised before.
+    """
+
+    def __init__(self, message: str, version: str, known: Sequence[str]) -> None:
+        super().__init__(message, {"version": version, "known": list(known)})
+        self.version = version
+        self.known = list(known)
+
+
+_MISSING_FIELD = re.compile(r"Object missing required field `([^`]*)`")
+_AT_PATH = re.compile(r" - at `\$((?:[.\[][^`]*)?)`$")
+
+
+class PayloadError(ResumableError, msgspec.ValidationError):
+    """A payload does not match its contract's schema; the message names the contract, its
+    version, the event type and the field.
+
+    A ``msgspec.ValidationError`` too, so code that caught msgspec's error still does.
+    ``field`` is the path of the offending field (``amount_cents``, ``items[0].sku``),
+    or ``""`` for the payload as a whole.
+    """
+
+    def __init__(self, *, uri: str, version: str, type: str, schema: str, error: str) -> None:
+        field = _field_of(error)
+        where = f"field {field!r}" if field else "the payload"
+        super().__init__(
+            f"{type} payload for contract {uri!r} version {version} ({schema}): {where}: "
+            f"{error}. Build it as {schema}(...) with the fields the contract declares"
+        )
+        self.uri = uri
+        self.version = version
+        self.type = type
+        self.field = field
+
+
+def _field_of(error: str) -> str:
+    """The dotted path of the field msgspec's message points at."""
+    at = _AT_PATH.search(error)
+    path = at.group(1) if at else ""
+    missing = _MISSING_FIELD.match(error)
+    if missing:
+        path = f"{path}.{missing.group(1)}"
+    return path[1:] if path.startswith(".") else path
+
+
+class StateError(ResumableError, TypeError):
+    """A workflow's explicit state holds a value that cannot be stored.
+
+    Raised as the workflow's own error (the instance fails and reports it), not as a
+    storage failure to retry: storing it again cannot succeed. ``field`` is the path in
+    the state, ``value_type`` the type that cannot be stored.
+    """
+
+    def __init__(self, workflow: str, field: str, value_type: str) -> None:
+        super().__init__(
+            f"workflow {workflow!r}: explicit state field {field!r} holds a value of type "
+            f"{value_type}, which cannot be stored; keep state to plain data (str, int, "
+            "float, bool, None, lists and dicts of them, attrs classes, msgspec Structs, "
+            "datetimes)"
+        )
+        self.workflow = workflow
+        self.field = field
+        self.value_type = value_type
 
 
 class NonDeterminismError(ExecutionViolation):

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import msgspec
 
@@ -72,6 +72,13 @@ _KNOWN: Final = frozenset(_CLOUDEVENT_FIELDS + _ARVO_FIELDS + ("extensions",))
 _trusted: ContextVar[bool] = ContextVar("resumable_trusted_events", default=False)
 T = TypeVar("T")
 
+if TYPE_CHECKING:  # a default (PEP 696) keeps a bare ``Event`` meaning ``Event[Any]``
+    from typing_extensions import TypeVar as _TypeVarWithDefault
+
+    D = _TypeVarWithDefault("D", covariant=True, default=Any)
+else:
+    D = TypeVar("D", covariant=True)
+
 
 def build_trusted(factory: Callable[[], T]) -> T:
     """``factory()`` with field validation skipped for the events it builds: only for events
@@ -115,8 +122,9 @@ def now_iso() -> str:
 _second: list[Any] = [-1, ""]
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
-    """One immutable CloudEvent with Arvo extensions.
+class Event(msgspec.Struct, Generic[D], frozen=True, kw_only=True, omit_defaults=False):
+    """One immutable CloudEvent with Arvo extensions; ``Event[T]`` is one whose ``data`` is a
+    ``T`` (a bare ``Event`` is ``Event[Any]``).
 
     ``data`` is the payload object: a dict on the wire, or the contract's Struct once a
     handler or workflow has decoded it. ``to`` defaults to ``type``, ``id`` to a UUID and
@@ -126,7 +134,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
     source: str
     type: str
     subject: str
-    data: Any
+    data: D
     id: str = msgspec.field(default_factory=lambda: str(uuid.uuid4()))
     time: str = msgspec.field(default_factory=now_iso)
     specversion: str = "1.0"

@@ -23,6 +23,7 @@ from resumable.errors import (
     ContractViolation,
     ExecutionViolation,
     SetupError,
+    UnknownVersionError,
     is_violation,
 )
 from resumable.events import Event, build_trusted, now_iso, with_data
@@ -76,9 +77,11 @@ def resolve_version(contract: Contract, event: Event, *, owner: str) -> Versione
             f"{uri!r}, but this handler serves {contract.uri!r}"
         )
     if version not in contract.versions:
-        raise ConfigViolation(
+        raise UnknownVersionError(
             f"{owner}: event {event.id} asks for contract version {version}, which is not "
-            f"served; available versions: {', '.join(contract.versions)}"
+            f"served; available versions: {', '.join(contract.versions)}",
+            version,
+            list(contract.versions),
         )
     return contract.versions[version]
 
@@ -129,7 +132,8 @@ class EventHandler:
     returns ``Emit(...)``, a list of them, or None. Emitted ids derive from the consumed
     event's id, so a redelivered request produces the same reply ids. ``clock`` stamps the
     replies' ``time`` (ISO 8601 UTC); a ``Runtime`` given a ``VirtualClock`` sets it, so the
-    workflows it answers never see wall time.
+    workflows it answers never see wall time. ``error_stack=True`` puts the Python traceback
+    in the system errors it sends (off by default: it shows callers this service's code).
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class EventHandler:
         executionunits: float = 0,
         system_error_domain: DomainSpec = (ORCHESTRATION_CONTEXT,),
         clock: Callable[[], str] = now_iso,
+        error_stack: bool = False,
     ) -> None:
         if not isinstance(contract, Contract):
             raise SetupError(f"EventHandler needs a Contract, got {contract!r}")
@@ -151,13 +156,16 @@ class EventHandler:
             )
         unknown = [v for v in versions if v not in contract.versions]
         if unknown:
-            raise SetupError(
+            raise UnknownVersionError(
                 f"contract {contract.uri!r} has no version(s) {', '.join(unknown)}; "
-                f"it has {', '.join(contract.versions)}"
+                f"it has {', '.join(contract.versions)}",
+                unknown[0],
+                list(contract.versions),
             )
         check_domain_spec(system_error_domain, "system_error_domain")
         self.contract = contract
         self.functions = dict(versions)
+        self.error_stack = error_stack
         self.executionunits = executionunits
         self.system_error_domain = system_error_domain
         self.clock = clock
@@ -212,7 +220,7 @@ class EventHandler:
                 span.set_attribute("arvo.handler.execution.status", "failure")
                 context = self._domains(event)
                 return system_error_events(
-                    error=error,
+                    error=ErrorData.of(error, stack=self.error_stack),
                     source=self.source,
                     contract=self.contract,
                     subject=event.subject,

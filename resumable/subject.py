@@ -2,6 +2,8 @@
 
 A subject is ``base64(zlib(json(content)))``; it names one workflow execution and travels
 on every event of that execution, so Python and TypeScript services must agree on it.
+Subjects of arvo-core 3.x carry ``execution.domain``; those of arvo-core 2.x do not, and
+parse with domain None (re-encoded without the key, so the string stays the same).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class _Orchestrator(msgspec.Struct):
 class _Execution(msgspec.Struct):
     id: str
     initiator: str
-    domain: str | None
+    domain: str | msgspec.UnsetType | None = msgspec.UNSET
+    """Absent (UNSET) in subjects made by arvo-core 2.x, which has no execution domain."""
 
 
 class _Content(msgspec.Struct):
@@ -104,6 +107,10 @@ class Subject(msgspec.Struct, frozen=True):
     initiator: str
     domain: str | None = None
     meta: dict[str, str] = {}
+    domain_key: bool = True
+    """Whether the encoded content has ``execution.domain``. False for a subject made by
+    arvo-core 2.x (its content has no such key): re-encoding it then writes none, so the
+    subject string comes back byte for byte. A domain that is set is always written."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -130,7 +137,11 @@ def encode_subject(s: Subject) -> str:
     _validate(s)
     content = _Content(
         orchestrator=_Orchestrator(name=s.name, version=s.version),
-        execution=_Execution(id=s.execution_id, initiator=s.initiator, domain=s.domain),
+        execution=_Execution(
+            id=s.execution_id,
+            initiator=s.initiator,
+            domain=s.domain if s.domain is not None or s.domain_key else msgspec.UNSET,
+        ),
         meta=_js_key_order(s.meta),
     )
     try:
@@ -168,14 +179,16 @@ def _parse_cached(value: str) -> Subject:
         raise SubjectError(
             f"orchestration subject {_describe(value)} does not contain valid UTF-8 JSON: {exc}"
         ) from None
+    domain = content.execution.domain
     try:
         return Subject(
             name=content.orchestrator.name,
             version=content.orchestrator.version,
             execution_id=content.execution.id,
             initiator=content.execution.initiator,
-            domain=content.execution.domain,
+            domain=None if domain is msgspec.UNSET else domain,
             meta=content.meta,
+            domain_key=domain is not msgspec.UNSET,
         )
     except SubjectError as exc:
         raise SubjectError(f"orchestration subject {_describe(value)}: {exc}") from None

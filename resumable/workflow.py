@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random as _random
 import uuid as _uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
@@ -25,6 +25,7 @@ from resumable.contracts import Contract, VersionedContract
 from resumable.domains import DomainSpec, check_domain_spec
 from resumable.engine.frame import Frame
 from resumable.errors import SetupError
+from resumable.events import Event
 from resumable.ids import derive_id
 from resumable.types import WorkflowFunction
 
@@ -35,11 +36,13 @@ __all__ = [
     "ContinueAsNew",
     "Gather",
     "Race",
+    "Reply",
     "Request",
     "Retry",
     "Sleep",
     "Step",
     "WaitFor",
+    "Workflow",
     "WorkflowFunction",
     "call",
     "complete",
@@ -193,6 +196,16 @@ class Complete:
 
 
 Request = Call | Gather | Race | Sleep | WaitFor | Step | ContinueAsNew | Complete
+"""Anything a workflow may ``yield``."""
+
+Reply = Event[object]
+"""A reply as a workflow annotates it: ``reply: Reply = yield call(...)``. Its ``data`` is
+``object`` until a ``match`` on the contract's Structs narrows it (docs/typing.md)."""
+
+Workflow = AsyncGenerator[Request, Any]
+"""The return annotation of a workflow function: ``async def fn(ctx, data) -> Workflow``.
+The value of each ``yield`` depends on what was yielded, so annotate the variable it is
+assigned to (``Reply``, ``tuple[Reply, Reply]`` for a gather of two, ...)."""
 
 
 def _check_timeout(timeout: float | timedelta | None, where: str) -> float | None:
@@ -368,6 +381,30 @@ def complete(
     return Complete(data, executionunits, domain)
 
 
+def _no_state() -> SetupError:
+    return SetupError(
+        "ctx.state is used, but this workflow has no explicit state: define an attrs class "
+        "and pass it as Resumable(..., state=MyState); it is built with no arguments for "
+        "each new instance and stored after every step"
+    )
+
+
+class _NoState:
+    """The state of a workflow defined without ``state=``: reading ``ctx.state`` says so."""
+
+    def __repr__(self) -> str:
+        return "NO_STATE"
+
+
+NO_STATE: Any = _NoState()
+
+
+def state_of(ctx: Context[Any]) -> Any:
+    """The context's state for the engine to store; None for a stateless workflow."""
+    state = ctx._state
+    return None if state is NO_STATE else state
+
+
 class Context(Generic[S]):
     """What a running workflow sees besides its input: explicit state and deterministic helpers.
 
@@ -375,13 +412,26 @@ class Context(Generic[S]):
     the same values when the workflow is replayed, so they are safe to branch on.
     """
 
-    __slots__ = ("_frame", "state", "subject", "version")
+    __slots__ = ("_frame", "_state", "subject", "version")
 
     def __init__(self, *, state: S, subject: str, version: str, frame: Frame | None = None) -> None:
-        self.state = state
+        self._state = state
         self.subject = subject
         self.version = version
         self._frame = frame if frame is not None else Frame(subject)
+
+    @property
+    def state(self) -> S:
+        """The workflow's explicit state, an instance of the ``state=`` class."""
+        if self._state is NO_STATE:
+            raise _no_state()
+        return self._state
+
+    @state.setter
+    def state(self, value: S) -> None:
+        if self._state is NO_STATE:
+            raise _no_state()
+        self._state = value
 
     @property
     def is_replaying(self) -> bool:

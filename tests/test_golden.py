@@ -216,10 +216,11 @@ class Run:
         self.steps: list[dict[str, Any]] = []
         self._seen: dict[str, tuple[int, list[bytes]]] = {}
         self._flaky_errors = 2
+        # The golden files keep where tracebacks go (errorStack), so they are opted into.
         self.handlers = {
-            echo.type: EventHandler(echo, versions={"1.0.0": self._echo}),
-            flaky.type: EventHandler(flaky, versions={"1.0.0": self._flaky}),
-            broken.type: EventHandler(broken, versions={"1.0.0": self._broken}),
+            echo.type: EventHandler(echo, versions={"1.0.0": self._echo}, error_stack=True),
+            flaky.type: EventHandler(flaky, versions={"1.0.0": self._flaky}, error_stack=True),
+            broken.type: EventHandler(broken, versions={"1.0.0": self._broken}, error_stack=True),
         }
 
     @staticmethod
@@ -249,6 +250,7 @@ class Run:
             signals=[approve],
             memory=self.memory,
             clock=self.clock,
+            error_stack=True,
             **options,
         )
         self.workflows.append(workflow)

@@ -82,7 +82,7 @@ def make_handler(**functions: Any) -> EventHandler:
     versions = {"1.0.0": greet_v1, "2.0.0": greet_v2}
     for key, value in functions.items():
         versions[key.replace("v", "").replace("_", ".")] = value
-    return EventHandler(contract, versions, executionunits=1.5)
+    return EventHandler(contract, versions, executionunits=1.5, error_stack=True)
 
 
 def make_event(**overrides: Any) -> Event:

@@ -297,7 +297,10 @@ BROKEN = [
     (_wire({**_content({}), "meta": {"k": 1}}), r"\$\.meta"),
     (_wire({**_content({}), "meta": None}), r"\$\.meta"),
     (_wire({k: v for k, v in _content({}).items() if k != "meta"}), "meta"),
-    (_wire({**_content({}), "execution": {"id": "e1", "initiator": "com.test.init"}}), "domain"),
+    (
+        _wire({**_content({}), "execution": {"id": "e1", "initiator": "com.t.i", "domain": 5}}),
+        "domain",
+    ),
     (_wire({**_content({}), "orchestrator": {"name": 3, "version": "1.0.0"}}), "name"),
 ]
 

@@ -8,6 +8,7 @@ new, or unwinds it (compensations, then the report) when it raises.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from typing import Any, assert_never
@@ -49,6 +50,7 @@ from resumable.errors import (
     ConfigViolation,
     ContractViolation,
     ServiceError,
+    StateError,
     StepError,
     TransactionViolation,
     is_violation,
@@ -79,6 +81,7 @@ from resumable.workflow import (
     Sleep,
     Step,
     WaitFor,
+    state_of,
 )
 
 __all__ = ["advance", "new_live", "next_compensation", "resume", "unwind"]
@@ -134,6 +137,11 @@ async def advance(
             ),
         )
         return
+    try:
+        state = defn.unstructure(state_of(live.ctx))
+    except StateError as error:
+        _ended_by(defn, turn, error)
+        return
     request = as_request(outcome.value)
     match request:
         case Complete():
@@ -168,12 +176,12 @@ async def advance(
             raise AssertionError("answered inline")
         case _:
             assert_never(request)
-    _keep_state(defn, header, live)
+    header.state = state
+    _keep_patches(header, live)
 
 
-def _keep_state(defn: Definition[Any], header: Header, live: Live) -> None:
-    """Put the explicit state and the ``ctx.patched`` answers in the header to write."""
-    header.state = defn.unstructure(live.ctx.state)
+def _keep_patches(header: Header, live: Live) -> None:
+    """Put the ``ctx.patched`` answers in the header to write (a copy only if any)."""
     if live.frame.patches or header.patches:
         header.patches = dict(live.frame.patches)
 
@@ -328,18 +336,20 @@ def _ended_by(defn: Definition[Any], turn: Turn, error: BaseException) -> None:
         raise error
     live = turn.live
     assert live is not None
-    _keep_state(defn, turn.header, live)
+    with contextlib.suppress(StateError):  # unstorable: the last stored state stays
+        turn.header.state = defn.unstructure(state_of(live.ctx))
+    _keep_patches(turn.header, live)
     turn.live = None
     log.info("workflow %s ended at step %d: %r", turn.key, turn.header.seq, error)
     cancelled = turn.header.cancelling or isinstance(error, Cancelled)
-    unwind(defn, turn, cancelled, _report(error, cancelled))
+    unwind(defn, turn, cancelled, _report(error, cancelled, defn.error_stack))
 
 
-def _report(error: BaseException, cancelled: bool) -> ErrorData:
+def _report(error: BaseException, cancelled: bool, stack: bool) -> ErrorData:
     """What the system error says: a service's own error name and message for an unhandled
     ``ServiceError``; for a failure in the cleanup after a cancellation, the cancellation
     with that failure."""
-    data = ErrorData.of(error)
+    data = ErrorData.of(error, stack=stack)
     if isinstance(error, ServiceError):
         data = ErrorData(error.name, error.message, data.errorStack)
     if not cancelled or isinstance(error, Cancelled):

@@ -20,12 +20,19 @@ from resumable.contracts import (
     parse_dataschema,
 )
 from resumable.domains import ORCHESTRATION_CONTEXT, DomainSpec, check_domain_spec
-from resumable.errors import ConfigViolation, ContractViolation, ServiceError, SetupError
+from resumable.errors import (
+    ConfigViolation,
+    ContractViolation,
+    ServiceError,
+    SetupError,
+    StateError,
+    UnknownVersionError,
+)
 from resumable.events import Event, with_data
 from resumable.record import wire
 from resumable.state import converter as _converter
 from resumable.subject import Subject
-from resumable.workflow import Call, WorkflowFunction
+from resumable.workflow import NO_STATE, Call, WorkflowFunction
 
 __all__ = ["CANCEL_TYPE", "TIMER_TYPE", "Definition", "EventKind"]
 
@@ -68,10 +75,15 @@ class Definition(Generic[S]):
     services: dict[str, VersionedContract] = attrs.Factory(dict)
     reply_types: dict[str, VersionedContract] = attrs.Factory(dict)
     """Every event type a service may answer with (its system error included)."""
+    repliers: dict[str, list[str]] = attrs.Factory(dict)
+    """The uris of the services that may answer with each event type: a reply without
+    ``parentid`` is matched to an open call to one of them."""
     signals: dict[str, Contract | None] = attrs.Factory(dict)
     """Signal types, with their contract (None for untyped data)."""
     source: str = attrs.field(init=False)
     uri: str = attrs.field(init=False)
+    error_stack: bool = False
+    """Whether the system errors it reports carry the Python traceback."""
 
     @classmethod
     def build(
@@ -88,6 +100,7 @@ class Definition(Generic[S]):
         service_domain: DomainSpec = None,
         complete_domain: DomainSpec = (ORCHESTRATION_CONTEXT,),
         system_error_domain: DomainSpec = (ORCHESTRATION_CONTEXT,),
+        error_stack: bool = False,
     ) -> Definition[S]:
         """Check every part and build the definition; a mistake raises naming the part."""
         if not isinstance(contract, OrchestratorContract):
@@ -97,9 +110,12 @@ class Definition(Generic[S]):
             )
         for version, fn in versions.items():
             if version not in contract.versions:
-                raise SetupError(
+                raise UnknownVersionError(
                     f"workflow {contract.uri!r}: contract has no version {version!r}; it has "
-                    f"{', '.join(contract.versions)}"
+                    f"{', '.join(contract.versions)}. Add the version to the contract, or "
+                    "remove its function",
+                    version,
+                    list(contract.versions),
                 )
             if not inspect.isasyncgenfunction(fn):
                 raise SetupError(
@@ -125,6 +141,7 @@ class Definition(Generic[S]):
             service_domain=service_domain,
             complete_domain=complete_domain,
             system_error_domain=system_error_domain,
+            error_stack=error_stack,
         )
         for item in services:
             definition._add_service(item)
@@ -153,6 +170,7 @@ class Definition(Generic[S]):
         self.services[uri] = versioned
         for type_ in (*versioned.emits, versioned.system_error_type):
             self.reply_types.setdefault(type_, versioned)
+            self.repliers.setdefault(type_, []).append(uri)
 
     def _add_signal(self, signal: Contract | str) -> None:
         if isinstance(signal, Contract):
@@ -180,9 +198,11 @@ class Definition(Generic[S]):
         fn = self.functions.get(version)
         if fn is None:
             why = why if isinstance(why, str) else why()
-            raise ConfigViolation(
+            raise UnknownVersionError(
                 f"workflow {self.uri!r} has no function for version {version} ({why}); it "
-                f"runs versions {', '.join(self.functions)}"
+                f"runs versions {', '.join(self.functions)}. Add one to Resumable(versions=...)",
+                version,
+                list(self.functions),
             )
         return fn
 
@@ -210,9 +230,12 @@ class Definition(Generic[S]):
         if event.type == self.source:
             versioned = self.contract.versions.get(subject.version)
             if versioned is None:
-                raise ConfigViolation(
+                raise UnknownVersionError(
                     f"workflow {self.uri!r} has no contract version "
-                    f"{subject.version} (subject of init event {event.id})"
+                    f"{subject.version} (subject of init event {event.id}); it has "
+                    f"{', '.join(self.contract.versions)}",
+                    subject.version,
+                    list(self.contract.versions),
                 )
         else:
             maybe = self.reply_types.get(event.type)
@@ -354,8 +377,35 @@ class Definition(Generic[S]):
     # explicit state
 
     def new_state(self) -> Any:
-        return self.state_type() if self.state_type is not None else None
+        """A fresh state; ``NO_STATE`` (``ctx.state`` then says so) for a stateless workflow."""
+        return self.state_type() if self.state_type is not None else NO_STATE
 
-    @staticmethod
-    def unstructure(state: Any) -> Any:
-        return None if state is None else _converter.unstructure(state)
+    def unstructure(self, state: Any) -> Any:
+        """The state as the record stores it; ``StateError`` names a field it cannot store."""
+        if state is None or state is NO_STATE:
+            return None
+        plain = _converter.unstructure(state)
+        try:
+            _state_encoder.encode(plain)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+            field, value_type = _unencodable(plain, "")
+            raise StateError(self.uri, field or "<state>", value_type) from None
+        return plain
+
+
+_state_encoder = msgspec.msgpack.Encoder()
+
+
+def _unencodable(value: Any, path: str) -> tuple[str, str]:
+    """The path and type of the first part of ``value`` that msgpack cannot encode."""
+    items: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        items = [(f"{path}.{key}" if path else str(key), item) for key, item in value.items()]
+    elif isinstance(value, list | tuple):
+        items = [(f"{path}[{index}]", item) for index, item in enumerate(value)]
+    for where, item in items:
+        try:
+            _state_encoder.encode(item)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+            return _unencodable(item, where)
+    return path, type(value).__name__

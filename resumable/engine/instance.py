@@ -112,7 +112,7 @@ async def decide(
         )
     index: int | None = None
     if kind == "reply":
-        index = find_slot(header, event)
+        index = find_slot(header, event, defn.repliers.get(event.type, ()))
         if index is None:
             quiet = event.parentid is not None and event.parentid in header.ignored
             return await _seen_or(
@@ -120,11 +120,7 @@ async def decide(
                 event,
                 header,
                 journal,
-                None
-                if quiet
-                else f"workflow {key!r} is not waiting for a reply to event "
-                f"{event.parentid!r} (event {event.id}, {event.type}); it waits for "
-                f"{header.waits_for or 'nothing'}",
+                None if quiet else _unmatched(key, event, header),
             )
         if header.waiting[index].due is not None:
             # In a retry backoff: this may be the error reply that began it, delivered
@@ -149,6 +145,21 @@ async def decide(
     except NonDeterminismError as error:
         return _park(stored, event, error)
     return _commit(turn) if changed else Decision([])
+
+
+def _unmatched(key: str, event: Event, header: Header) -> str:
+    """Why a reply fills no slot, for the violation."""
+    waits = header.waits_for or "nothing"
+    if event.parentid is None:
+        return (
+            f"workflow {key!r} has no open call that reply {event.id} ({event.type}) can "
+            f"answer: it has no parentid, so it is matched by its type, and no call waiting "
+            f"for that type is open (it waits for {waits})"
+        )
+    return (
+        f"workflow {key!r} is not waiting for a reply to event {event.parentid!r} "
+        f"(event {event.id}, {event.type}); it waits for {waits}"
+    )
 
 
 def _overdue(header: Header, kind: EventKind, now: float) -> Due | None:

@@ -31,6 +31,7 @@ from resumable.workflow import (
     Sleep,
     Step,
     WaitFor,
+    state_of,
 )
 
 __all__ = ["diverged", "replay", "step_value", "wake_value"]
@@ -122,7 +123,7 @@ def replay(
         if now != entry.yielded and not (entry.yielded == "timeout" and entry.resumed is None):
             raise diverged(key, seq, entry.yielded, now)
         waits_for = now
-    rebuilt = msgspec.msgpack.decode(msgspec.msgpack.encode(defn.unstructure(ctx.state)))
+    rebuilt = msgspec.msgpack.decode(msgspec.msgpack.encode(defn.unstructure(state_of(ctx))))
     if rebuilt != header.state:
         raise NonDeterminismError(
             f"workflow {key!r}: replaying its history gives explicit state {rebuilt!r}, "

@@ -8,12 +8,13 @@ is tested on hand-built headers alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Final, Literal
 
 import attrs
 
 from resumable.contracts import ErrorData
+from resumable.errors import ExecutionViolation
 from resumable.events import Event
 from resumable.record import (
     CANCELLED,
@@ -137,15 +138,32 @@ def clear_wait(header: Header) -> None:
     header.waits_for = None
 
 
-def find_slot(header: Header, event: Event) -> int | None:
-    """The open call slot a reply answers (by the request id in its ``parentid``)."""
+def find_slot(header: Header, event: Event, answering: Collection[str] = ()) -> int | None:
+    """The open call slot a reply answers: the one whose request id is the reply's
+    ``parentid``. A reply without ``parentid`` (arvo-core 2.x services send none) answers
+    the one open call to a service in ``answering``, the uris of the contracts that may
+    reply with its type; if several such calls are open it is ambiguous: a violation."""
     parentid = event.parentid
-    if parentid is None:
+    if parentid is not None:
+        for index, slot in enumerate(header.waiting):
+            if slot.kind == "call" and slot.reply is None and parentid in slot.requests:
+                return index
         return None
-    for index, slot in enumerate(header.waiting):
-        if slot.kind == "call" and slot.reply is None and parentid in slot.requests:
-            return index
-    return None
+    open_calls = [
+        index
+        for index, slot in enumerate(header.waiting)
+        if slot.kind == "call" and slot.reply is None and slot.service in answering
+    ]
+    if len(open_calls) > 1:
+        services = ", ".join(header.waiting[i].service for i in open_calls)
+        raise ExecutionViolation(
+            f"workflow {event.subject!r}: reply {event.id} ({event.type}) has no parentid, "
+            f"and {len(open_calls)} open calls may be answered by that type ({services}); "
+            "without parentid a reply is matched only when exactly one open call accepts "
+            "its type. Have the service set parentid to the request's id (arvo-core 3.x "
+            "does), or do not wait on two calls of that type at once"
+        )
+    return open_calls[0] if open_calls else None
 
 
 def ignore(header: Header, ids: Iterable[str]) -> None:
