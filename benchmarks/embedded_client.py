@@ -10,8 +10,9 @@ against W10 through the raw ``Worker`` path in the same run (target: within 1.5x
   ``await handle.result()``.
 
 For each, start-to-result latency (p50, p99) with 1 caller and with 50 concurrent callers,
-and throughput (workflows per second) with 50 callers. Not yet part of
-``python -m benchmarks``' report table.
+and throughput (workflows per second) with 50 callers. ``python -m benchmarks`` runs the
+same as the jobs ``e2e-raw`` and ``e2e-client`` (rows ``E2E``: one sample a workflow,
+its start-to-result time), with the targets client ÷ raw ≤ 1.5 at 1 and at 50 callers.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from pathlib import Path
 
 import anyio
 
+from benchmarks.common import Row, Sizes, progress, row
 from benchmarks.dist_worker import handlers
 from benchmarks.workloads import RUNNER, WTEN, N
 from resumable import Runtime
 from resumable.brokers import LocalBroker
 from resumable.events import Event
-from resumable.memory import InMemoryMemory, SQLiteMemory
+from resumable.memory import SQLiteMemory
 from resumable.worker import Worker
 
 Start = Callable[[int], Awaitable[None]]
@@ -93,15 +95,54 @@ async def raw(tmp: Path, workflows: int, callers: int, tag: str) -> tuple[list[f
 
 
 async def client(tmp: Path, workflows: int, callers: int, tag: str) -> tuple[list[float], float]:
-    async with Runtime(
-        handlers(InMemoryMemory()), memory=f"sqlite:///{tmp / f'client-{tag}.db'}", concurrency=16
-    ) as rt:
+    memory = SQLiteMemory(tmp / f"client-{tag}.db")  # the workflow's and the runtime's
+    try:
+        async with Runtime(handlers(memory), memory=memory, concurrency=16) as rt:
 
-        async def start(n: int) -> None:
-            handle = await rt.start(WTEN, N(0), id=f"{tag}-{n}")
-            await handle.result()
+            async def start(n: int) -> None:
+                handle = await rt.start(WTEN, N(0), id=f"{tag}-{n}")
+                await handle.result()
 
-        return await _drive(start, workflows, callers)
+            return await _drive(start, workflows, callers)
+    finally:
+        await memory.close()
+
+
+CALLERS = 50
+WORKFLOWS = {"smoke": 20, "quick": 200, "full": 500}
+"""Workflows per concurrent sample, by benchmark mode (a fifth of it, at least 20, for
+the one-caller sample)."""
+
+
+def e2e_job(path: str) -> Callable[[Sizes, Path], Awaitable[list[Row]]]:
+    """The ``python -m benchmarks`` job of one path: rows at 1 and at ``CALLERS`` callers."""
+    run = raw if path == "raw" else client
+
+    async def job(sizes: Sizes, tmp: Path) -> list[Row]:
+        workflows = WORKFLOWS.get(sizes.mode, WORKFLOWS["quick"])
+        await run(tmp, 10, 1, "warm")
+        rows = []
+        for callers, count in ((1, max(workflows // 5, 20)), (CALLERS, workflows)):
+            latencies, wall = await run(tmp, count, callers, f"x{callers}")
+            progress(f"E2E {path} x{callers}: {count} workflows, {count / wall:,.0f}/s")
+            rows.append(
+                row(
+                    "E2E",
+                    "resumable",
+                    "sqlite",
+                    "worker" if path == "raw" else "client",
+                    callers,
+                    1,
+                    [latency * 1e6 for latency in latencies],
+                    extra={"workflows_per_s": count / wall},
+                )
+            )
+        return rows
+
+    return job
+
+
+JOBS = {"e2e-raw": e2e_job("raw"), "e2e-client": e2e_job("client")}
 
 
 async def main(workflows: int) -> None:
@@ -122,8 +163,8 @@ async def main(workflows: int) -> None:
             }
     base, ours = rows["raw Worker"], rows["client"]
     print(f"{'path':<12}" + "".join(f"{k:>12}" for k in base))
-    for path, row in rows.items():
-        print(f"{path:<12}" + "".join(f"{v:>12.2f}" for v in row.values()))
+    for path, figures in rows.items():
+        print(f"{path:<12}" + "".join(f"{v:>12.2f}" for v in figures.values()))
     ratios = {k: (ours[k] / base[k] if k != "wf/s@50" else base[k] / ours[k]) for k in base}
     print(f"{'ratio':<12}" + "".join(f"{v:>11.2f}x" for v in ratios.values()))
     print("(latency in ms; ratio = client / raw for latency, raw / client for throughput;")

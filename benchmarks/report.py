@@ -84,6 +84,8 @@ def baseline_key(item: Row, sizes: Sizes) -> str | None:
     part = item.get("extra", {}).get("part")
     if "processes" in item.get("extra", {}):
         return _distributed_baseline(item, sizes)
+    if workload == "E2E":  # the client path against the raw Worker path, same callers
+        return None if item["path"] == "worker" else f"E2E/resumable/sqlite/worker/x{conc}"
     if impl == "floor-mem":
         return None
     if impl == "floor-mem-events":
@@ -234,6 +236,16 @@ def targets_for(sizes: Sizes) -> list[Target]:
             f"{fan}/resumable/sqlite/direct/x1",
             f"{seq}/resumable/sqlite/direct/x1",
             2.0,
+        ),
+        *(
+            Target(
+                f"E2E start-to-result on SQLite, {n} caller{'s' if n > 1 else ''}: "
+                "Runtime handles ÷ raw Worker",
+                f"E2E/resumable/sqlite/client/x{n}",
+                f"E2E/resumable/sqlite/worker/x{n}",
+                1.5,
+            )
+            for n in (1, 50)
         ),
         *distributed_targets(sizes),
     ]

@@ -52,6 +52,9 @@ JOB_ORDER = [
     "r1k-sqlite",
     # The test kit's simulator (resumable.testing) on the demo's order workflow.
     "sim-orders",
+    # Start-to-result through Runtime handles, against the raw Worker path.
+    "e2e-raw",
+    "e2e-client",
     # The distributed rows, right after their baseline (the SQLite embedded run).
     "dist-sqlite-embedded",
     "dist-nats-pg",
@@ -77,6 +80,10 @@ def _async_job(name: str) -> Callable[[Sizes, Path], Awaitable[list[Row]]]:
         from benchmarks.simulation import simulation_job
 
         return simulation_job
+    if name.startswith("e2e-"):
+        from benchmarks.embedded_client import JOBS as E2E
+
+        return E2E[name]
     if name.startswith("dist-"):
         from benchmarks import distributed
 

@@ -26,7 +26,7 @@ from benchmarks.run_one import JOB_ORDER
 from servers import NATS_URL, POSTGRES_URL, REDIS_URL, require_nats, require_postgres, require_redis
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE_TARGETS = 11 + 2  # the issue's targets, and one ratio per pair (one process in smoke)
+SMOKE_TARGETS = 11 + 2 + 2  # the issues' targets (E2E at 1 and 50 callers), one per pair
 
 
 @pytest.fixture(scope="module")
