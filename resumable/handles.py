@@ -17,7 +17,7 @@ from resumable.contracts import Contract, OrchestratorContract
 from resumable.queries import WorkflowStatus
 
 if TYPE_CHECKING:
-    from resumable.runtime import Client
+    from resumable.client import Client
 
 __all__ = ["WorkflowHandle", "WorkflowInfo", "WorkflowPage"]
 
