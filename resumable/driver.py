@@ -153,6 +153,18 @@ class Resumable(Generic[S]):
         return self.definition.executionunits
 
     @property
+    def service_domain(self) -> DomainSpec:
+        return self.definition.service_domain
+
+    @property
+    def complete_domain(self) -> DomainSpec:
+        return self.definition.complete_domain
+
+    @property
+    def system_error_domain(self) -> DomainSpec:
+        return self.definition.system_error_domain
+
+    @property
     def source(self) -> str:
         """The topic this workflow listens on: ``arvo.orc.<name>``."""
         return self.definition.source
