@@ -15,11 +15,12 @@ passed), a cancellation (``resumable.workflow.cancel``) and the signals it lists
 from __future__ import annotations
 
 import logging
+import time as _time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 from resumable.clock import to_epoch
 from resumable.contracts import Contract, OrchestratorContract, ServiceSpec
@@ -37,15 +38,17 @@ from resumable.errors import (
     ExecutionViolation,
     NonDeterminismError,
     TransactionViolation,
+    ViolationError,
 )
 from resumable.events import Event, EventError, now_iso
 from resumable.ids import lease_owner
 from resumable.memory import InMemoryMemory, Memory, Stored
+from resumable.metrics import SOURCE, instruments
 from resumable.queries import WorkflowStatus, read_status
 from resumable.record import ACTIVE, PARKED, Header, decode_entry, decode_header, encode_header
 from resumable.stepping import WorkflowAwaitError
 from resumable.subject import SubjectError, parse_subject, parse_subject_shared
-from resumable.telemetry import SPAN_KIND_RESUMABLE, execution_span
+from resumable.telemetry import SPAN_KIND_RESUMABLE, execution_span, mark_error
 from resumable.workflow import WorkflowFunction
 
 __all__ = ["CANCEL_TYPE", "TIMER_TYPE", "Resumable", "WorkflowAwaitError", "WorkflowStatus"]
@@ -56,13 +59,15 @@ S = TypeVar("S")
 
 
 class _Journal:
-    """The engine's read access to one instance's journal in memory."""
+    """The engine's read access to one instance's journal in memory. ``replayed`` counts
+    the entries read whole: the engine reads the whole journal only to replay it."""
 
-    __slots__ = ("key", "memory")
+    __slots__ = ("key", "memory", "replayed")
 
     def __init__(self, memory: Memory, key: str) -> None:
         self.memory = memory
         self.key = key
+        self.replayed = -1
 
     async def entry(self, event_id: str) -> bytes | None:
         try:
@@ -87,7 +92,17 @@ class _Journal:
                 TransactionViolation.READ_FAILURE,
                 f"workflow {self.key!r} changed while it was being read; retry the event",
             )
+        self.replayed = len(full.journal)
         return full.journal
+
+
+def _violation(error: ViolationError) -> dict[str, str]:
+    """The ``resumable.violation.kind`` of a violation: its Arvo type, and for a
+    transaction violation its cause (``OrchestratorTransaction.LOCK_UNACQUIRED``)."""
+    kind = error.type
+    if isinstance(error, TransactionViolation):
+        kind = f"{kind}.{error.cause}"
+    return {"resumable.violation.kind": kind}
 
 
 class Resumable(Generic[S]):
@@ -153,6 +168,7 @@ class Resumable(Generic[S]):
         self.lock_ttl = lock_ttl
         self.clock = clock
         self._last_time = ("", 0.0)
+        self._attributes = {SOURCE: self.definition.source}
 
     @property
     def contract(self) -> OrchestratorContract:
@@ -205,6 +221,16 @@ class Resumable(Generic[S]):
 
     async def execute(self, event: Event) -> list[Event]:
         """Apply one event to its workflow instance and return the events it emits."""
+        started = _time.perf_counter()
+        try:
+            return await self._execute(event)
+        except ViolationError as error:
+            instruments().violations.add(1, {**self._attributes, **_violation(error)})
+            raise
+        finally:
+            instruments().step_duration.record(_time.perf_counter() - started, self._attributes)
+
+    async def _execute(self, event: Event) -> list[Event]:
         defn = self.definition
         with execution_span(
             f"Resumable<{defn.uri}>@<{event.type}>",
@@ -237,10 +263,14 @@ class Resumable(Generic[S]):
             try:
                 stored = await self._read(key, event.id)
                 instance = None
+                measure = instruments()
                 if stored is not None:
                     live = self._cache.get(key, stored.revision)
                     instance = Instance(stored.revision, stored.header, live)
+                    hits = measure.cache_misses if live is None else measure.cache_hits
+                    hits.add(1, self._attributes)
                 time, now = self._read_clock()
+                journal = _Journal(self.memory, key)
                 try:
                     decision = await decide(
                         defn,
@@ -248,7 +278,7 @@ class Resumable(Generic[S]):
                         typed,
                         subject,
                         instance,
-                        _Journal(self.memory, key),
+                        journal,
                         time=time,
                         now=now,
                         headers=headers,
@@ -259,10 +289,50 @@ class Resumable(Generic[S]):
                 except BaseException:
                     self._cache.drop(key)
                     raise
-                span.set_attribute("arvo.handler.execution.status", "normal")
+                finally:
+                    if journal.replayed >= 0:
+                        measure.replays.add(1, self._attributes)
+                        measure.replayed_steps.add(journal.replayed, self._attributes)
+                if decision.header is not None:
+                    self._observe(span, None if stored is None else stored.status, decision)
+                else:
+                    span.set_attribute("arvo.handler.execution.status", "normal")
                 return decision.emitted
             finally:
                 await self._unlock(key, owner)
+
+    def _observe(self, span: Span, before: str | None, decision: Decision) -> None:
+        """Count a written step, and tell its span how the instance fared: a system error
+        emitted (the workflow failed) or the instance parked is an error of the span."""
+        measure = instruments()
+        attributes = self._attributes
+        header = decision.header
+        assert header is not None
+        measure.steps.add(1, attributes)
+        failed = None
+        error_type = self.definition.contract.system_error_type
+        for emitted in decision.emitted:
+            if emitted.type == error_type and isinstance(emitted.data, dict):
+                failed = emitted.data
+        if failed is not None:
+            name = str(failed.get("errorName", "Error"))
+            measure.system_errors.add(1, {**attributes, "error.type": name})
+            mark_error(
+                span, name, str(failed.get("errorMessage", "")), failed.get("errorStack") or None
+            )
+            span.set_attribute("arvo.handler.execution.status", "failure")
+        else:
+            span.set_attribute("arvo.handler.execution.status", "normal")
+        status = header.status
+        if status == before:
+            return
+        if status == PARKED and header.parked is not None:
+            measure.parked.add(1, attributes)
+            mark_error(span, NonDeterminismError.__name__, header.parked.message)
+            span.set_attribute("resumable.instance.status", status)
+        elif status != ACTIVE:
+            measure.finished.add(1, {**attributes, "resumable.status": status})
+            span.set_attribute("resumable.instance.status", status)
 
     async def _apply(self, key: str, revision: int, decision: Decision, why: str) -> None:
         """Write what the engine decided (compare-and-set) and keep its live generator."""
@@ -277,7 +347,9 @@ class Resumable(Generic[S]):
             self._cache.drop(key)
         else:
             live.revision = written
-            self._cache.put(key, live)
+            evicted = self._cache.put(key, live)
+            if evicted:
+                instruments().cache_evictions.add(evicted, self._attributes)
 
     async def _lock(self, key: str, why: str) -> str:
         owner = lease_owner()
@@ -289,6 +361,7 @@ class Resumable(Generic[S]):
                 f"could not lock workflow {key!r} for event {why}: {error}",
             ) from error
         if not locked:
+            instruments().lease_denied.add(1, self._attributes)
             raise TransactionViolation(
                 TransactionViolation.LOCK_UNACQUIRED,
                 f"workflow {key!r} is locked by another execution; retry event {why} "
@@ -321,12 +394,17 @@ class Resumable(Generic[S]):
         *,
         reset: bool = False,
     ) -> int:
+        encoded = encode_header(header)
+        measure = instruments()
+        measure.record_size.record(len(encoded), self._attributes)
+        if append:
+            measure.journal_bytes.add(sum(len(entry) for _, entry in append), self._attributes)
         try:
             return await self.memory.write(
                 key,
                 revision=revision,
                 status=header.status,
-                header=encode_header(header),
+                header=encoded,
                 append=append,
                 due=header.next_due(),
                 reset=reset,
@@ -371,6 +449,9 @@ class Resumable(Generic[S]):
                     f"{header.version}, which parked instance {subject!r} runs"
                 )
             header.status = ACTIVE
+            measure = instruments()
+            measure.replays.add(1, self._attributes)
+            measure.replayed_steps.add(len(stored.journal or []), self._attributes)
             try:
                 live = replay(
                     self.definition, subject, header, stored.journal or [], stored.revision
@@ -381,7 +462,9 @@ class Resumable(Generic[S]):
                 raise
             pending, header.parked_events, header.parked = header.parked_events, [], None
             live.revision = await self._write(subject, stored.revision, header, [], "unpark")
-            self._cache.put(subject, live)
+            evicted = self._cache.put(subject, live)
+            if evicted:
+                measure.cache_evictions.add(evicted, self._attributes)
         finally:
             await self._unlock(subject, owner)
         produced: list[Event] = []

@@ -37,6 +37,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
+from opentelemetry import trace
 
 from resumable.backoff import backoff_delay
 from resumable.brokers import Broker, Delivery, Handler
@@ -44,7 +45,15 @@ from resumable.clock import to_epoch
 from resumable.errors import ResumableError, SetupError, TransactionViolation, ViolationError
 from resumable.events import Event
 from resumable.memory import Memory
+from resumable.metrics import TOPIC, enabled, instruments
 from resumable.subject import SubjectError, parse_subject
+from resumable.telemetry import (
+    delivery_span,
+    mark_error,
+    messaging_system,
+    publish_span,
+    tracing,
+)
 from resumable.types import Recoverable, Timed
 
 __all__ = ["Worker", "WorkerStats"]
@@ -99,6 +108,14 @@ def _is_permanent(error: BaseException) -> bool:
 
 def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+def _lag(event: Event) -> float:
+    """Seconds from the event's time to now (0 if its time is in the future)."""
+    try:
+        return max(0.0, time.time() - to_epoch(event.time))
+    except ValueError:
+        return 0.0
 
 
 async def _set_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:
@@ -211,6 +228,15 @@ class Worker:
         self._timers_now = anyio.Event()
         self._running = False
         self._timers_sent: dict[str, tuple[str, float]] = {}  # key -> (timer event id, when)
+        self._system = messaging_system(broker)
+        self._attributes: dict[str, dict[str, str]] = {}
+
+    def _on(self, topic: str) -> dict[str, str]:
+        """The metric attributes of ``topic``, made once."""
+        attributes = self._attributes.get(topic)
+        if attributes is None:
+            attributes = self._attributes[topic] = {TOPIC: topic}
+        return attributes
 
     def __repr__(self) -> str:
         return f"<Worker {sorted(self._topics)} on {self.broker!r}>"
@@ -349,6 +375,23 @@ class Worker:
         went wrong is logged and counted. ``run`` calls it for every delivery; a broker
         that hosts handlers itself (``LocalBroker``) calls it to get the same logic."""
         event = delivery.event
+        measure = instruments()
+        attributes = self._on(delivery.topic)
+        measure.received.add(1, attributes)
+        measure.in_flight.add(1, attributes)
+        if enabled():
+            measure.delivery_lag.record(_lag(event), attributes)
+        try:
+            if not tracing():
+                await self._handle(handler, delivery)
+                return
+            with delivery_span(event, delivery.topic, self._system, delivery.attempt):
+                await self._handle(handler, delivery)
+        finally:
+            measure.in_flight.add(-1, attributes)
+
+    async def _handle(self, handler: Handler, delivery: Delivery) -> None:
+        event = delivery.event
         try:
             outputs = await handler.execute(event)
         except Exception as error:
@@ -368,6 +411,7 @@ class Worker:
             return
         if await self._settle(delivery, "ack", delivery.ack()):
             self.stats.acked += 1
+            instruments().acked.add(1, self._on(delivery.topic))
 
     def delay(self, attempt: int) -> float:
         """The backoff before delivery ``attempt + 1``: exponential, capped."""
@@ -388,8 +432,10 @@ class Worker:
         if _is_lock_denied(error) and not last_chance:
             delay = self.delay(attempt)
             log.debug("event %s: lease taken (%s); again in %.3gs", event.id, error, delay)
+            instruments().lease_wait.record(delay, self._on(delivery.topic))
             if await self._settle(delivery, "nack", delivery.nack(delay)):
                 self.stats.nacked += 1
+                instruments().nacked.add(1, self._on(delivery.topic))
             return
         if attempt >= self.max_attempts or last_chance:
             limit = attempt if not last_chance else f"{attempt} (the broker's max_deliver)"
@@ -409,6 +455,7 @@ class Worker:
         )
         if await self._settle(delivery, "nack", delivery.nack(delay)):
             self.stats.nacked += 1
+            instruments().nacked.add(1, self._on(delivery.topic))
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         event = delivery.event
@@ -420,8 +467,10 @@ class Worker:
             delivery.attempt,
             reason,
         )
+        mark_error(trace.get_current_span(), "DeadLettered", reason)
         if await self._settle(delivery, "dead_letter", delivery.dead_letter(reason)):
             self.stats.dead_lettered += 1
+            instruments().dead_lettered.add(1, self._on(delivery.topic))
 
     async def _settle(self, delivery: Delivery, how: str, settling: Awaitable[None]) -> bool:
         """Run one settle call; a failure is logged (the broker delivers it again after
@@ -457,8 +506,13 @@ class Worker:
             if inspect.isawaitable(result):
                 await result
             return
-        await self.broker.publish(event)
+        if tracing():
+            with publish_span(event, self._system):
+                await self.broker.publish(event)
+        else:
+            await self.broker.publish(event)
         self.stats.published += 1
+        instruments().published.add(1, self._on(event.to or ""))
 
     # ---------------------------------------------------------------------------------
     # timers
@@ -576,6 +630,7 @@ class Worker:
                 return
             self._timers_sent[key] = (event.id, wall)
             self.stats.timers_fired += 1
+            instruments().timers_fired.add(1, self._on(event.to or ""))
 
     # ---------------------------------------------------------------------------------
     # health
