@@ -3,6 +3,7 @@ after real runs of the demo: what is counted, and which spans are errors."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,8 @@ from resumable import Resumable, call, complete
 from resumable.brokers import LocalBroker
 from resumable.demo import (
     SERVICES,
+    ChargeCard,
+    OrderResult,
     PlaceOrder,
     PrintLabel,
     demo_order,
@@ -31,6 +34,7 @@ from resumable.demo import (
     make_handlers,
     make_workflow,
     orders,
+    payments,
     shipping,
 )
 from resumable.errors import ExecutionViolation, TransactionViolation
@@ -357,3 +361,35 @@ async def test_the_incoming_trace_is_kept_by_a_tracer_that_makes_no_spans(
     )
     (charge,) = await make_workflow(InMemoryMemory()).execute(init)
     assert (charge.traceparent, charge.tracestate) == (TRACEPARENT, "a=b")
+
+
+# --- replay-safe logging -------------------------------------------------------------------
+
+
+async def logs_each_step(ctx: Any, order: PlaceOrder) -> Any:
+    ctx.log.info("charging %s", order.order_id)
+    yield call(payments, ChargeCard(order.order_id, order.amount_cents))
+    ctx.log.warning("charged %s", order.order_id)
+    yield call(shipping, PrintLabel(order.order_id))
+    ctx.log.info("shipped")
+    yield complete(OrderResult("shipped"))
+
+
+async def test_ctx_log_writes_each_line_once_with_the_instance_and_step(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="resumable.workflow")
+    memory = InMemoryMemory()
+    # No cache: every step rebuilds the generator by replaying the steps before it.
+    flow = make_workflow(memory, fn=logs_each_step, cache_size=0)
+    broker = LocalBroker([*make_handlers(), flow])
+    init = init_for(0)
+    report = await broker.resolve(init)
+    assert report is not None and report.type == orders.complete_type
+    lines = [r for r in caplog.records if r.name == "resumable.workflow"]
+    assert [r.getMessage() for r in lines] == ["charging o-0", "charged o-0", "shipped"]
+    assert [r.levelname for r in lines] == ["INFO", "WARNING", "INFO"]
+    assert [r.__dict__["workflow_step"] for r in lines] == [0, 1, 2]
+    assert {r.__dict__["workflow_subject"] for r in lines} == {init.subject}
+    assert {r.__dict__["workflow_name"] for r in lines} == {orders.type}
+    assert {r.__dict__["workflow_version"] for r in lines} == {"1.0.0"}
