@@ -275,6 +275,8 @@ class Worker:
             raise RuntimeError(f"{self!r} is already running; a worker runs once at a time")
         self._running = True
         started = time.monotonic()
+        for topic in self._topics:  # so the gauge reads 0, not nothing, before work arrives
+            instruments().in_flight.add(0, self._on(topic))
         drained = False
         try:
             if self.recover and not self.stopping:
