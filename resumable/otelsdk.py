@@ -7,8 +7,9 @@ meter providers, exporting through the exporters ``OTEL_TRACES_EXPORTER`` and
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` and the rest itself); the resource comes from
 ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``, the sampler from
 ``OTEL_TRACES_SAMPLER``, the propagators from ``OTEL_PROPAGATORS`` (read by the API).
-Without the SDK, with ``OTEL_SDK_DISABLED=true``, or when the app set its own providers,
-nothing is configured.
+Nothing is configured without the SDK, with ``OTEL_SDK_DISABLED=true``, when no variable
+names an exporter or an OTLP endpoint (``OTEL_TRACES_EXPORTER``, ``OTEL_METRICS_EXPORTER``,
+``OTEL_EXPORTER_OTLP_*``), or when the app set its own providers.
 """
 
 from __future__ import annotations
@@ -43,10 +44,20 @@ def _exporters(variable: str, group: str) -> tuple[list[Any], list[str]]:
     return found, problems
 
 
+def _asked() -> bool:
+    """True when the environment names an exporter or where to export: without that, an
+    installed SDK (a test suite's, say) must not make every worker export to localhost."""
+    return any(
+        name in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER")
+        or name.startswith("OTEL_EXPORTER_OTLP_")
+        for name in os.environ
+    )
+
+
 def configure_from_environment() -> str | None:
     """Set the global tracer and meter providers from ``OTEL_*``; returns what was set up,
     for the worker's start line, or None if nothing was (and why is logged)."""
-    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true" or not _asked():
         return None
     try:
         from opentelemetry.sdk.metrics import MeterProvider

@@ -269,12 +269,20 @@ def test_a_missing_client_gives_the_install_hint(
         module.from_url(url)
 
 
-def test_without_the_sdk_a_worker_configures_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    from resumable.otelsdk import configure_from_environment
-
-    monkeypatch.setitem(sys.modules, "opentelemetry.sdk", None)
-    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
-    assert configure_from_environment() is None
+def test_without_the_sdk_a_worker_configures_nothing() -> None:
+    # In a process of its own: configuring would set this process's global providers.
+    code = (
+        "import sys; sys.modules['opentelemetry.sdk'] = None\n"
+        "from resumable.otelsdk import configure_from_environment\n"
+        "from opentelemetry import trace\n"
+        "print(configure_from_environment(), type(trace.get_tracer_provider()).__name__)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OTEL_TRACES_EXPORTER": "console"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "ProxyTracerProvider"]
 
 
 def test_a_worker_configures_the_sdk_from_otel_variables_and_prints_json_lines(

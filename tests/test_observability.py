@@ -393,3 +393,20 @@ async def test_ctx_log_writes_each_line_once_with_the_instance_and_step(
     assert {r.__dict__["workflow_subject"] for r in lines} == {init.subject}
     assert {r.__dict__["workflow_name"] for r in lines} == {orders.type}
     assert {r.__dict__["workflow_version"] for r in lines} == {"1.0.0"}
+
+
+async def test_a_dead_lettered_delivery_has_an_error_span(
+    spans: InMemorySpanExporter, reader: InMemoryMetricReader
+) -> None:
+    _, reply = await parked_instance()  # a reply for an instance the new memory lacks
+    spans.clear()
+    broker = LocalBroker([make_workflow(InMemoryMemory())])
+    await broker.publish(reply)
+    (process,) = [s for s in spans.get_finished_spans() if s.name.startswith("process ")]
+    assert process.status.status_code == StatusCode.ERROR
+    assert process.status.description is not None
+    assert "DeadLettered" in process.status.description
+    (execution,) = by_name(spans, "Resumable<")
+    assert execution.status.status_code == StatusCode.ERROR  # an ExecutionViolation
+    topic = {"messaging.destination.name": orders.type}
+    assert total(points(reader), "resumable.worker.dead_lettered", **topic) == 1
