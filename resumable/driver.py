@@ -43,7 +43,7 @@ from resumable.errors import (
 from resumable.events import Event, EventError, now_iso
 from resumable.ids import lease_owner
 from resumable.memory import InMemoryMemory, Memory, Stored
-from resumable.metrics import SOURCE, instruments
+from resumable.metrics import SOURCE, enabled, instruments
 from resumable.queries import WorkflowStatus, read_status
 from resumable.record import ACTIVE, PARKED, Header, decode_entry, decode_header, encode_header
 from resumable.stepping import WorkflowAwaitError
@@ -169,6 +169,7 @@ class Resumable(Generic[S]):
         self.clock = clock
         self._last_time = ("", 0.0)
         self._attributes = {SOURCE: self.definition.source}
+        self._error_type = self.definition.contract.system_error_type
 
     @property
     def contract(self) -> OrchestratorContract:
@@ -221,85 +222,87 @@ class Resumable(Generic[S]):
 
     async def execute(self, event: Event) -> list[Event]:
         """Apply one event to its workflow instance and return the events it emits."""
-        started = _time.perf_counter()
+        metering = enabled()
+        started = _time.perf_counter() if metering else 0.0
         try:
-            return await self._execute(event)
+            defn = self.definition
+            with execution_span(
+                f"Resumable<{defn.uri}>@<{event.type}>",
+                event,
+                arvo_kind=SPAN_KIND_RESUMABLE,
+                source=defn.source,
+                uri=defn.uri,
+                kind=SpanKind.PRODUCER,
+            ) as (span, headers):
+                try:
+                    subject = parse_subject_shared(event.subject)
+                except SubjectError as error:
+                    raise ExecutionViolation(
+                        f"event {event.id} ({event.type}) has subject {event.subject!r}, which is "
+                        f"not an orchestration subject: {error}. Start workflows with "
+                        "contract.init_event(...) so the subject is made for you."
+                    ) from None
+                if subject.name != defn.source:
+                    log.warning(
+                        "event %s is for orchestrator %s, not %s: ignored",
+                        event.id,
+                        subject.name,
+                        defn.source,
+                    )
+                    return []
+                defn.function(subject.version, f"subject of event {event.id}")
+                typed = defn.validate(event, subject)
+                key = event.subject
+                owner = await self._lock(key, event.id)
+                try:
+                    stored = await self._read(key, event.id)
+                    instance = None
+                    if stored is not None:
+                        live = self._cache.get(key, stored.revision)
+                        instance = Instance(stored.revision, stored.header, live)
+                        if metering:
+                            measure = instruments()
+                            hits = measure.cache_misses if live is None else measure.cache_hits
+                            hits.add(1, self._attributes)
+                    time, now = self._read_clock()
+                    journal = _Journal(self.memory, key)
+                    try:
+                        decision = await decide(
+                            defn,
+                            event,
+                            typed,
+                            subject,
+                            instance,
+                            journal,
+                            time=time,
+                            now=now,
+                            headers=headers,
+                        )
+                        await self._apply(
+                            key, 0 if stored is None else stored.revision, decision, event.id
+                        )
+                    except BaseException:
+                        self._cache.drop(key)
+                        raise
+                    finally:
+                        if journal.replayed >= 0:
+                            replays = instruments()
+                            replays.replays.add(1, self._attributes)
+                            replays.replayed_steps.add(journal.replayed, self._attributes)
+                    if decision.header is not None and (metering or span.is_recording()):
+                        self._observe(span, None if stored is None else stored.status, decision)
+                    else:
+                        span.set_attribute("arvo.handler.execution.status", "normal")
+                    return decision.emitted
+                finally:
+                    await self._unlock(key, owner)
         except ViolationError as error:
             instruments().violations.add(1, {**self._attributes, **_violation(error)})
             raise
         finally:
-            instruments().step_duration.record(_time.perf_counter() - started, self._attributes)
-
-    async def _execute(self, event: Event) -> list[Event]:
-        defn = self.definition
-        with execution_span(
-            f"Resumable<{defn.uri}>@<{event.type}>",
-            event,
-            arvo_kind=SPAN_KIND_RESUMABLE,
-            source=defn.source,
-            uri=defn.uri,
-            kind=SpanKind.PRODUCER,
-        ) as (span, headers):
-            try:
-                subject = parse_subject_shared(event.subject)
-            except SubjectError as error:
-                raise ExecutionViolation(
-                    f"event {event.id} ({event.type}) has subject {event.subject!r}, which is "
-                    f"not an orchestration subject: {error}. Start workflows with "
-                    "contract.init_event(...) so the subject is made for you."
-                ) from None
-            if subject.name != defn.source:
-                log.warning(
-                    "event %s is for orchestrator %s, not %s: ignored",
-                    event.id,
-                    subject.name,
-                    defn.source,
-                )
-                return []
-            defn.function(subject.version, f"subject of event {event.id}")
-            typed = defn.validate(event, subject)
-            key = event.subject
-            owner = await self._lock(key, event.id)
-            try:
-                stored = await self._read(key, event.id)
-                instance = None
-                measure = instruments()
-                if stored is not None:
-                    live = self._cache.get(key, stored.revision)
-                    instance = Instance(stored.revision, stored.header, live)
-                    hits = measure.cache_misses if live is None else measure.cache_hits
-                    hits.add(1, self._attributes)
-                time, now = self._read_clock()
-                journal = _Journal(self.memory, key)
-                try:
-                    decision = await decide(
-                        defn,
-                        event,
-                        typed,
-                        subject,
-                        instance,
-                        journal,
-                        time=time,
-                        now=now,
-                        headers=headers,
-                    )
-                    await self._apply(
-                        key, 0 if stored is None else stored.revision, decision, event.id
-                    )
-                except BaseException:
-                    self._cache.drop(key)
-                    raise
-                finally:
-                    if journal.replayed >= 0:
-                        measure.replays.add(1, self._attributes)
-                        measure.replayed_steps.add(journal.replayed, self._attributes)
-                if decision.header is not None:
-                    self._observe(span, None if stored is None else stored.status, decision)
-                else:
-                    span.set_attribute("arvo.handler.execution.status", "normal")
-                return decision.emitted
-            finally:
-                await self._unlock(key, owner)
+            if metering:
+                elapsed = _time.perf_counter() - started
+                instruments().step_duration.record(elapsed, self._attributes)
 
     def _observe(self, span: Span, before: str | None, decision: Decision) -> None:
         """Count a written step, and tell its span how the instance fared: a system error
@@ -310,7 +313,7 @@ class Resumable(Generic[S]):
         assert header is not None
         measure.steps.add(1, attributes)
         failed = None
-        error_type = self.definition.contract.system_error_type
+        error_type = self._error_type
         for emitted in decision.emitted:
             if emitted.type == error_type and isinstance(emitted.data, dict):
                 failed = emitted.data
@@ -395,10 +398,12 @@ class Resumable(Generic[S]):
         reset: bool = False,
     ) -> int:
         encoded = encode_header(header)
-        measure = instruments()
-        measure.record_size.record(len(encoded), self._attributes)
-        if append:
-            measure.journal_bytes.add(sum(len(entry) for _, entry in append), self._attributes)
+        if enabled():
+            measure = instruments()
+            measure.record_size.record(len(encoded), self._attributes)
+            if append:
+                appended = sum(len(entry) for _, entry in append)
+                measure.journal_bytes.add(appended, self._attributes)
         try:
             return await self.memory.write(
                 key,

@@ -32,6 +32,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 
 import anyio
 import anyio.abc
@@ -108,6 +109,10 @@ def _is_permanent(error: BaseException) -> bool:
 
 def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+_NO_SPAN: AbstractContextManager[object] = nullcontext()
+"""What a delivery runs in while nothing traces (cheaper than a span that records nothing)."""
 
 
 def _lag(event: Event) -> float:
@@ -377,43 +382,43 @@ class Worker:
         went wrong is logged and counted. ``run`` calls it for every delivery; a broker
         that hosts handlers itself (``LocalBroker``) calls it to get the same logic."""
         event = delivery.event
-        measure = instruments()
+        measure = instruments() if enabled() else None
         attributes = self._on(delivery.topic)
-        measure.received.add(1, attributes)
-        measure.in_flight.add(1, attributes)
-        if enabled():
+        if measure is not None:
+            measure.received.add(1, attributes)
+            measure.in_flight.add(1, attributes)
             measure.delivery_lag.record(_lag(event), attributes)
+        span = (
+            delivery_span(event, delivery.topic, self._system, delivery.attempt)
+            if tracing()
+            else _NO_SPAN
+        )
         try:
-            if not tracing():
-                await self._handle(handler, delivery)
-                return
-            with delivery_span(event, delivery.topic, self._system, delivery.attempt):
-                await self._handle(handler, delivery)
+            with span:
+                try:
+                    outputs = await handler.execute(event)
+                except Exception as error:
+                    await self._failed(delivery, error)
+                    return
+                try:
+                    for output in outputs:
+                        if output.domain is None and not output.to:
+                            raise _Undeliverable(
+                                f"{handler.source} emitted event {output.id} ({output.type}) "
+                                "with no 'to' topic and no domain; it cannot be routed"
+                            )
+                    for output in outputs:
+                        await self.emit(output)
+                except Exception as error:
+                    await self._failed(delivery, error, publishing=True)
+                    return
+                if await self._settle(delivery, "ack", delivery.ack()):
+                    self.stats.acked += 1
+                    if measure is not None:
+                        measure.acked.add(1, attributes)
         finally:
-            measure.in_flight.add(-1, attributes)
-
-    async def _handle(self, handler: Handler, delivery: Delivery) -> None:
-        event = delivery.event
-        try:
-            outputs = await handler.execute(event)
-        except Exception as error:
-            await self._failed(delivery, error)
-            return
-        try:
-            for output in outputs:
-                if output.domain is None and not output.to:
-                    raise _Undeliverable(
-                        f"{handler.source} emitted event {output.id} ({output.type}) with no "
-                        "'to' topic and no domain; it cannot be routed"
-                    )
-            for output in outputs:
-                await self.emit(output)
-        except Exception as error:
-            await self._failed(delivery, error, publishing=True)
-            return
-        if await self._settle(delivery, "ack", delivery.ack()):
-            self.stats.acked += 1
-            instruments().acked.add(1, self._on(delivery.topic))
+            if measure is not None:
+                measure.in_flight.add(-1, attributes)
 
     def delay(self, attempt: int) -> float:
         """The backoff before delivery ``attempt + 1``: exponential, capped."""
@@ -514,7 +519,8 @@ class Worker:
         else:
             await self.broker.publish(event)
         self.stats.published += 1
-        instruments().published.add(1, self._on(event.to or ""))
+        if enabled():
+            instruments().published.add(1, self._on(event.to or ""))
 
     # ---------------------------------------------------------------------------------
     # timers
