@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,9 +22,12 @@ __all__ = ["load_target", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    from resumable import __version__
+
     parser = argparse.ArgumentParser(
         prog="resumable", description="Durable workflows as plain async Python generators."
     )
+    parser.add_argument("--version", action="version", version=f"resumable {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
@@ -55,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
         help="exit the process abruptly after N workflow steps",
     )
     demo.add_argument("--fresh", action="store_true", help="delete the file first and start over")
+    demo.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as JSON on stdout (the progress goes to stderr)",
+    )
     inspect_ = commands.add_parser(
         "inspect",
         help="print one instance's status and history, from memory alone",
@@ -67,17 +76,50 @@ def _parser() -> argparse.ArgumentParser:
     inspect_.add_argument("subject", help="the instance's subject")
     inspect_.add_argument("--memory", required=True, metavar="URL", help=_MEMORY_HELP)
     inspect_.add_argument("--json", action="store_true", help="print JSON instead of text")
+    list_ = commands.add_parser(
+        "list",
+        help="list instances, newest first, by workflow and status",
+        description=(
+            "List stored workflow instances, newest first, from the memory's index: "
+            "subject, workflow, status, when created and last updated. Reads memory only."
+        ),
+    )
+    list_.add_argument("--memory", required=True, metavar="URL", help=_MEMORY_HELP)
+    list_.add_argument(
+        "--workflow", metavar="NAME", help="only this workflow (e.g. arvo.orc.order.fulfil)"
+    )
+    list_.add_argument(
+        "--status",
+        choices=["active", "done", "failed", "cancelled", "parked"],
+        help="only instances with this status",
+    )
+    list_.add_argument(
+        "--limit", type=int, default=50, metavar="N", help="show at most N (default 50)"
+    )
+    list_.add_argument(
+        "--cursor", metavar="CURSOR", help="go on from where an earlier listing stopped"
+    )
+    list_.add_argument("--json", action="store_true", help="print JSON instead of text")
     check = commands.add_parser(
         "replay-check",
         help="replay every stored instance against the current code",
         description=(
-            "Replay every stored instance of a workflow with the code as it is now, and "
-            "report each one whose history no longer matches, with the step diff. Exits 1 "
-            "if any is incompatible. Nothing is written and no service is called."
+            "Replay every active and parked instance of a workflow with the code as it is "
+            "now, and report those whose history no longer matches, grouped by their step "
+            "diff. Exits 1 only if an active instance would be parked. Finished instances "
+            "are counted, not replayed. Nothing is written and no service is called."
         ),
     )
-    check.add_argument("target", metavar="MODULE:WORKFLOW", help="e.g. myapp.orders:workflow")
+    check.add_argument(
+        "target",
+        metavar="MODULE:WORKFLOW",
+        help=(
+            "a Resumable, a list of handlers, or a callable returning either, called with "
+            "the memory of --memory (what `resumable worker` accepts); e.g. myapp.orders:workflow"
+        ),
+    )
     check.add_argument("--memory", required=True, metavar="URL", help=_MEMORY_HELP)
+    check.add_argument("--json", action="store_true", help="print JSON instead of text")
     worker = commands.add_parser(
         "worker",
         help="run handlers and workflows on a broker, until SIGTERM",
@@ -132,6 +174,11 @@ def _parser() -> argparse.ArgumentParser:
         help="do not re-publish the workflows' outboxes on start",
     )
     worker.add_argument(
+        "--json",
+        action="store_true",
+        help="write the start, health and stop lines as JSON objects, one a line",
+    )
+    worker.add_argument(
         "--log-level",
         default="WARNING",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -157,11 +204,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         from resumable import demo as demo_module
 
+        if args.json:
+            return _demo_json(args)
         return demo_module.main(args.db, args.orders, args.crash_after, args.fresh)
     if args.command == "inspect":
         return anyio.run(_inspect, args.subject, args.memory, args.json)
+    if args.command == "list":
+        if args.limit < 1:
+            print("resumable list: --limit must be at least 1", file=sys.stderr)
+            return 2
+        return anyio.run(_list, args)
     if args.command == "replay-check":
-        return anyio.run(_replay_check, args.target, args.memory)
+        return anyio.run(_replay_check, args.target, args.memory, args.json)
     if args.command == "worker":
         counts = (("--concurrency", args.concurrency), ("--max-attempts", args.max_attempts))
         for name, value in counts:
@@ -179,9 +233,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
-def _open_memory(url: str, command: str) -> Any:
+def _demo_json(args: argparse.Namespace) -> int:
+    """``resumable demo --json``: the progress on stderr, the summary as JSON on stdout."""
+    from resumable.demo import runner
+
+    summary: dict[str, int] = {}
+
+    def run(make: Any) -> dict[str, int]:
+        summary.update(anyio.run(make))
+        return summary
+
+    code = runner.main(args.db, args.orders, args.crash_after, args.fresh, sys.stderr, run)
+    print(json.dumps({"ok": code == 0, **summary}, indent=2))
+    return code
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file a ``sqlite://`` URL names, or None for another scheme."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != "sqlite":
+        return None
+    return rest[1:] if rest.startswith("/") else rest
+
+
+def _open_memory(url: str, command: str, *, existing: bool = False) -> Any:
+    """The memory ``url`` names, or None after saying why not. ``existing``: for a command
+    that only reads, refuse a SQLite file that does not exist rather than create one."""
     from resumable.memory import from_url
 
+    path = _sqlite_path(url)
+    if existing and path and not os.path.exists(path):
+        print(
+            f"resumable {command}: there is no database at {os.path.abspath(path)} (from "
+            f"{url}); check the path. A command that only reads never creates one.",
+            file=sys.stderr,
+        )
+        return None
     try:
         return from_url(url)
     except (ValueError, ImportError) as error:
@@ -189,10 +276,69 @@ def _open_memory(url: str, command: str) -> Any:
         return None
 
 
+def _iso(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+async def _list(args: argparse.Namespace) -> int:
+    """``resumable list``: pages of ``Memory.list`` until ``--limit`` instances."""
+    from resumable.memory import Listed
+
+    memory = _open_memory(args.memory, "list", existing=True)
+    if memory is None:
+        return 2
+    items: list[Listed] = []
+    cursor: str | None = args.cursor
+    try:
+        while len(items) < args.limit:
+            page = await memory.list(
+                workflow=args.workflow,
+                status=args.status,
+                limit=min(1000, args.limit - len(items)),
+                cursor=cursor,
+            )
+            items.extend(page.items)
+            cursor = page.cursor
+            if cursor is None:
+                break
+    except ValueError as error:
+        print(f"resumable list: {error}", file=sys.stderr)
+        return 2
+    finally:
+        await memory.close()
+    if args.json:
+        listed = [
+            {
+                "subject": item.key,
+                "workflow": item.workflow,
+                "status": item.status,
+                "created": _iso(item.created),
+                "updated": _iso(item.updated),
+            }
+            for item in items
+        ]
+        print(json.dumps({"instances": listed, "cursor": cursor}, indent=2))
+        return 0
+    if not items:
+        print("no instances", file=sys.stderr)
+        return 0
+    print(f"{'CREATED':<29} {'UPDATED':<29} {'STATUS':<9} {'WORKFLOW':<30} SUBJECT")
+    for item in items:
+        print(
+            f"{_iso(item.created):<29} {_iso(item.updated):<29} {item.status:<9} "
+            f"{item.workflow or '-':<30} {item.key}"
+        )
+    if cursor is not None:
+        print(f"more: --cursor {cursor}", file=sys.stderr)
+    return 0
+
+
 async def _inspect(subject: str, url: str, as_json: bool) -> int:
     from resumable.queries import read_status
 
-    memory = _open_memory(url, "inspect")
+    memory = _open_memory(url, "inspect", existing=True)
     if memory is None:
         return 2
     try:
@@ -235,30 +381,90 @@ async def _inspect(subject: str, url: str, as_json: bool) -> int:
     return 0
 
 
-async def _replay_check(target: str, url: str) -> int:
+async def _replay_check(target: str, url: str, as_json: bool) -> int:
     from resumable.driver import Resumable
     from resumable.replaycheck import replay_check
 
     try:
-        workflow = load_target(target, "WORKFLOW")
+        loaded = load_target(target, "WORKFLOW")
     except SetupError as error:
         print(f"resumable replay-check: {error}", file=sys.stderr)
         return 2
-    if not isinstance(workflow, Resumable):
-        print(
-            f"resumable replay-check: {target} is {type(workflow).__name__}, not a Resumable",
-            file=sys.stderr,
-        )
-        return 2
-    memory = _open_memory(url, "replay-check")
+    memory = _open_memory(url, "replay-check", existing=True)
     if memory is None:
         return 2
     try:
-        report = await replay_check(workflow, memory)
+        try:
+            made = await _build(loaded, memory)
+        except (TypeError, ValueError) as error:
+            print(f"resumable replay-check: {target}: {error}", file=sys.stderr)
+            return 2
+        items = made if isinstance(made, list | tuple) else [made]
+        workflows = [item for item in items if isinstance(item, Resumable)]
+        if not workflows:
+            print(
+                f"resumable replay-check: {target} is {type(made).__name__}, not a Resumable "
+                "(or handlers, or a callable making them, among which a Resumable)",
+                file=sys.stderr,
+            )
+            return 2
+        reports = []
+        for workflow in workflows:
+            progress = _Progress(f"replay-check {workflow.source}")
+            reports.append((workflow, await replay_check(workflow, memory, progress=progress)))
+            progress.done()
     finally:
         await memory.close()
-    print(report)
-    return 0 if report.ok else 1
+    if as_json:
+        out = [{"workflow": w.source, **report.as_dict()} for w, report in reports]
+        print(json.dumps(out if len(out) > 1 else out[0], indent=2))
+    else:
+        for workflow, report in reports:
+            if len(reports) > 1:
+                print(f"{workflow.source}:")
+            print(report)
+    return 0 if all(report.ok for _, report in reports) else 1
+
+
+class _Progress:
+    """Progress of a long run on stderr: one line rewritten in place (``\\r``) on a
+    terminal; elsewhere a plain line every 10 seconds, and none for a short run."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.tty = sys.stderr.isatty()
+        self.started = self.last = time.monotonic()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < (0.2 if self.tty else 10.0) or now - self.started < 1.0:
+            return
+        self.last = now
+        line = f"resumable {self.what}: {done}/{total}"
+        sys.stderr.write(f"\r\x1b[K{line}" if self.tty else f"{line}\n")
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown and self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+async def _build(target: Any, memory: Any) -> Any:
+    """What a target makes: itself, or what calling it (with ``memory`` if given) returns
+    (awaited if that is awaitable). A handler is never called: it is the thing itself."""
+    import inspect
+
+    from resumable.brokers import Handler
+
+    if not callable(target) or isinstance(target, Handler):
+        return target
+    made = target(memory) if memory is not None else target()
+    if inspect.isawaitable(made):
+        made = await made
+    return made
 
 
 def _leaves(error: BaseException) -> list[BaseException]:
@@ -314,7 +520,6 @@ def _import_from_current_directory() -> None:
 
 async def _worker(args: argparse.Namespace) -> int:
     """Build the handlers, run a Worker until SIGTERM/SIGINT, drain, and exit 0."""
-    import inspect
     import logging
     import signal
 
@@ -332,6 +537,14 @@ async def _worker(args: argparse.Namespace) -> int:
     except SetupError as error:
         print(f"resumable worker: {error}", file=sys.stderr)
         return 2
+    from resumable.otelsdk import configure_from_environment
+
+    telemetry = configure_from_environment()  # after the app's import: its providers win
+
+    def say(what: str, **fields: Any) -> None:
+        """One JSON object a line on stderr (``--json``)."""
+        print(json.dumps({"worker": what, **fields}), file=sys.stderr, flush=True)
+
     memory = None
     factory = callable(target) and not isinstance(target, Handler)
     if args.memory is not None:
@@ -352,13 +565,14 @@ async def _worker(args: argparse.Namespace) -> int:
             print(f"resumable worker: {error}", file=sys.stderr)
             return 2
         try:
-            made = target if not factory else target(memory) if memory is not None else target()
-            if inspect.isawaitable(made):
-                made = await made
+            made = await _build(target, memory)
             handlers = [made] if isinstance(made, Handler) else list(made)
-            tty = sys.stderr.isatty()
+            tty = sys.stderr.isatty() and not args.json
 
             def show(line: str, stats: WorkerStats) -> None:
+                if args.json:
+                    say("health", **stats.as_dict())
+                    return
                 sys.stderr.write(f"\r\x1b[K{line}" if tty else f"resumable worker: {line}\n")
                 sys.stderr.flush()
 
@@ -401,12 +615,24 @@ async def _worker(args: argparse.Namespace) -> int:
 
                 await group.start(on_signals)
                 await group.start(work)
-                print(
-                    f"resumable worker: pid {os.getpid()} consuming {', '.join(worker.topics)} "
-                    f"on {broker!r} (recovered {worker.stats.recovered} requests)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                if args.json:
+                    say(
+                        "started",
+                        pid=os.getpid(),
+                        topics=worker.topics,
+                        broker=repr(broker),
+                        recovered=worker.stats.recovered,
+                        telemetry=telemetry,
+                    )
+                else:
+                    print(
+                        f"resumable worker: pid {os.getpid()} consuming "
+                        f"{', '.join(worker.topics)} on {broker!r} (recovered "
+                        f"{worker.stats.recovered} requests)"
+                        + (f"; OpenTelemetry: {telemetry}" if telemetry else ""),
+                        file=sys.stderr,
+                        flush=True,
+                    )
         except Exception as error:
             for leaf in _leaves(error):
                 print(f"resumable worker: {type(leaf).__name__}: {leaf}", file=sys.stderr)
@@ -415,7 +641,10 @@ async def _worker(args: argparse.Namespace) -> int:
             with anyio.CancelScope(shield=True):
                 await broker.close()
         how = "stopped without draining" if forced else "stopped"
-        print(f"\nresumable worker: {how}; {worker.health_line()}", file=sys.stderr)
+        if args.json:
+            say(how.replace(" ", "_"), **worker.stats.as_dict())
+        else:
+            print(f"\nresumable worker: {how}; {worker.health_line()}", file=sys.stderr)
         return 1 if forced else 0
     finally:
         if memory is not None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 import msgspec
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from resumable.contracts import Contract, ErrorData, VersionedContract, parse_dataschema
 from resumable.domains import (
@@ -28,6 +28,7 @@ from resumable.errors import (
 )
 from resumable.events import Event, build_trusted, now_iso, with_data
 from resumable.ids import derive_id
+from resumable.metrics import SOURCE, instruments
 from resumable.telemetry import SPAN_KIND_HANDLER, TraceHeaders, execution_span
 from resumable.types import HandlerFunction, HandlerResult
 
@@ -218,6 +219,11 @@ class EventHandler:
                 if is_violation(error):
                     raise
                 span.set_attribute("arvo.handler.execution.status", "failure")
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+                instruments().system_errors.add(
+                    1, {SOURCE: self.source, "error.type": type(error).__name__}
+                )
                 context = self._domains(event)
                 return system_error_events(
                     error=ErrorData.of(error, stack=self.error_stack),

@@ -5,10 +5,13 @@ test kit's simulated processes."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from resumable.engine.cache import LiveCache
 from resumable.engine.turn import Decision
 from resumable.errors import ConflictError, TransactionViolation
 from resumable.memory import Memory, Stored
+from resumable.metrics import enabled, instruments
 from resumable.record import Header, encode_header
 
 __all__ = ["MemoryJournal", "apply_decision", "read_record", "write_record"]
@@ -28,13 +31,15 @@ async def read_record(
 
 
 class MemoryJournal:
-    """The engine's read access to one instance's journal in memory."""
+    """The engine's read access to one instance's journal in memory. ``replayed`` counts
+    the entries read whole (the engine reads a whole journal only to replay it), -1 if none."""
 
-    __slots__ = ("key", "memory")
+    __slots__ = ("key", "memory", "replayed")
 
     def __init__(self, memory: Memory, key: str) -> None:
         self.memory = memory
         self.key = key
+        self.replayed = -1
 
     async def entry(self, event_id: str) -> bytes | None:
         try:
@@ -59,6 +64,7 @@ class MemoryJournal:
                 TransactionViolation.READ_FAILURE,
                 f"workflow {self.key!r} changed while it was being read; retry the event",
             )
+        self.replayed = len(full.journal)
         return full.journal
 
 
@@ -71,15 +77,24 @@ async def write_record(
     why: str,
     *,
     reset: bool = False,
+    attributes: Mapping[str, str] | None = None,
 ) -> int:
     """Compare-and-set ``key``'s record at ``revision``; returns the new revision. A
-    failure is a ``TransactionViolation`` naming the event ``why`` it was written for."""
+    failure is a ``TransactionViolation`` naming the event ``why`` it was written for.
+    With metrics on, the header's and the appended entries' sizes are recorded under
+    ``attributes``."""
+    encoded = encode_header(header)
+    if attributes is not None and enabled():
+        measure = instruments()
+        measure.record_size.record(len(encoded), attributes)
+        if append:
+            measure.journal_bytes.add(sum(len(entry) for _, entry in append), attributes)
     try:
         return await memory.write(
             key,
             revision=revision,
             status=header.status,
-            header=encode_header(header),
+            header=encoded,
             append=append,
             due=header.next_due(),
             reset=reset,
@@ -98,18 +113,32 @@ async def write_record(
 
 
 async def apply_decision(
-    memory: Memory, cache: LiveCache, key: str, revision: int, decision: Decision, why: str
-) -> None:
+    memory: Memory,
+    cache: LiveCache,
+    key: str,
+    revision: int,
+    decision: Decision,
+    why: str,
+    attributes: Mapping[str, str] | None = None,
+) -> int:
     """Write what the engine decided (nothing if it wrote no header) and keep the live
-    generator that matches the written record, or drop the stale one."""
+    generator that matches the written record, or drop the stale one. Returns how many
+    other generators the cache evicted to keep it."""
     header = decision.header
     if header is None:
-        return
+        return 0
     written = await write_record(
-        memory, key, revision, header, decision.append, why, reset=decision.reset
+        memory,
+        key,
+        revision,
+        header,
+        decision.append,
+        why,
+        reset=decision.reset,
+        attributes=attributes,
     )
     if decision.live is None:
         cache.drop(key)
-    else:
-        decision.live.revision = written
-        cache.put(key, decision.live)
+        return 0
+    decision.live.revision = written
+    return cache.put(key, decision.live)

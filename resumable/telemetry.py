@@ -1,48 +1,140 @@
-"""OpenTelemetry: one span per execution, continuing the trace carried by the event.
+"""OpenTelemetry traces: one span per execution, continuing the trace carried by the event.
 
 Every event an execution emits carries that span's ``traceparent``/``tracestate``, so the
-next hop becomes its child (Arvo's propagation rule). Without an SDK configured, spans are
-non-recording and the incoming trace headers pass through unchanged.
+next hop becomes its child (Arvo's propagation rule). A worker wraps each delivery in a
+``process <topic>`` span and each publish in a ``send <topic>`` span, with the messaging
+semantic-convention attributes; the execution span is the child of its delivery's span.
+Trace context is read and written with the global propagator (``OTEL_PROPAGATORS``).
+
+Without an SDK configured, no span is made and the incoming trace headers pass through
+unchanged; so they do when a tracer makes only invalid spans (a ``NoOpTracer`` of an API
+older than 1.40 drops the parent), which keeps one trace across processes that trace.
 """
 
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
-from opentelemetry import trace
-from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from resumable.events import Event
 
-__all__ = ["SPAN_KIND_HANDLER", "SPAN_KIND_RESUMABLE", "TraceHeaders", "execution_span"]
+__all__ = [
+    "SPAN_KIND_HANDLER",
+    "SPAN_KIND_RESUMABLE",
+    "TraceHeaders",
+    "delivery_span",
+    "execution_span",
+    "mark_error",
+    "publish_span",
+    "tracing",
+    "use",
+]
 
 SPAN_KIND_HANDLER: Final = "handler.simple"
 SPAN_KIND_RESUMABLE: Final = "handler.orchestrator.imperative"
 
-_propagator = TraceContextTextMapPropagator()
-_tracer = trace.get_tracer("resumable")
+_tracer: trace.Tracer = trace.get_tracer("resumable")
+_W3C: Final = TraceContextTextMapPropagator()
 
 TraceHeaders = tuple[str | None, str | None]
 
+_delivered: ContextVar[str | None] = ContextVar("resumable_delivered", default=None)
+"""The id of the event whose delivery span is current: its execution span is a child."""
 
-_PROVIDER_FROM_ENV: Final = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+
+def use(provider: TracerProvider | None) -> None:
+    """Trace into ``provider`` instead of the global tracer provider (None: back to the
+    global one). For tests and apps that keep their providers to themselves."""
+    global _tracer
+    from resumable import __version__
+
+    _tracer = (provider or trace.get_tracer_provider()).get_tracer("resumable", __version__)
+
+
+_PROVIDER_FROM_ENVIRONMENT: Final = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+"""The API loads a tracer provider named there on first use."""
 
 
 def _tracing_off() -> bool:
     """True while no OpenTelemetry SDK is installed: spans would be no-ops, so skip them and
-    pass the incoming trace headers through, which is what a no-op span would do.
+    pass the incoming trace headers through, which is what a no-op span would do. Reads
+    the API's record of a set provider (~30 ns) where ``get_tracer_provider()`` would
+    consult the environment on every call."""
+    return (
+        isinstance(_tracer, trace.ProxyTracer)
+        and trace._TRACER_PROVIDER is None
+        and not _PROVIDER_FROM_ENVIRONMENT
+    )
 
-    Called twice per step: while no provider is set it reads the API's global directly
-    rather than ``get_tracer_provider()``, which looks the environment up on every call."""
-    if not isinstance(_tracer, trace.ProxyTracer):
-        return False
-    if getattr(trace, "_TRACER_PROVIDER", None) is None and not _PROVIDER_FROM_ENV:
-        return True
-    return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+def tracing() -> bool:
+    """True when spans may be recorded: skip making them otherwise."""
+    return not _tracing_off()
+
+
+def _carrier(event: Event) -> dict[str, str]:
+    carrier: dict[str, str] = {}
+    if event.traceparent:
+        carrier["traceparent"] = event.traceparent
+        if event.tracestate:
+            carrier["tracestate"] = event.tracestate
+    return carrier
+
+
+def _parent(event: Event) -> Context | None:
+    """The context a span for ``event`` starts in: the trace the event carries, read by the
+    global propagator (W3C Trace Context if that one reads nothing: the event's fields are
+    W3C's); None, the current context, if there is none or the event's delivery span is
+    current."""
+    if _delivered.get() == event.id:
+        return None
+    carrier = _carrier(event)
+    if not carrier:
+        return None
+    context = propagate.extract(carrier)
+    if not trace.get_current_span(context).get_span_context().is_valid:
+        context = _W3C.extract(carrier)
+    return context
+
+
+def _headers() -> TraceHeaders:
+    """The current span's trace headers, written by the global propagator (W3C Trace
+    Context if that one writes no ``traceparent``: an event carries only W3C's fields)."""
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    if "traceparent" not in headers:
+        _W3C.inject(headers)
+    return headers.get("traceparent"), headers.get("tracestate")
+
+
+def mark_error(span: Span, name: str, message: str, stack: str | None = None) -> None:
+    """Set ERROR on ``span`` and record the exception as the semantic conventions describe
+    it, from its name and message (a system error's payload carries no exception object)."""
+    if not span.is_recording():
+        return
+    attributes = {"exception.type": name, "exception.message": message}
+    if stack:
+        attributes["exception.stacktrace"] = stack
+    span.add_event("exception", attributes)
+    span.set_status(Status(StatusCode.ERROR, f"{name}: {message}"))
+
+
+def _is_contention(error: BaseException) -> bool:
+    from resumable.errors import TransactionViolation
+
+    return (
+        isinstance(error, TransactionViolation)
+        and error.cause == TransactionViolation.LOCK_UNACQUIRED
+    )
 
 
 class execution_span:
@@ -64,22 +156,19 @@ class execution_span:
 
     def __enter__(self) -> tuple[Span, TraceHeaders]:
         event = self._event
+        incoming = (event.traceparent, event.tracestate)
         if _tracing_off():
-            return INVALID_SPAN, (event.traceparent, event.tracestate)
-        carrier: dict[str, str] = {}
-        if event.traceparent:
-            carrier["traceparent"] = event.traceparent
-            if event.tracestate:
-                carrier["tracestate"] = event.tracestate
-        parent = _propagator.extract(carrier) if carrier else None
+            return INVALID_SPAN, incoming
         self._manager = _tracer.start_as_current_span(
             self._name,
-            context=parent,
+            context=_parent(event),
             kind=self._kind,
             record_exception=False,
             set_status_on_exception=False,
         )
         span = self._span = self._manager.__enter__()
+        if not span.get_span_context().is_valid:
+            return span, incoming  # a tracer that makes no spans: keep the caller's trace
         if span.is_recording():
             arvo_kind, source, uri = self._attributes
             span.set_attribute("arvo.span.kind", arvo_kind)
@@ -88,9 +177,7 @@ class execution_span:
             span.set_attribute("arvo.contract.uri", uri)
             for key, value in event.otel_attributes().items():
                 span.set_attribute(f"consumable.0.{key}", value)
-        headers: dict[str, str] = {}
-        _propagator.inject(headers)
-        return span, (headers.get("traceparent"), headers.get("tracestate"))
+        return span, _headers()
 
     def __exit__(
         self,
@@ -100,7 +187,77 @@ class execution_span:
     ) -> None:
         if self._manager is None:
             return
-        if error is not None:
-            self._span.record_exception(error)
-            self._span.set_status(Status(StatusCode.ERROR, str(error)))
+        if error is not None and self._span.is_recording():
+            if _is_contention(error):  # retried until the lease ends: not a failure
+                self._span.set_attribute("resumable.lease.denied", True)
+            else:
+                self._span.record_exception(error)
+                self._span.set_status(Status(StatusCode.ERROR, str(error)))
         self._manager.__exit__(kind, error, traceback)
+
+
+_MESSAGING: Final = {
+    "local": "resumable.local",
+    "nats": "nats",
+    "redis": "redis",
+}
+
+
+def messaging_system(broker: object) -> str:
+    """The ``messaging.system`` of a broker, by its class name (``NatsBroker``: ``nats``)."""
+    name = type(broker).__name__.lower().removesuffix("broker")
+    return _MESSAGING.get(name, name or "unknown")
+
+
+@contextmanager
+def delivery_span(event: Event, topic: str, system: str, attempt: int) -> Iterator[Span]:
+    """A ``process <topic>`` CONSUMER span around one delivery, a child of the event's
+    trace; the handler's execution span becomes its child."""
+    if _tracing_off():
+        yield INVALID_SPAN
+        return
+    attributes: dict[str, Any] = {
+        "messaging.system": system,
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": topic,
+        "messaging.message.id": event.id,
+        "messaging.message.conversation_id": event.subject,
+        "resumable.delivery.attempt": attempt,
+        "cloudevents.event_type": event.type,
+    }
+    with _tracer.start_as_current_span(
+        f"process {topic}",
+        context=_parent(event),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        token = _delivered.set(event.id)
+        try:
+            yield span
+        finally:
+            _delivered.reset(token)
+
+
+@contextmanager
+def publish_span(event: Event, system: str) -> Iterator[Span]:
+    """A ``send <topic>`` PRODUCER span around publishing one event, in the current trace."""
+    if _tracing_off():
+        yield INVALID_SPAN
+        return
+    topic = event.to or ""
+    attributes: dict[str, Any] = {
+        "messaging.system": system,
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "messaging.destination.name": topic,
+        "messaging.message.id": event.id,
+        "messaging.message.conversation_id": event.subject,
+        "cloudevents.event_type": event.type,
+    }
+    with _tracer.start_as_current_span(
+        f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes
+    ) as span:
+        yield span

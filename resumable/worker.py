@@ -32,11 +32,13 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
+from opentelemetry import trace
 
 from resumable.backoff import backoff_delay
 from resumable.brokers import Broker, Delivery, Handler
@@ -44,7 +46,15 @@ from resumable.clock import to_epoch
 from resumable.errors import ResumableError, SetupError, TransactionViolation, ViolationError
 from resumable.events import Event
 from resumable.memory import Memory
+from resumable.metrics import TOPIC, enabled, instruments
 from resumable.subject import SubjectError, parse_subject
+from resumable.telemetry import (
+    delivery_span,
+    mark_error,
+    messaging_system,
+    publish_span,
+    tracing,
+)
 from resumable.types import Recoverable, Timed
 
 __all__ = ["Worker", "WorkerStats"]
@@ -99,6 +109,18 @@ def _is_permanent(error: BaseException) -> bool:
 
 def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+_NO_SPAN: AbstractContextManager[object] = nullcontext()
+"""What a delivery runs in while nothing traces (cheaper than a span that records nothing)."""
+
+
+def _lag(event: Event) -> float:
+    """Seconds from the event's time to now (0 if its time is in the future)."""
+    try:
+        return max(0.0, time.time() - to_epoch(event.time))
+    except ValueError:
+        return 0.0
 
 
 async def _set_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:
@@ -211,6 +233,15 @@ class Worker:
         self._timers_now = anyio.Event()
         self._running = False
         self._timers_sent: dict[str, tuple[str, float]] = {}  # key -> (timer event id, when)
+        self._system = messaging_system(broker)
+        self._attributes: dict[str, dict[str, str]] = {}
+
+    def _on(self, topic: str) -> dict[str, str]:
+        """The metric attributes of ``topic``, made once."""
+        attributes = self._attributes.get(topic)
+        if attributes is None:
+            attributes = self._attributes[topic] = {TOPIC: topic}
+        return attributes
 
     def __repr__(self) -> str:
         return f"<Worker {sorted(self._topics)} on {self.broker!r}>"
@@ -249,6 +280,8 @@ class Worker:
             raise RuntimeError(f"{self!r} is already running; a worker runs once at a time")
         self._running = True
         started = time.monotonic()
+        for topic in self._topics:  # so the gauge reads 0, not nothing, before work arrives
+            instruments().in_flight.add(0, self._on(topic))
         drained = False
         try:
             if self.recover and not self.stopping:
@@ -349,25 +382,43 @@ class Worker:
         went wrong is logged and counted. ``run`` calls it for every delivery; a broker
         that hosts handlers itself (``LocalBroker``) calls it to get the same logic."""
         event = delivery.event
+        measure = instruments() if enabled() else None
+        attributes = self._on(delivery.topic)
+        if measure is not None:
+            measure.received.add(1, attributes)
+            measure.in_flight.add(1, attributes)
+            measure.delivery_lag.record(_lag(event), attributes)
+        span = (
+            delivery_span(event, delivery.topic, self._system, delivery.attempt)
+            if tracing()
+            else _NO_SPAN
+        )
         try:
-            outputs = await handler.execute(event)
-        except Exception as error:
-            await self._failed(delivery, error)
-            return
-        try:
-            for output in outputs:
-                if output.domain is None and not output.to:
-                    raise _Undeliverable(
-                        f"{handler.source} emitted event {output.id} ({output.type}) with no "
-                        "'to' topic and no domain; it cannot be routed"
-                    )
-            for output in outputs:
-                await self.emit(output)
-        except Exception as error:
-            await self._failed(delivery, error, publishing=True)
-            return
-        if await self._settle(delivery, "ack", delivery.ack()):
-            self.stats.acked += 1
+            with span:
+                try:
+                    outputs = await handler.execute(event)
+                except Exception as error:
+                    await self._failed(delivery, error)
+                    return
+                try:
+                    for output in outputs:
+                        if output.domain is None and not output.to:
+                            raise _Undeliverable(
+                                f"{handler.source} emitted event {output.id} ({output.type}) "
+                                "with no 'to' topic and no domain; it cannot be routed"
+                            )
+                    for output in outputs:
+                        await self.emit(output)
+                except Exception as error:
+                    await self._failed(delivery, error, publishing=True)
+                    return
+                if await self._settle(delivery, "ack", delivery.ack()):
+                    self.stats.acked += 1
+                    if measure is not None:
+                        measure.acked.add(1, attributes)
+        finally:
+            if measure is not None:
+                measure.in_flight.add(-1, attributes)
 
     def delay(self, attempt: int) -> float:
         """The backoff before delivery ``attempt + 1``: exponential, capped."""
@@ -388,8 +439,10 @@ class Worker:
         if _is_lock_denied(error) and not last_chance:
             delay = self.delay(attempt)
             log.debug("event %s: lease taken (%s); again in %.3gs", event.id, error, delay)
+            instruments().lease_wait.record(delay, self._on(delivery.topic))
             if await self._settle(delivery, "nack", delivery.nack(delay)):
                 self.stats.nacked += 1
+                instruments().nacked.add(1, self._on(delivery.topic))
             return
         if attempt >= self.max_attempts or last_chance:
             limit = attempt if not last_chance else f"{attempt} (the broker's max_deliver)"
@@ -409,6 +462,7 @@ class Worker:
         )
         if await self._settle(delivery, "nack", delivery.nack(delay)):
             self.stats.nacked += 1
+            instruments().nacked.add(1, self._on(delivery.topic))
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         event = delivery.event
@@ -420,8 +474,10 @@ class Worker:
             delivery.attempt,
             reason,
         )
+        mark_error(trace.get_current_span(), "DeadLettered", reason)
         if await self._settle(delivery, "dead_letter", delivery.dead_letter(reason)):
             self.stats.dead_lettered += 1
+            instruments().dead_lettered.add(1, self._on(delivery.topic))
 
     async def _settle(self, delivery: Delivery, how: str, settling: Awaitable[None]) -> bool:
         """Run one settle call; a failure is logged (the broker delivers it again after
@@ -457,8 +513,14 @@ class Worker:
             if inspect.isawaitable(result):
                 await result
             return
-        await self.broker.publish(event)
+        if tracing():
+            with publish_span(event, self._system):
+                await self.broker.publish(event)
+        else:
+            await self.broker.publish(event)
         self.stats.published += 1
+        if enabled():
+            instruments().published.add(1, self._on(event.to or ""))
 
     # ---------------------------------------------------------------------------------
     # timers
@@ -576,6 +638,7 @@ class Worker:
                 return
             self._timers_sent[key] = (event.id, wall)
             self.stats.timers_fired += 1
+            instruments().timers_fired.add(1, self._on(event.to or ""))
 
     # ---------------------------------------------------------------------------------
     # health

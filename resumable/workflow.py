@@ -28,6 +28,7 @@ from resumable.errors import SetupError
 from resumable.events import Event
 from resumable.ids import derive_id
 from resumable.types import WorkflowFunction
+from resumable.workflowlog import WorkflowLogger
 
 __all__ = [
     "Call",
@@ -412,13 +413,22 @@ class Context(Generic[S]):
     the same values when the workflow is replayed, so they are safe to branch on.
     """
 
-    __slots__ = ("_frame", "_state", "subject", "version")
+    __slots__ = ("_frame", "_log", "_state", "subject", "version")
 
     def __init__(self, *, state: S, subject: str, version: str, frame: Frame | None = None) -> None:
         self._state = state
         self.subject = subject
         self.version = version
         self._frame = frame if frame is not None else Frame(subject)
+        self._log: WorkflowLogger | None = None
+
+    @property
+    def log(self) -> WorkflowLogger:
+        """A logger that writes each line once, not again when the workflow is replayed,
+        with the instance's subject and step on every record (``resumable.workflow``)."""
+        if self._log is None:
+            self._log = WorkflowLogger(self._frame, self.subject, self.version)
+        return self._log
 
     @property
     def state(self) -> S:

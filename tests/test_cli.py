@@ -41,6 +41,10 @@ def _orders_db(tmp_path: Path) -> tuple[str, str]:
         await broker.resolve(
             orders.init_event(PlaceOrder("o-2", 10, "out-of-stock"), source="com.shop.web")
         )
+        # Two instances left waiting for their charge: the ones replay-check replays.
+        workflow = make_workflow(memory)
+        for order in ("o-3", "o-4"):
+            await workflow.execute(orders.init_event(PlaceOrder(order, 10), source="com.shop.web"))
         await memory.close()
         return init.subject
 

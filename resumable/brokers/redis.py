@@ -36,9 +36,16 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
-from redis.exceptions import ResponseError
+
+try:
+    import redis.asyncio as aioredis
+    from redis.commands.core import AsyncScript
+    from redis.exceptions import ResponseError
+except ImportError as error:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"RedisBroker needs the redis package (redis-py) ({error}); install it with: "
+        "pip install 'resumable[redis]'"
+    ) from error
 
 from resumable.brokers.base import Broker, DeadLetter, Delivery
 from resumable.errors import SetupError

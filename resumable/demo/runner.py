@@ -81,19 +81,26 @@ class CountingWorkflow(Resumable[OrderState]):
 
 
 class _Progress:
+    """A progress line: rewritten in place (``\\r``) on a terminal, every 0.2 s; elsewhere
+    (a pipe, a log file) one plain line every 5 s, so the output stays readable."""
+
     def __init__(self, total: int, out: TextIO) -> None:
         self.total = total
         self.out = out
         self.last = 0.0
         self.start = time.perf_counter()
+        isatty = getattr(out, "isatty", None)
+        self.tty = bool(isatty and isatty())
+        self.every = 0.2 if self.tty else 5.0
 
     def show(self, done: int, steps: int, *, what: str = "finished", force: bool = False) -> None:
         now = time.perf_counter()
-        if not force and now - self.last < 0.2:
+        if not force and now - self.last < self.every:
             return
         self.last = now
         rate = steps / max(now - self.start, 1e-9)
-        self.out.write(f"\r  {done:>6}/{self.total} orders {what:<8}   {rate:>8,.0f} steps/s")
+        line = f"  {done:>6}/{self.total} orders {what:<8}   {rate:>8,.0f} steps/s"
+        self.out.write(f"\r{line}" if self.tty else f"{line}\n")
         self.out.flush()
 
 

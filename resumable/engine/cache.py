@@ -51,13 +51,18 @@ class LiveCache:
         self._items.move_to_end(key)
         return live
 
-    def put(self, key: str, live: Live) -> None:
+    def put(self, key: str, live: Live) -> int:
+        """Keep ``live`` as the generator of ``key``; returns how many generators were
+        evicted to make room (the least recently used), for metrics."""
         if self.size == 0:
-            return
+            return 0
         self._items[key] = live
         self._items.move_to_end(key)
+        evicted = 0
         while len(self._items) > self.size:
             self._items.popitem(last=False)
+            evicted += 1
+        return evicted
 
     def drop(self, key: str | None = None) -> None:
         """Forget one instance's generator, or all of them."""
