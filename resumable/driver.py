@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import SpanKind
 
 from resumable.clock import to_epoch
 from resumable.contracts import Contract, OrchestratorContract, ServiceSpec
@@ -31,7 +31,6 @@ from resumable.engine.definition import CANCEL_TYPE, TIMER_TYPE, Definition
 from resumable.engine.instance import Stored as Instance
 from resumable.engine.instance import decide, park
 from resumable.engine.replay import replay
-from resumable.engine.turn import Decision
 from resumable.errors import (
     ConfigViolation,
     ExecutionViolation,
@@ -45,11 +44,17 @@ from resumable.events import Event, EventError, now_iso
 from resumable.ids import lease_owner
 from resumable.memory import InMemoryMemory, Memory, Stored
 from resumable.metrics import SOURCE, enabled, instruments
+from resumable.observe import (
+    count_cache,
+    count_replay,
+    count_violation,
+    observe_step,
+)
 from resumable.queries import WorkflowStatus, read_status, subjects
 from resumable.record import ACTIVE, PARKED, Header, decode_entry, decode_header
 from resumable.storage import MemoryJournal, apply_decision, read_record, write_record
-from resumable.subject import Subject, SubjectError, parse_subject_shared
-from resumable.telemetry import SPAN_KIND_RESUMABLE, TraceHeaders, execution_span, mark_error
+from resumable.subject import SubjectError, parse_subject_shared
+from resumable.telemetry import SPAN_KIND_RESUMABLE, execution_span
 from resumable.workflow import WorkflowFunction
 
 __all__ = ["CANCEL_TYPE", "TIMER_TYPE", "Resumable", "WorkflowAwaitError", "WorkflowStatus"]
@@ -57,15 +62,6 @@ __all__ = ["CANCEL_TYPE", "TIMER_TYPE", "Resumable", "WorkflowAwaitError", "Work
 log = logging.getLogger("resumable")
 
 S = TypeVar("S")
-
-
-def _violation(error: ViolationError) -> dict[str, str]:
-    """The ``resumable.violation.kind`` of a violation: its Arvo type, and for a
-    transaction violation its cause (``OrchestratorTransaction.LOCK_UNACQUIRED``)."""
-    kind = error.type
-    if isinstance(error, TransactionViolation):
-        kind = f"{kind}.{error.cause}"
-    return {"resumable.violation.kind": kind}
 
 
 class Resumable(Generic[S]):
@@ -248,103 +244,60 @@ class Resumable(Generic[S]):
                 key = event.subject
                 owner = await self._lock(key, event.id)
                 try:
-                    return await self._locked(key, event, typed, subject, span, headers, metering)
+                    stored = await read_record(self.memory, key, event.id)
+                    instance = None
+                    if stored is not None:
+                        live = self._cache.get(key, stored.revision)
+                        instance = Instance(stored.revision, stored.header, live)
+                        if metering:
+                            count_cache(self._attributes, hit=live is not None)
+                    time, now = self._read_clock()
+                    journal = MemoryJournal(self.memory, key)
+                    try:
+                        decision = await decide(
+                            defn,
+                            event,
+                            typed,
+                            subject,
+                            instance,
+                            journal,
+                            time=time,
+                            now=now,
+                            headers=headers,
+                        )
+                        revision = 0 if stored is None else stored.revision
+                        evicted = await apply_decision(
+                            self.memory,
+                            self._cache,
+                            key,
+                            revision,
+                            decision,
+                            event.id,
+                            self._attributes,
+                        )
+                    except BaseException:
+                        self._cache.drop(key)
+                        raise
+                    finally:
+                        if journal.replayed >= 0:
+                            count_replay(self._attributes, journal.replayed)
+                    if evicted:
+                        instruments().cache_evictions.add(evicted, self._attributes)
+                    if decision.header is not None and (metering or span.is_recording()):
+                        before = None if stored is None else stored.status
+                        observe_step(span, self._attributes, self._error_type, before, decision)
+                    else:
+                        span.set_attribute("arvo.handler.execution.status", "normal")
+                    return decision.emitted
                 finally:
                     await self._unlock(key, owner)
         except ViolationError as error:
-            instruments().violations.add(1, {**self._attributes, **_violation(error)})
+            count_violation(self._attributes, error)
             raise
         finally:
             if metering:
                 elapsed = _time.perf_counter() - started
                 instruments().step_duration.record(elapsed, self._attributes)
-
-    async def _locked(
-        self,
-        key: str,
-        event: Event,
-        typed: Event,
-        subject: Subject,
-        span: Span,
-        headers: TraceHeaders,
-        metering: bool,
-    ) -> list[Event]:
-        """Under the lease: read, decide, write, and count what happened."""
-        stored = await read_record(self.memory, key, event.id)
-        instance = None
-        if stored is not None:
-            live = self._cache.get(key, stored.revision)
-            instance = Instance(stored.revision, stored.header, live)
-            if metering:
-                measure = instruments()
-                hits = measure.cache_misses if live is None else measure.cache_hits
-                hits.add(1, self._attributes)
-        time, now = self._read_clock()
-        journal = MemoryJournal(self.memory, key)
-        try:
-            decision = await decide(
-                self.definition,
-                event,
-                typed,
-                subject,
-                instance,
-                journal,
-                time=time,
-                now=now,
-                headers=headers,
-            )
-            revision = 0 if stored is None else stored.revision
-            evicted = await apply_decision(
-                self.memory, self._cache, key, revision, decision, event.id, self._attributes
-            )
-        except BaseException:
-            self._cache.drop(key)
-            raise
-        finally:
-            if journal.replayed >= 0:
-                replays = instruments()
-                replays.replays.add(1, self._attributes)
-                replays.replayed_steps.add(journal.replayed, self._attributes)
-        if evicted:
-            instruments().cache_evictions.add(evicted, self._attributes)
-        if decision.header is not None and (metering or span.is_recording()):
-            self._observe(span, None if stored is None else stored.status, decision)
-        else:
-            span.set_attribute("arvo.handler.execution.status", "normal")
-        return decision.emitted
-
-    def _observe(self, span: Span, before: str | None, decision: Decision) -> None:
-        """Count a written step, and tell its span how the instance fared: a system error
-        emitted (the workflow failed) or the instance parked is an error of the span."""
-        measure = instruments()
-        attributes = self._attributes
-        header = decision.header
-        assert header is not None
-        measure.steps.add(1, attributes)
-        failed = None
-        error_type = self._error_type
-        for emitted in decision.emitted:
-            if emitted.type == error_type and isinstance(emitted.data, dict):
-                failed = emitted.data
-        if failed is not None:
-            name = str(failed.get("errorName", "Error"))
-            measure.system_errors.add(1, {**attributes, "error.type": name})
-            mark_error(
-                span, name, str(failed.get("errorMessage", "")), failed.get("errorStack") or None
-            )
-            span.set_attribute("arvo.handler.execution.status", "failure")
-        else:
-            span.set_attribute("arvo.handler.execution.status", "normal")
-        status = header.status
-        if status == before:
-            return
-        if status == PARKED and header.parked is not None:
-            measure.parked.add(1, attributes)
-            mark_error(span, NonDeterminismError.__name__, header.parked.message)
-            span.set_attribute("resumable.instance.status", status)
-        elif status != ACTIVE:
-            measure.finished.add(1, {**attributes, "resumable.status": status})
-            span.set_attribute("resumable.instance.status", status)
 
     async def _lock(self, key: str, why: str) -> str:
         owner = lease_owner()
@@ -416,14 +369,12 @@ class Resumable(Generic[S]):
                 park(header, error)
                 await self._write(subject, stored.revision, header, [], "unpark")
                 raise
-            measure = instruments()
-            measure.replays.add(1, self._attributes)
-            measure.replayed_steps.add(len(stored.journal or []), self._attributes)
+            count_replay(self._attributes, len(stored.journal or []))
             pending, header.parked_events, header.parked = header.parked_events, [], None
             live.revision = await self._write(subject, stored.revision, header, [], "unpark")
             evicted = self._cache.put(subject, live)
             if evicted:
-                measure.cache_evictions.add(evicted, self._attributes)
+                instruments().cache_evictions.add(evicted, self._attributes)
         finally:
             await self._unlock(subject, owner)
         produced: list[Event] = []
