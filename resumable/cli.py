@@ -1,4 +1,8 @@
-"""The ``resumable`` command."""
+"""The ``resumable`` command.
+
+(Over 500 lines: one parser whose subcommands share loading, output (--json) and
+messages; each subcommand's work lives in its own module.)
+"""
 
 from __future__ import annotations
 

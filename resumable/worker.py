@@ -24,6 +24,9 @@ A broker delivers at least once; a worker makes processing *effectively once* on
   between writing a step and publishing it.
 - **Drain.** ``stop()`` stops taking deliveries and lets the ones in flight finish (within
   ``drain_timeout``), so a rolling restart settles everything it took.
+
+(Over 500 lines: delivery, settlement, timers, recovery, draining and their metrics and
+spans are one loop's state.)
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ and retried; a failure retried, then dead-lettered with its reason and reported 
 ``on_error``) before ``publish`` returns. ``resolve`` runs a chain to its reply. An app
 uses ``resumable.Runtime`` instead, which adds recovery on start, timers fired in the
 background, handles and a drain on shutdown.
+
+(Over 500 lines: the transport itself and the hosting of handlers for scripts and tests
+share its queues and timers.)
 """
 
 from __future__ import annotations

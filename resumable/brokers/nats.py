@@ -17,6 +17,9 @@ Worker's attempt limit.
 
 Needs nats-py (``pip install 'resumable[nats]'``) and a server started with JetStream
 (``nats-server -js``). Runs on asyncio.
+
+(Over 500 lines: JetStream's stream and consumer set-up, redelivery, dead letters and
+reconnection are one transport's state; the conformance suite holds it to the interface.)
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ with a version in ``schema_version``; a version newer than this code knows is an
 
 Lease times come from ``clock`` (the caller's wall clock), sent as parameters: the server's
 ``now()`` is never used, so every process must agree on the time, as with SQLite.
+
+(Over 500 lines: the schema and its migrations, the group-committed write and the
+listing are SQL that belongs to this one backend.)
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ requests to every service, each request answered the same way every time it was 
 
 ``simulate(scenario)`` lets hypothesis choose the schedules and shrink a failing one; the
 error prints it as ``Schedule([...])``, to paste into ``check(scenario, ...)``.
+
+(Over 500 lines: the schedule, its runner and the comparison with the undisturbed run
+are one algorithm; split, each part would need the others' private state.)
 """
 
 from __future__ import annotations
