@@ -53,7 +53,7 @@ from resumable.observe import (
 from resumable.queries import WorkflowStatus, read_status, subjects
 from resumable.record import ACTIVE, PARKED, Header, decode_entry, decode_header
 from resumable.storage import MemoryJournal, apply_decision, read_record, write_record
-from resumable.subject import SubjectError, parse_subject_shared
+from resumable.subject import SubjectError, instance_name, parse_subject_shared
 from resumable.telemetry import SPAN_KIND_RESUMABLE, execution_span
 from resumable.workflow import WorkflowFunction
 
@@ -321,7 +321,11 @@ class Resumable(Generic[S]):
         try:
             await self.memory.unlock(key, owner)
         except Exception:  # a lease that is not released expires on its own
-            log.warning("could not unlock workflow %s; its lease will expire", key, exc_info=True)
+            log.warning(
+                "could not unlock workflow %s; its lease will expire",
+                instance_name(key),
+                exc_info=True,
+            )
 
     async def _read(self, key: str, why: str, *, journal: bool = False) -> Stored | None:
         return await read_record(self.memory, key, why, journal=journal)

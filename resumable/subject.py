@@ -25,6 +25,7 @@ __all__ = [
     "Subject",
     "SubjectError",
     "encode_subject",
+    "instance_name",
     "is_subject",
     "new_subject",
     "parse_subject",
@@ -200,6 +201,17 @@ def parse_subject_shared(value: str) -> Subject:
     if not isinstance(value, str):
         raise SubjectError(f"orchestration subject must be a str, got {type(value).__name__}")
     return _parse_cached(value)
+
+
+def instance_name(value: str) -> str:
+    """How logs name the instance a subject stands for: its workflow and its id (the
+    execution id, which ``Runtime.start(..., id=...)`` sets to the user's own), e.g.
+    ``arvo.orc.order.fulfil 'order-7'``; a value that is no subject, shortened."""
+    try:
+        parsed = _parse_cached(value)
+    except SubjectError:
+        return repr(value if len(value) <= 60 else f"{value[:57]}...")
+    return f"{parsed.name} {parsed.execution_id!r}"
 
 
 def parse_subject(value: str) -> Subject:

@@ -50,7 +50,7 @@ from resumable.errors import ResumableError, SetupError, TransactionViolation, V
 from resumable.events import Event
 from resumable.memory import Memory
 from resumable.metrics import TOPIC, enabled, instruments
-from resumable.subject import SubjectError, parse_subject
+from resumable.subject import SubjectError, instance_name, parse_subject
 from resumable.telemetry import (
     delivery_span,
     mark_error,
@@ -453,9 +453,10 @@ class Worker:
             return
         delay = self.delay(attempt)
         log.warning(
-            "event %s (%s) on %r, attempt %d: %s failed (%s); again in %.3gs",
+            "event %s (%s) for %s on %r, attempt %d: %s failed (%s); again in %.3gs",
             event.id,
             event.type,
+            instance_name(event.subject),
             delivery.topic,
             attempt,
             what,
@@ -470,9 +471,10 @@ class Worker:
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         event = delivery.event
         log.error(
-            "event %s (%s) on %r dead-lettered after %d attempt(s): %s",
+            "event %s (%s) for %s on %r dead-lettered after %d attempt(s): %s",
             event.id,
             event.type,
+            instance_name(event.subject),
             delivery.topic,
             delivery.attempt,
             reason,

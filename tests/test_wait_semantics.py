@@ -416,3 +416,35 @@ async def test_a_retry_policy_in_whole_numbers_is_stored_as_it_reads_back(evict:
     stored = await workflow.memory.read(init.subject)
     assert stored is not None
     assert encode_header(decode_header(stored.header)) == stored.header
+
+
+# ----------------------------------------------------------------------------------
+# logs name instances by the user's id
+
+
+def test_logs_name_an_instance_by_its_workflow_and_id() -> None:
+    from resumable.subject import instance_name, new_subject
+
+    subject = new_subject(
+        orchestrator=orders.type, version="1.0.0", initiator=SHOP, execution_id="order-7"
+    )
+    assert instance_name(subject) == "arvo.orc.order.fulfil 'order-7'"
+    assert instance_name("x" * 100) == repr("x" * 57 + "...")
+
+
+async def test_a_parked_instance_is_logged_by_its_id(caplog: pytest.LogCaptureFixture) -> None:
+    async def one_call(ctx, order):
+        yield call(book, Number(1))
+        yield complete(OrderResult("booked"))
+
+    async def changed(ctx, order):
+        yield call(charge, Number(1))
+        yield complete(OrderResult("charged"))
+
+    clock = VirtualClock()
+    memory = InMemoryMemory()
+    init = orders.init_event(PlaceOrder("o", 1), source=SHOP, execution_id="order-9", time=clock())
+    (request,) = await make(one_call, clock, memory).execute(init)
+    with caplog.at_level("ERROR", logger="resumable"):
+        assert await make(changed, clock, memory).execute(await answer(request)) == []
+    assert "workflow arvo.orc.order.fulfil 'order-9' parked" in caplog.text

@@ -71,6 +71,7 @@ from resumable.record import (
     encode_entry,
     wire,
 )
+from resumable.subject import instance_name
 from resumable.workflow import (
     Call,
     Complete,
@@ -340,7 +341,7 @@ def _ended_by(defn: Definition[Any], turn: Turn, error: BaseException) -> None:
         turn.header.state = defn.unstructure(state_of(live.ctx))
     _keep_patches(turn.header, live)
     turn.live = None
-    log.info("workflow %s ended at step %d: %r", turn.key, turn.header.seq, error)
+    log.info("workflow %s ended at step %d: %r", instance_name(turn.key), turn.header.seq, error)
     cancelled = turn.header.cancelling or isinstance(error, Cancelled)
     unwind(defn, turn, cancelled, _report(error, cancelled, defn.error_stack))
 

@@ -52,7 +52,7 @@ from resumable.record import (
     encode_entry,
     wire,
 )
-from resumable.subject import Subject, SubjectError, parse_subject
+from resumable.subject import Subject, SubjectError, instance_name, parse_subject
 from resumable.telemetry import TraceHeaders
 
 __all__ = ["Stored", "decide"]
@@ -456,7 +456,7 @@ async def _seen_or(
     if raw is not None:
         return Decision(list(decode_entry(raw).produced))
     if violation is None:
-        log.info("workflow %s is %s: event %s ignored", key, header.status, event.id)
+        log.info("workflow %s is %s: event %s ignored", instance_name(key), header.status, event.id)
         return Decision([])
     raise ExecutionViolation(violation)
 
@@ -473,7 +473,7 @@ def _park(stored: Stored, event: Event, error: NonDeterminismError) -> Decision:
     header = decode_header(stored.header)
     park(header, error)
     header.parked_events = [wire(event)]
-    log.error("workflow %s parked: %s", event.subject, error)
+    log.error("workflow %s parked: %s", instance_name(event.subject), error)
     return Decision([], header)
 
 
