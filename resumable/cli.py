@@ -315,6 +315,7 @@ async def _list(args: argparse.Namespace) -> int:
     if args.json:
         listed = [
             {
+                "id": _user_id(item.key),
                 "subject": item.key,
                 "workflow": item.workflow,
                 "status": item.status,
@@ -328,15 +329,26 @@ async def _list(args: argparse.Namespace) -> int:
     if not items:
         print("no instances", file=sys.stderr)
         return 0
-    print(f"{'CREATED':<29} {'UPDATED':<29} {'STATUS':<9} {'WORKFLOW':<30} SUBJECT")
+    print(f"{'CREATED':<29} {'UPDATED':<29} {'STATUS':<9} {'WORKFLOW':<30} {'ID':<20} SUBJECT")
     for item in items:
         print(
             f"{_iso(item.created):<29} {_iso(item.updated):<29} {item.status:<9} "
-            f"{item.workflow or '-':<30} {item.key}"
+            f"{item.workflow or '-':<30} {_user_id(item.key) or '-':<20} {item.key}"
         )
     if cursor is not None:
         print(f"more: --cursor {cursor}", file=sys.stderr)
     return 0
+
+
+def _user_id(key: str) -> str | None:
+    """The instance's own id (the subject's execution id: the id given to
+    ``Runtime.start``), or None for a key that is no subject."""
+    from resumable.subject import SubjectError, parse_subject_shared
+
+    try:
+        return parse_subject_shared(key).execution_id
+    except SubjectError:
+        return None
 
 
 async def _inspect(subject: str, url: str, as_json: bool) -> int:

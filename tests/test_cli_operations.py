@@ -96,7 +96,7 @@ def test_list_shows_instances_newest_first_with_filters_and_json(
     url = orders_db(tmp_path, active=3)
     assert main(["list", "--memory", url]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["CREATED", "UPDATED", "STATUS", "WORKFLOW", "SUBJECT"]
+    assert lines[0].split() == ["CREATED", "UPDATED", "STATUS", "WORKFLOW", "ID", "SUBJECT"]
     assert len(lines) == 1 + 5
     assert [line.split()[2] for line in lines[1:]] == [
         "active", "active", "active", "failed", "done"
@@ -104,7 +104,15 @@ def test_list_shows_instances_newest_first_with_filters_and_json(
     assert main(["list", "--memory", url, "--status", "active", "--limit", "2", "--json"]) == 0
     page = json.loads(capsys.readouterr().out)
     assert [i["status"] for i in page["instances"]] == ["active", "active"]
-    assert set(page["instances"][0]) == {"subject", "workflow", "status", "created", "updated"}
+    assert set(page["instances"][0]) == {
+        "id",
+        "subject",
+        "workflow",
+        "status",
+        "created",
+        "updated",
+    }
+    assert all(i["id"] for i in page["instances"])  # the subject's execution id
     assert page["instances"][0]["workflow"] == orders.type
     assert page["cursor"] is not None
     rest = ["list", "--memory", url, "--status", "active", "--cursor", page["cursor"], "--json"]
