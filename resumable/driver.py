@@ -404,11 +404,12 @@ class Resumable(Generic[S]):
         stored = await self.memory.read(subject)
         if stored is None or stored.status != ACTIVE:
             return None
-        due = decode_header(stored.header).next_due()
+        header = decode_header(stored.header)
+        due = header.next_due()
         now = self._read_clock()[1]
         if due is None or due > now:
             return None
-        return emit.timer_event(self.definition, subject, stored.revision, now)
+        return emit.timer_event(self.definition, subject, stored.revision, now, header)
 
     def cancel_event(self, subject: str, reason: str = "", *, source: str | None = None) -> Event:
         """An event that cancels instance ``subject``: send it through a broker, or pass it

@@ -166,6 +166,10 @@ class Header(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Events that came while parked, applied in order once it is unparked."""
     result: Any = None
     error: ErrorData | None = None
+    traceparent: str | None = None
+    """The trace of the step last written, so the timer event that wakes the instance
+    (made from the record alone) continues that trace."""
+    tracestate: str | None = None
 
     def next_due(self) -> float | None:
         """When the record next needs waking, for ``Memory.write(due=...)``."""

@@ -410,3 +410,29 @@ async def test_a_dead_lettered_delivery_has_an_error_span(
     assert execution.status.status_code == StatusCode.ERROR  # an ExecutionViolation
     topic = {"messaging.destination.name": orders.type}
     assert total(points(reader), "resumable.worker.dead_lettered", **topic) == 1
+
+
+async def test_a_timer_step_continues_the_trace_of_the_step_that_set_it(
+    spans: InMemorySpanExporter,
+) -> None:
+    """The timer event is made from the record alone; the record keeps the trace of the
+    step it was written by, so the woken step is in the instance's one trace."""
+    from resumable import VirtualClock, sleep
+
+    async def naps(ctx: Any, order: PlaceOrder) -> Any:
+        yield sleep(60)
+        yield complete(OrderResult("rested"))
+
+    clock = VirtualClock()
+    workflow = Resumable(orders, versions={"1.0.0": naps}, clock=clock)
+    init = orders.init_event(PlaceOrder("o-1", 1), source="com.shop.web", time=clock())
+    assert await workflow.execute(init) == []
+    clock.advance(61)
+    timer = await workflow.timer_event(init.subject)
+    assert timer is not None and timer.traceparent is not None
+    (done,) = await workflow.execute(timer)
+    started, woken = by_name(spans, "Resumable<")
+    assert woken.parent is not None and woken.parent.span_id == started.context.span_id
+    assert woken.context.trace_id == started.context.trace_id
+    assert done.traceparent is not None
+    assert done.traceparent.split("-")[1] == format(started.context.trace_id, "032x")

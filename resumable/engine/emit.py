@@ -251,9 +251,12 @@ def generation_init(
     return init, msgspec.convert(init.data, versioned.accepts)
 
 
-def timer_event(defn: Definition[Any], subject: str, revision: int, now: float) -> Event:
+def timer_event(
+    defn: Definition[Any], subject: str, revision: int, now: float, header: Header
+) -> Event:
     """The timer event firing what is due for ``subject`` at ``now``; every process that
-    sees the same due record makes the same one (its id derives from the revision)."""
+    sees the same due record makes the same one (its id derives from the revision), in
+    the trace of the step that set the timer."""
     return Event(
         id=derive_id(subject, "timer", revision),
         source=defn.source,
@@ -262,6 +265,8 @@ def timer_event(defn: Definition[Any], subject: str, revision: int, now: float) 
         data={"now": now},
         time=to_iso(now),
         to=defn.source,
+        traceparent=header.traceparent,
+        tracestate=header.tracestate,
     )
 
 

@@ -207,6 +207,7 @@ def _commit(turn: Turn) -> Decision:
     for its event."""
     header = turn.header
     header.seq += 1
+    header.traceparent, header.tracestate = turn.headers
     entry = Entry(
         event=wire(turn.event),
         produced=turn.produced,

@@ -287,7 +287,8 @@ class WorkflowEnv:
             defn = self.workflows.get(parse_subject(key).name)
             if stored is not None and defn is not None:
                 time = self.clock()
-                self.send(emit.timer_event(defn, key, stored.revision, to_epoch(time)))
+                header = decode_header(stored.header)
+                self.send(emit.timer_event(defn, key, stored.revision, to_epoch(time), header))
 
     # ---------------------------------------------------------------------------------
     # crashes
