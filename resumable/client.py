@@ -46,6 +46,7 @@ from resumable.memory import from_url as memory_from_url
 from resumable.queries import WorkflowStatus, read_status
 from resumable.record import ACTIVE, CANCELLED, DONE, FAILED
 from resumable.subject import SubjectError, new_subject, parse_subject
+from resumable.telemetry import BAGGAGE, current_headers
 
 __all__ = ["DEFAULT_SOURCE", "Client"]
 
@@ -247,6 +248,7 @@ class Client:
             execution_id=id,
             id=derive_id(subject, "start", _digest(typed)),
             time=self.clock(),
+            **_trace_fields(),
         )
         handle = WorkflowHandle(self, contract, id)
         memory = self._memory_for(contract)
@@ -483,11 +485,13 @@ class Client:
         subject = await self._live(handle, "signal")
         hosted = self._hosted.get(handle.workflow)
         event_id = derive_id(subject, "signal", id) if id is not None else None
-        extra: dict[str, Any] = {} if event_id is None else {"id": event_id}
+        extra: dict[str, Any] = _trace_fields()
+        if event_id is not None:
+            extra["id"] = event_id
         if hosted is not None:
             event = hosted.signal_event(subject, signal, data, source=self.source)
-            if event_id is not None:
-                event = msgspec.structs.replace(event, id=event_id)
+            if extra:
+                event = msgspec.structs.replace(event, **extra)
             await self._execute(hosted, event, handle)
         elif isinstance(signal, Contract):
             await self.broker.publish(
@@ -523,9 +527,24 @@ class Client:
             data={"reason": reason},
             time=self.clock(),
             to=handle.workflow,
+            **_trace_fields(),
         )
         hosted = self._hosted.get(handle.workflow)
         if hosted is not None:
             await self._execute(hosted, event, handle)
         else:
             await self.broker.publish(event)
+
+
+def _trace_fields() -> dict[str, Any]:
+    """The caller's trace context and baggage, as fields of the events a client sends, so
+    the instance continues the caller's trace and carries its baggage."""
+    traceparent, tracestate, baggage = current_headers()
+    fields: dict[str, Any] = {}
+    if traceparent is not None:
+        fields["traceparent"] = traceparent
+        if tracestate is not None:
+            fields["tracestate"] = tracestate
+    if baggage is not None:
+        fields["extensions"] = {BAGGAGE: baggage}
+    return fields

@@ -29,7 +29,12 @@ from resumable.errors import (
 from resumable.events import Event, build_trusted, now_iso, with_data
 from resumable.ids import derive_id
 from resumable.metrics import SOURCE, instruments
-from resumable.telemetry import SPAN_KIND_HANDLER, TraceHeaders, execution_span
+from resumable.telemetry import (
+    SPAN_KIND_HANDLER,
+    TraceHeaders,
+    execution_span,
+    trace_extensions,
+)
 from resumable.types import HandlerFunction, HandlerResult
 
 __all__ = ["Emit", "EventHandler", "HandlerFunction", "HandlerResult", "system_error_events"]
@@ -121,6 +126,7 @@ def system_error_events(
             domain=domain,
             traceparent=headers[0],
             tracestate=headers[1],
+            extensions=trace_extensions(headers),
         )
         for domain in domains
     ]
@@ -305,7 +311,7 @@ class EventHandler:
                         domain=domain,
                         traceparent=headers[0],
                         tracestate=headers[1],
-                        extensions=dict(item.extensions),
+                        extensions=trace_extensions(headers, dict(item.extensions)),
                     )
 
                 # Every field comes from validated parts, unless the Emit overrides one.

@@ -170,6 +170,8 @@ class Header(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The trace of the step last written, so the timer event that wakes the instance
     (made from the record alone) continues that trace."""
     tracestate: str | None = None
+    baggage: str | None = None
+    """That step's W3C baggage, carried on the timer event likewise."""
 
     def next_due(self) -> float | None:
         """When the record next needs waking, for ``Memory.write(due=...)``."""

@@ -1,14 +1,17 @@
 """OpenTelemetry traces: one span per execution, continuing the trace carried by the event.
 
 Every event an execution emits carries that span's ``traceparent``/``tracestate``, so the
-next hop becomes its child (Arvo's propagation rule). A worker wraps each delivery in a
-``process <topic>`` span and each publish in a ``send <topic>`` span, with the messaging
-semantic-convention attributes; the execution span is the child of its delivery's span.
-Trace context is read and written with the global propagator (``OTEL_PROPAGATORS``).
+next hop becomes its child (Arvo's propagation rule), and the current W3C baggage in the
+CloudEvents extension ``baggage``, so baggage set at the edge reaches every hop. A worker
+wraps each delivery in a ``process <topic>`` span and each publish in a ``send <topic>``
+span, with the messaging semantic-convention attributes; the execution span is the child
+of its delivery's span. Trace context and baggage are read and written with the global
+propagator (``OTEL_PROPAGATORS``).
 
-Without an SDK configured, no span is made and the incoming trace headers pass through
-unchanged; so they do when a tracer makes only invalid spans (a ``NoOpTracer`` of an API
-older than 1.40 drops the parent), which keeps one trace across processes that trace.
+Without an SDK configured, no span is made and the incoming trace headers (baggage too)
+pass through unchanged; so they do when a tracer makes only invalid spans (a
+``NoOpTracer`` of an API older than 1.40 drops the parent), which keeps one trace across
+processes that trace.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Final
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, TracerProvider
@@ -28,9 +32,11 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from resumable.events import Event
 
 __all__ = [
+    "BAGGAGE",
     "SPAN_KIND_HANDLER",
     "SPAN_KIND_RESUMABLE",
     "TraceHeaders",
+    "current_headers",
     "delivery_span",
     "execution_span",
     "mark_error",
@@ -45,7 +51,27 @@ SPAN_KIND_RESUMABLE: Final = "handler.orchestrator.imperative"
 _tracer: trace.Tracer = trace.get_tracer("resumable")
 _W3C: Final = TraceContextTextMapPropagator()
 
-TraceHeaders = tuple[str | None, str | None]
+TraceHeaders = tuple[str | None, str | None, str | None]
+"""``(traceparent, tracestate, baggage)`` to put on emitted events."""
+
+BAGGAGE: Final = "baggage"
+"""The CloudEvents extension that carries W3C baggage from hop to hop."""
+
+
+def incoming(event: Event) -> TraceHeaders:
+    """The trace headers ``event`` carries, to pass through unchanged."""
+    baggage = event.extensions.get(BAGGAGE) if event.extensions else None
+    return event.traceparent, event.tracestate, baggage if isinstance(baggage, str) else None
+
+
+def trace_extensions(
+    headers: TraceHeaders, extensions: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``extensions`` with the baggage of ``headers`` added (an explicit one wins)."""
+    if headers[2] is None:
+        return extensions if extensions is not None else {}
+    return {BAGGAGE: headers[2], **(extensions or {})}
+
 
 _delivered: ContextVar[str | None] = ContextVar("resumable_delivered", default=None)
 """The id of the event whose delivery span is current: its execution span is a child."""
@@ -87,14 +113,17 @@ def _carrier(event: Event) -> dict[str, str]:
         carrier["traceparent"] = event.traceparent
         if event.tracestate:
             carrier["tracestate"] = event.tracestate
+    baggage = event.extensions.get(BAGGAGE) if event.extensions else None
+    if isinstance(baggage, str) and baggage:
+        carrier[BAGGAGE] = baggage
     return carrier
 
 
 def _parent(event: Event) -> Context | None:
-    """The context a span for ``event`` starts in: the trace the event carries, read by the
-    global propagator (W3C Trace Context if that one reads nothing: the event's fields are
-    W3C's); None, the current context, if there is none or the event's delivery span is
-    current."""
+    """The context a span for ``event`` starts in: the trace and baggage the event carries,
+    read by the global propagator (W3C Trace Context if that one reads no span: the
+    event's fields are W3C's); None, the current context, if there is none or the event's
+    delivery span is current."""
     if _delivered.get() == event.id:
         return None
     carrier = _carrier(event)
@@ -102,18 +131,19 @@ def _parent(event: Event) -> Context | None:
         return None
     context = propagate.extract(carrier)
     if not trace.get_current_span(context).get_span_context().is_valid:
-        context = _W3C.extract(carrier)
+        context = _W3C.extract(carrier, context)
     return context
 
 
-def _headers() -> TraceHeaders:
-    """The current span's trace headers, written by the global propagator (W3C Trace
-    Context if that one writes no ``traceparent``: an event carries only W3C's fields)."""
+def current_headers() -> TraceHeaders:
+    """The current context's trace headers and baggage, written by the global propagator
+    (W3C Trace Context if that one writes no ``traceparent``: an event carries only W3C's
+    fields). What a client puts on the events it sends, and an execution on its output."""
     headers: dict[str, str] = {}
     propagate.inject(headers)
     if "traceparent" not in headers:
         _W3C.inject(headers)
-    return headers.get("traceparent"), headers.get("tracestate")
+    return headers.get("traceparent"), headers.get("tracestate"), headers.get(BAGGAGE)
 
 
 def mark_error(span: Span, name: str, message: str, stack: str | None = None) -> None:
@@ -142,7 +172,7 @@ class execution_span:
     and the trace headers to put on emitted events. With no SDK installed it costs ~nothing:
     no span, and the incoming headers pass through, as a no-op span would pass them."""
 
-    __slots__ = ("_attributes", "_event", "_kind", "_manager", "_name", "_span")
+    __slots__ = ("_attributes", "_event", "_kind", "_manager", "_name", "_span", "_token")
 
     def __init__(
         self, name: str, event: Event, *, arvo_kind: str, source: str, uri: str, kind: SpanKind
@@ -153,22 +183,24 @@ class execution_span:
         self._attributes = (arvo_kind, source, uri)
         self._manager: AbstractContextManager[Span] | None = None
         self._span: Span = INVALID_SPAN
+        self._token: object = None
 
     def __enter__(self) -> tuple[Span, TraceHeaders]:
         event = self._event
-        incoming = (event.traceparent, event.tracestate)
         if _tracing_off():
-            return INVALID_SPAN, incoming
+            return INVALID_SPAN, incoming(event)
+        parent = _parent(event)
+        if parent is not None:  # the event's baggage is current while the step runs
+            self._token = otel_context.attach(parent)
         self._manager = _tracer.start_as_current_span(
             self._name,
-            context=_parent(event),
             kind=self._kind,
             record_exception=False,
             set_status_on_exception=False,
         )
         span = self._span = self._manager.__enter__()
         if not span.get_span_context().is_valid:
-            return span, incoming  # a tracer that makes no spans: keep the caller's trace
+            return span, incoming(event)  # a tracer that makes no spans: keep the trace
         if span.is_recording():
             arvo_kind, source, uri = self._attributes
             span.set_attribute("arvo.span.kind", arvo_kind)
@@ -177,7 +209,7 @@ class execution_span:
             span.set_attribute("arvo.contract.uri", uri)
             for key, value in event.otel_attributes().items():
                 span.set_attribute(f"consumable.0.{key}", value)
-        return span, _headers()
+        return span, current_headers()
 
     def __exit__(
         self,
@@ -193,7 +225,11 @@ class execution_span:
             else:
                 self._span.record_exception(error)
                 self._span.set_status(Status(StatusCode.ERROR, str(error)))
-        self._manager.__exit__(kind, error, traceback)
+        try:
+            self._manager.__exit__(kind, error, traceback)
+        finally:
+            if self._token is not None:
+                otel_context.detach(self._token)  # type: ignore[arg-type]
 
 
 _MESSAGING: Final = {
@@ -226,19 +262,24 @@ def delivery_span(event: Event, topic: str, system: str, attempt: int) -> Iterat
         "resumable.delivery.attempt": attempt,
         "cloudevents.event_type": event.type,
     }
-    with _tracer.start_as_current_span(
-        f"process {topic}",
-        context=_parent(event),
-        kind=SpanKind.CONSUMER,
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        token = _delivered.set(event.id)
-        try:
-            yield span
-        finally:
-            _delivered.reset(token)
+    parent = _parent(event)
+    attached = otel_context.attach(parent) if parent is not None else None
+    try:
+        with _tracer.start_as_current_span(
+            f"process {topic}",
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            token = _delivered.set(event.id)
+            try:
+                yield span
+            finally:
+                _delivered.reset(token)
+    finally:
+        if attached is not None:
+            otel_context.detach(attached)
 
 
 @contextmanager

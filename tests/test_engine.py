@@ -125,7 +125,7 @@ async def run(
         DictJournal(journal, len(journal)),
         time=FIXED_TIME,
         now=NOW,
-        headers=(None, None),
+        headers=(None, None, None),
     )
 
 

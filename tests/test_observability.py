@@ -436,3 +436,92 @@ async def test_a_timer_step_continues_the_trace_of_the_step_that_set_it(
     assert woken.context.trace_id == started.context.trace_id
     assert done.traceparent is not None
     assert done.traceparent.split("-")[1] == format(started.context.trace_id, "032x")
+
+
+# --- baggage -------------------------------------------------------------------------------
+
+
+def _baggage_probe(seen: list[tuple[str, object, object]]) -> tuple[Any, Any]:
+    """The demo's workflow and payment service, noting the baggage their code sees (and, for
+    the service, the ``baggage`` extension of the event it got)."""
+    from opentelemetry import baggage
+
+    from resumable import Emit, EventHandler
+    from resumable.demo import CardCharged
+
+    async def tagged(ctx: Any, order: PlaceOrder) -> Any:
+        seen.append(("workflow", baggage.get_baggage("tenant"), None))
+        yield call(payments, ChargeCard(order.order_id, order.amount_cents))
+        seen.append(("workflow", baggage.get_baggage("tenant"), None))
+        yield complete(OrderResult("charged"))
+
+    async def charge(event: Any) -> Emit:
+        seen.append(("payments", baggage.get_baggage("tenant"), event.extensions.get("baggage")))
+        return Emit("evt.payments.charge.success", CardCharged("pay-1"))
+
+    return tagged, EventHandler(payments, {"1.0.0": charge})
+
+
+async def test_baggage_set_by_the_caller_reaches_every_hop_and_the_code_there(
+    spans: InMemorySpanExporter,
+) -> None:
+    """Baggage current where a workflow is started travels on every event of the instance
+    (the ``baggage`` extension), and the workflow's and the service's code see it."""
+    from opentelemetry import baggage, context
+
+    from resumable import Runtime
+
+    seen: list[tuple[str, object, object]] = []
+    tagged, service = _baggage_probe(seen)
+    async with Runtime([make_workflow(None, fn=tagged), service]) as runtime:
+        token = context.attach(baggage.set_baggage("tenant", "acme"))
+        try:
+            handle = await runtime.start(orders, PlaceOrder("o-1", 100), id="o-1")
+        finally:
+            context.detach(token)
+        assert await handle.result() == OrderResult("charged")
+    assert seen == [
+        ("workflow", "acme", None),
+        ("payments", "acme", "tenant=acme"),
+        ("workflow", "acme", None),
+    ]
+
+
+async def test_baggage_passes_through_unchanged_when_nothing_traces() -> None:
+    """Without an SDK no context is made, but the events still carry the baggage on."""
+    seen: list[tuple[str, object, object]] = []
+    tagged, service = _baggage_probe(seen)
+    workflow = make_workflow(InMemoryMemory(), fn=tagged)
+    init = orders.init_event(
+        PlaceOrder("o-1", 100), source="com.shop.web", extensions={"baggage": "tenant=acme"}
+    )
+    (request,) = await workflow.execute(init)
+    assert request.extensions == {"baggage": "tenant=acme"}
+    (reply,) = await service.execute(request)
+    assert reply.extensions == {"baggage": "tenant=acme"}
+    (done,) = await workflow.execute(reply)
+    assert done.extensions == {"baggage": "tenant=acme"}
+    assert seen[1][2] == "tenant=acme"
+
+
+async def test_a_timer_event_carries_the_baggage_of_the_step_that_set_it() -> None:
+    from resumable import VirtualClock, sleep
+
+    async def naps(ctx: Any, order: PlaceOrder) -> Any:
+        yield sleep(60)
+        yield complete(OrderResult("rested"))
+
+    clock = VirtualClock()
+    workflow = Resumable(orders, versions={"1.0.0": naps}, clock=clock)
+    init = orders.init_event(
+        PlaceOrder("o-1", 1),
+        source="com.shop.web",
+        time=clock(),
+        extensions={"baggage": "tenant=acme"},
+    )
+    assert await workflow.execute(init) == []
+    clock.advance(61)
+    timer = await workflow.timer_event(init.subject)
+    assert timer is not None and timer.extensions == {"baggage": "tenant=acme"}
+    (done,) = await workflow.execute(timer)
+    assert done.extensions == {"baggage": "tenant=acme"}

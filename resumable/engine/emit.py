@@ -24,6 +24,7 @@ from resumable.handler import system_error_events
 from resumable.ids import derive_id
 from resumable.record import Header, Slot
 from resumable.subject import parse_subject_shared, subject_from_parent
+from resumable.telemetry import trace_extensions
 from resumable.workflow import Call, Complete
 
 __all__ = [
@@ -113,7 +114,7 @@ def requests(defn: Definition[Any], call: Call, index: int, turn: Turn) -> tuple
                 domain=domain,
                 traceparent=headers[0],
                 tracestate=headers[1],
-                extensions=dict(call.extensions),
+                extensions=trace_extensions(headers, dict(call.extensions)),
             )
 
         try:
@@ -163,6 +164,7 @@ def completion(defn: Definition[Any], done: Complete, turn: Turn) -> list[Event]
             domain=domain,
             traceparent=headers[0],
             tracestate=headers[1],
+            extensions=trace_extensions(headers),
         )
         for domain in resolve_domains(domain_spec, _domains(defn, event, header))
     ]
@@ -218,6 +220,7 @@ def cancel_children(defn: Definition[Any], subjects: list[str], turn: Turn) -> l
             parentid=turn.event.id,
             traceparent=headers[0],
             tracestate=headers[1],
+            extensions=trace_extensions(headers),
         )
 
     return [build_trusted(functools.partial(cancel, subject)) for subject in subjects]
@@ -267,6 +270,7 @@ def timer_event(
         to=defn.source,
         traceparent=header.traceparent,
         tracestate=header.tracestate,
+        extensions=trace_extensions((None, None, header.baggage)),
     )
 
 

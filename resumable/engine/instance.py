@@ -207,7 +207,7 @@ def _commit(turn: Turn) -> Decision:
     for its event."""
     header = turn.header
     header.seq += 1
-    header.traceparent, header.tracestate = turn.headers
+    header.traceparent, header.tracestate, header.baggage = turn.headers
     entry = Entry(
         event=wire(turn.event),
         produced=turn.produced,

@@ -19,6 +19,7 @@ from resumable.events import Event
 from resumable.memory import Memory
 from resumable.storage import MemoryJournal, apply_decision
 from resumable.subject import SubjectError, parse_subject
+from resumable.telemetry import incoming
 
 __all__ = ["CrashPoint", "Host"]
 
@@ -74,7 +75,7 @@ class Host:
                 MemoryJournal(self.memory, key),
                 time=time,
                 now=now,
-                headers=(None, None),
+                headers=incoming(event),
             )
         except BaseException:
             self.cache.drop(key)
