@@ -77,8 +77,10 @@ def semver_key(version: str) -> tuple[int, int, int]:
 
 
 @functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=4096)
 def parse_dataschema(value: str | None) -> tuple[str, str] | None:
-    """Split ``{uri}/{version}`` into ``(uri, version)``; None if it is not that shape."""
+    """Split ``{uri}/{version}`` into ``(uri, version)``; None if it is not that shape.
+    Cached: every event is checked against its schema, and schemas are few."""
     if not value or "/" not in value:
         return None
     uri, _, version = value.rpartition("/")

@@ -13,7 +13,7 @@ import attrs
 
 from resumable.errors import SetupError
 from resumable.names import domain_match
-from resumable.subject import SubjectError, parse_subject
+from resumable.subject import SubjectError, parse_subject_shared
 
 __all__ = [
     "FROM_CURRENT_SUBJECT",
@@ -46,7 +46,7 @@ def _subject_domain(subject: str | None) -> str | None:
     if not subject:
         return None
     try:
-        return parse_subject(subject).domain
+        return parse_subject_shared(subject).domain
     except SubjectError:
         return None
 

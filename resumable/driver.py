@@ -239,7 +239,8 @@ class Resumable(Generic[S]):
                         defn.source,
                     )
                     return []
-                defn.function(subject.version, lambda: f"subject of event {event.id}")
+                if subject.version not in defn.functions:
+                    defn.function(subject.version, f"subject of event {event.id}")
                 typed = defn.validate(event, subject)
                 key = event.subject
                 owner = await self._lock(key, event.id)
@@ -286,7 +287,7 @@ class Resumable(Generic[S]):
                     if decision.header is not None and (metering or span.is_recording()):
                         before = None if stored is None else stored.status
                         observe_step(span, self._attributes, self._error_type, before, decision)
-                    else:
+                    elif span.is_recording():
                         span.set_attribute("arvo.handler.execution.status", "normal")
                     return decision.emitted
                 finally:

@@ -24,10 +24,20 @@ def derive_id(*parts: object) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-_owner_prefix = os.urandom(6).hex()
 _owner_count = itertools.count()
+
+
+def _new_owner_prefix() -> None:
+    """Random bytes and the pid, once per process (a forked child makes its own)."""
+    global _owner_prefix
+    _owner_prefix = f"{os.urandom(6).hex()}-{os.getpid()}"
+
+
+_owner_prefix = ""
+_new_owner_prefix()
+os.register_at_fork(after_in_child=_new_owner_prefix)
 
 
 def lease_owner() -> str:
     """A token unique to one execution, for the lease it holds (cheaper than a UUID)."""
-    return f"{_owner_prefix}-{os.getpid()}-{next(_owner_count)}"
+    return f"{_owner_prefix}-{next(_owner_count)}"
