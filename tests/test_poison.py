@@ -8,6 +8,7 @@ completes its order."""
 from __future__ import annotations
 
 import contextlib
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -152,3 +153,16 @@ async def test_poison_in_a_batch_ends_in_the_dead_letters_alone(
         assert earlier.id not in {d.event.id for d in await broker.dead_letters(topic) if d.event}
         worker.stop()
     assert worker.stats.dead_lettered == 2
+
+
+async def test_an_instance_id_too_long_for_the_subject_is_refused_at_start() -> None:
+    """``Runtime.start`` checks the limits up front: nothing is stored or published."""
+    from resumable import Runtime
+    from resumable.limits import LimitViolation
+
+    memory = InMemoryMemory()
+    async with Runtime([*make_handlers(), make_workflow(None)], memory=memory) as runtime:
+        with pytest.raises(LimitViolation, match=r"subject is .* over the limit of 2,048"):
+            long_id = secrets.token_hex(1500)  # incompressible: a long subject
+            await runtime.start(orders, PlaceOrder("o-1", 10), id=long_id)
+        assert await memory.keys() == []
