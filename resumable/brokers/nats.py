@@ -48,6 +48,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from resumable.brokers.base import Broker, DeadLetter, Delivery
 from resumable.brokers.poison import (
+    MAX_REASON_CHARS,
     DeadLetterNotFound,
     Undecodable,
     UndecodableDeadLetter,
@@ -591,34 +592,32 @@ class NatsBroker(Broker):
     async def _publish_dead(
         self, topic: str, payload: bytes, reason: str, attempts: int, msg_id: str
     ) -> None:
-        """Publish a dead letter; a payload too large to travel with its headers keeps its
-        first 64 KB (header ``Resumable-Original-Size`` says how large it was)."""
+        """Publish a dead letter. A payload too large to travel with its headers (the
+        server's ``max_payload`` counts both) keeps its first 64 KB at most, and the reason
+        says so (header ``Resumable-Original-Size`` holds the size it had)."""
         js = await self._jetstream()
         headers = {
             _TOPIC: topic,
-            _REASON: json.dumps(bound(reason)),  # ASCII on one line: a header cannot break
+            _REASON: "",
             _ATTEMPTS: str(attempts),
             _MSG_ID: msg_id,
         }
+        room = int(getattr(self._nc, "max_payload", 0) or 1024 * 1024)
+        room -= _header_size(headers) + 6 * MAX_REASON_CHARS + 256  # the reason, escaped
+        if len(payload) > room:
+            kept = max(0, min(_KEPT_OF_TOO_LARGE, room))
+            reason = (
+                f"{bound(reason, MAX_REASON_CHARS - 80)} (the first {kept:,} of its "
+                f"{len(payload):,} bytes are kept)"
+            )
+            headers[_CUT] = str(len(payload))
+            payload = payload[:kept]
+        headers[_REASON] = json.dumps(bound(reason))  # ASCII on one line: cannot break
         subject = self.dead_subject(topic)
         try:
-            try:
-                await js.publish(
-                    subject,
-                    payload,
-                    timeout=self.request_timeout,
-                    stream=self.stream,
-                    headers=headers,
-                )
-            except nats.errors.MaxPayloadError:
-                headers[_CUT] = str(len(payload))
-                await js.publish(
-                    subject,
-                    payload[:_KEPT_OF_TOO_LARGE],
-                    timeout=self.request_timeout,
-                    stream=self.stream,
-                    headers=headers,
-                )
+            await js.publish(
+                subject, payload, timeout=self.request_timeout, stream=self.stream, headers=headers
+            )
         except TimeoutError:
             raise TimeoutError(
                 f"JetStream did not acknowledge a dead letter on {subject!r} "
@@ -648,7 +647,7 @@ class NatsBroker(Broker):
                 int(msg.metadata.num_delivered),
                 f"dead:{self.stream}:{sequence}",
             )
-        except (nats.js.errors.BadRequestError, nats.errors.MaxPayloadError) as error:
+        except nats.js.errors.BadRequestError as error:  # the stream refuses it
             dropped(topic, f"{what} {sequence}", error)
         await msg.term()
 
@@ -656,6 +655,11 @@ class NatsBroker(Broker):
         """Wait until the server has read everything sent (fire-and-forget acks)."""
         if self._nc is not None:
             await self._nc.flush(timeout=max(1, int(self.request_timeout)))
+
+
+def _header_size(headers: dict[str, str]) -> int:
+    """The bytes a header block takes on the wire (``NATS/1.0``, ``key: value`` lines)."""
+    return 12 + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items())
 
 
 def _decode_reason(value: str | None) -> str:

@@ -324,3 +324,61 @@ def test_consumer_names_are_valid_and_distinct_per_topic() -> None:
     assert a != b
     for name in (a, b, consumer_name("workers", "com.x/y:z.c")):
         assert not set(name) & set(">*. /\\\t\r\n")
+
+
+async def test_a_message_too_large_to_dead_letter_whole_keeps_its_first_64_kb(
+    make: Make,
+) -> None:
+    """The server's max_payload counts the dead letter's headers too: a message that
+    filled it is kept cut, saying so, rather than failing to be dead-lettered for ever."""
+    broker = make()
+    await broker.publish(make_event(0, to="com.test.other"))  # connects: max_payload known
+    size = broker._nc.max_payload - 100
+    await inject_raw(broker, ALPHA, b"x" * size)
+    await broker.publish(make_event(1))
+    (good,) = await receive_all(broker, ALPHA, 1)
+    await good.ack()
+    (letter,) = await broker.dead_letters(ALPHA)
+    assert letter.event is None and letter.raw == b"x" * 65_536
+    assert f"(the first 65,536 of its {size:,} bytes are kept)" in letter.reason
+    assert letter.reason.startswith("undecodable: ")
+
+
+async def test_a_dead_letter_the_stream_refuses_is_dropped_and_counted(make: Make) -> None:
+    """Never delivered again for ever: dropped, with an error log and a counter."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    import resumable.metrics
+
+    broker = make()
+    raw = await _raw(broker)
+    try:  # a stream whose messages may be 2 KB: the dead letter's headers do not fit
+        await raw.jetstream().add_stream(
+            name=broker.stream,
+            subjects=[f"{broker.subject_prefix}.topic.>", f"{broker.subject_prefix}.dead.>"],
+            max_msg_size=2048,
+        )
+    finally:
+        await raw.close()
+    reader = InMemoryMetricReader()
+    resumable.metrics.use(MeterProvider(metric_readers=[reader]))
+    try:
+        await inject_raw(broker, ALPHA, b"g" * 1900)
+        await broker.publish(make_event(1))
+        (good,) = await receive_all(broker, ALPHA, 1)
+        await good.ack()
+        data = reader.get_metrics_data()
+    finally:
+        resumable.metrics.use(None)
+    assert await broker.dead_letters(ALPHA) == []
+    points = [
+        point
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == "resumable.broker.dropped"
+        for point in metric.data.data_points
+    ]
+    assert [(p.value, p.attributes["messaging.destination.name"]) for p in points] == [(1, ALPHA)]
+    assert await broker.receive(ALPHA, timeout=ACK_WAIT + 0.7) == []  # not again
