@@ -188,7 +188,10 @@ def _parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="what to log on stderr (default WARNING; the health line is shown regardless)",
     )
+    from resumable.deadletters import add_command as add_dead_letters_command
     from resumable.ui.command import add_command as add_ui_command
+
+    add_dead_letters_command(commands)
 
     add_ui_command(commands, _MEMORY_HELP)
     return parser
@@ -230,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("resumable worker: --timer-interval must be more than 0", file=sys.stderr)
             return 2
         return anyio.run(_worker, args)
+    if args.command == "dead-letters":
+        from resumable.deadletters import run as run_dead_letters
+
+        return run_dead_letters(args)
     if args.command == "ui":
         from resumable.ui.command import run as run_ui
 

@@ -42,6 +42,7 @@ from resumable.errors import (
 )
 from resumable.events import Event, EventError, now_iso
 from resumable.ids import lease_owner
+from resumable.limits import check_event
 from resumable.memory import InMemoryMemory, Memory, Stored
 from resumable.metrics import SOURCE, enabled, instruments
 from resumable.observe import (
@@ -223,6 +224,7 @@ class Resumable(Generic[S]):
                 uri=defn.uri,
                 kind=SpanKind.PRODUCER,
             ) as (span, headers):
+                check_event(event)  # before the subject is parsed or anything stored
                 try:
                     subject = parse_subject_shared(event.subject)
                 except SubjectError as error:
@@ -232,13 +234,11 @@ class Resumable(Generic[S]):
                         "contract.init_event(...) so the subject is made for you."
                     ) from None
                 if subject.name != defn.source:
-                    log.warning(
-                        "event %s is for orchestrator %s, not %s: ignored",
-                        event.id,
-                        subject.name,
-                        defn.source,
+                    raise ExecutionViolation(
+                        f"event {event.id} ({event.type}) came to workflow {defn.source} "
+                        f"but its subject names workflow {subject.name}: it was sent to the "
+                        "wrong topic; send it to that workflow's topic instead"
                     )
-                    return []
                 if subject.version not in defn.functions:
                     defn.function(subject.version, f"subject of event {event.id}")
                 typed = defn.validate(event, subject)

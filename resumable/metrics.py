@@ -106,6 +106,11 @@ class Instruments:
         self.dead_lettered: Counter = counter(
             "resumable.worker.dead_lettered", "{delivery}", "Deliveries dead-lettered"
         )
+        self.dropped: Counter = counter(
+            "resumable.broker.dropped",
+            "{message}",
+            "Messages that could not even be dead-lettered, dropped rather than redelivered",
+        )
         self.published: Counter = counter(
             "resumable.worker.published", "{event}", "Emitted events published to the broker"
         )

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import attrs
 import msgspec
@@ -30,6 +31,7 @@ from resumable import (
     gather,
 )
 from resumable.brokers import LocalBroker
+from resumable.limits import MAX_ID_BYTES, MAX_SUBJECT_BYTES, LimitViolation
 from resumable.memory import InMemoryMemory, Memory, SQLiteMemory
 from resumable.subject import parse_subject
 
@@ -299,6 +301,31 @@ async def test_bad_subject_is_an_execution_violation(memory: Memory) -> None:
     assert await snapshot(memory) == before
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("id", "x" * (MAX_ID_BYTES + 1), "over the limit of 512 bytes"),
+        ("id", "ä" * (MAX_ID_BYTES // 2 + 1), "over the limit of 512 bytes"),  # bytes
+        ("id", "evt\x00nul", "NUL or another control character"),
+        ("id", "evt\nline", "NUL or another control character"),
+        ("subject", "s" * (MAX_SUBJECT_BYTES + 1), "over the limit of 2,048 bytes"),
+    ],
+)
+async def test_an_event_over_the_limits_is_refused_before_any_write(
+    memory: Memory, field: str, value: str, problem: str
+) -> None:
+    workflow, init, _ = await _started(memory)
+    before = await snapshot(memory)
+    fields: dict[str, Any] = {"id": "fresh-id"} | {field: value}
+    bad = msgspec.structs.replace(init, **fields)
+    with pytest.raises(LimitViolation, match=problem) as caught:
+        await workflow.execute(bad)
+    assert caught.value.field == field
+    assert isinstance(caught.value, ExecutionViolation)  # permanent: dead-lettered at once
+    assert len(str(caught.value)) < 1000  # the message quotes the value, shortened
+    assert await snapshot(memory) == before
+
+
 async def test_unknown_type_is_a_config_violation(memory: Memory) -> None:
     workflow, init, request = await _started(memory)
     before = await snapshot(memory)
@@ -397,7 +424,8 @@ async def test_invalid_outgoing_payload_is_a_violation_and_nothing_is_kept() -> 
     assert await memory.keys() == []
 
 
-async def test_event_for_another_orchestrator_is_ignored() -> None:
+async def test_event_for_another_orchestrator_is_a_violation_naming_both() -> None:
+    """Not acked and dropped: an execution violation, which a worker dead-letters."""
     other = OrchestratorContract(
         uri="#/orchestrators/other",
         name="other.flow",
@@ -406,7 +434,9 @@ async def test_event_for_another_orchestrator_is_ignored() -> None:
     workflow = order_workflow(InMemoryMemory())
     event = other.init_event(PlaceOrder("o", 1), source="com.shop.web")
     event = msgspec.structs.replace(event, type=orders.type)
-    assert await workflow.execute(event) == []
+    with pytest.raises(ExecutionViolation, match=r"subject names workflow arvo\.orc\.other\.flow"):
+        await workflow.execute(event)
+    assert await workflow.memory.read(event.subject) is None
 
 
 # ------------------------------------------------------------------------------------------

@@ -26,16 +26,19 @@ from resumable.brokers.base import (
     ErrorCallback,
     Handler,
 )
+from resumable.brokers.poison import DeadLetterNotFound, UndecodableDeadLetter
 from resumable.errors import SetupError
 
 __all__ = [
     "Broker",
     "DeadLetter",
+    "DeadLetterNotFound",
     "Delivery",
     "DomainCallback",
     "ErrorCallback",
     "Handler",
     "LocalBroker",
+    "UndecodableDeadLetter",
     "from_url",
 ]
 

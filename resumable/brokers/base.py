@@ -60,12 +60,21 @@ class Delivery(abc.ABC):
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
-    """An event set aside by ``Delivery.dead_letter``."""
+    """A message set aside on a topic's dead-letter queue: an event dead-lettered by
+    ``Delivery.dead_letter``, or a message the broker could not decode.
 
-    event: Event
+    ``event`` is None for a message that is not an event (``raw`` holds its bytes, the
+    reason says what was wrong); such a dead letter cannot be replayed. ``reason`` is at
+    most 1,024 characters (``resumable.brokers.poison.bound``). ``id`` names it for
+    ``Broker.replay_dead_letter`` (a stream sequence, an entry id, a counter)."""
+
+    event: Event | None
     topic: str
     reason: str
     attempts: int
+    raw: bytes = b""
+    """The message's bytes as the broker held them (an event's JSON, or the garbage)."""
+    id: str = ""
 
 
 class Broker(abc.ABC):
@@ -89,6 +98,16 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def dead_letters(self, topic: str) -> list[DeadLetter]:
         """What was dead-lettered from ``topic``, oldest first."""
+
+    async def replay_dead_letter(self, topic: str, dead_letter_id: str) -> Event:
+        """Publish dead letter ``dead_letter_id`` of ``topic`` to ``topic`` again, delivered
+        at once, and remove it from the dead letters; returns its event.
+
+        The event keeps its id (it was never journaled, so its workflow applies it), but
+        the copy gets a broker-level id of its own, so the duplicate window does not drop
+        it. Raises ``DeadLetterNotFound`` if there is no such dead letter (replayed
+        already?), ``UndecodableDeadLetter`` if it is not an event."""
+        raise NotImplementedError(f"{type(self).__name__} cannot replay dead letters")
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Stop delivering and release resources."""

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
+import msgspec
 
 from resumable.brokers.base import (
     Broker,
@@ -41,9 +42,17 @@ from resumable.brokers.base import (
     ErrorCallback,
     Handler,
 )
+from resumable.brokers.poison import (
+    DeadLetterNotFound,
+    Undecodable,
+    UndecodableDeadLetter,
+    bound,
+    decode,
+)
 from resumable.clock import VirtualClock, to_epoch
 from resumable.errors import SetupError
-from resumable.events import Event
+from resumable.events import Event, to_json
+from resumable.limits import check_event
 from resumable.subject import SubjectError, parse_subject
 
 if TYPE_CHECKING:
@@ -90,13 +99,15 @@ class _Collector:
 
 class _Message:
     """One event on a topic's queue. ``generation`` changes on every change of state, so
-    timers and deliveries made before it can tell they are stale."""
+    timers and deliveries made before it can tell they are stale. A message put on the
+    queue as bytes (``publish_raw``) has ``raw`` and no ``event`` until it is decoded."""
 
-    __slots__ = ("attempts", "done", "event", "generation", "seq")
+    __slots__ = ("attempts", "done", "event", "generation", "raw", "seq")
 
-    def __init__(self, seq: int, event: Event) -> None:
+    def __init__(self, seq: int, event: Event | None, raw: bytes | None = None) -> None:
         self.seq = seq
         self.event = event
+        self.raw = raw
         self.attempts = 0
         self.generation = 0
         self.done = False
@@ -150,6 +161,7 @@ class LocalDelivery(Delivery):
     def __init__(
         self, broker: LocalBroker, queue: _TopicQueue, message: _Message, topic: str
     ) -> None:
+        assert message.event is not None, "a raw message is decoded before it is delivered"
         self.event = message.event
         self.topic = topic
         self.attempt = message.attempts
@@ -198,7 +210,13 @@ class LocalDelivery(Delivery):
             return
         self._finish()
         self._queue.dead.append(
-            DeadLetter(self.event, self.topic, reason, attempts=self._message.attempts)
+            DeadLetter(
+                self.event,
+                self.topic,
+                bound(reason),
+                attempts=self._message.attempts,
+                id=self._broker._next_dead_id(),
+            )
         )
 
     def _finish(self) -> None:
@@ -257,6 +275,7 @@ class LocalBroker(Broker):
         self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()  # id -> queued at
         self._topics: dict[str, _TopicQueue] = {}
         self._seq = 0
+        self._dead_seq = 0
         self._unsettled = 0
         self._closed = False
         self._subscribers: dict[str, Handler] = {}
@@ -304,13 +323,19 @@ class LocalBroker(Broker):
     async def publish(self, event: Event) -> None:
         """Queue ``event`` on its topic. An event to a hosted topic is delivered in process,
         with everything that follows from it, before this returns (unless a delivery is
-        already running in this broker, which then delivers it)."""
+        already running in this broker, which then delivers it). An event over the limits
+        of ``resumable.limits`` is refused with ``LimitViolation``."""
         if not event.to:
             raise ValueError(f"event {event.id} has no 'to' topic; it cannot be routed")
+        check_event(event)
+        await self._publish(event, event.to, event.id)
+
+    async def _publish(self, event: Event, topic: str, key: str) -> None:
+        """Queue ``event`` on ``topic``; ``key`` is what the duplicate window knows it by."""
         if self.record:
             self.events.append(event)
-        if event.to not in self._subscribers:
-            self._enqueue(event.to, event)
+        if topic not in self._subscribers:
+            self._enqueue(topic, event, key)
             return
         self._seq += 1
         self._unsettled += 1
@@ -355,26 +380,27 @@ class LocalBroker(Broker):
                     await anyio.sleep(max(min(t[0] for t in live) - now, 0.0))
                     continue
                 _, message = heapq.heappop(inbox.ready)
-                if message.done:
+                event = message.event
+                if message.done or event is None:
                     continue
-                topic = message.event.to or ""
+                topic = event.to or ""
                 handler = self._subscribers.get(topic)
                 if handler is None:  # unsubscribed since: it waits on the transport queue
                     message.done = True
                     self._unsettled -= 1
-                    self._enqueue(topic, message.event)
+                    self._enqueue(topic, event)
                     continue
                 message.attempts += 1
                 message.generation += 1
                 delivery = LocalDelivery(self, inbox, message, topic)
                 await worker.handle(_Catching(self, topic, handler), delivery)
                 if delivery._settled != "nacked":
-                    error = self._failure.pop(message.event.id, None)
+                    error = self._failure.pop(event.id, None)
                     if delivery._settled == "dead-lettered":
                         del inbox.dead[:-_KEPT_ERRORS]
                         if error is None:  # it emitted an event that cannot be routed
                             error = ValueError(inbox.dead[-1].reason)
-                        await self._error(error, message.event)
+                        await self._error(error, event)
                 delivered += 1
                 if delivered % 64 == 0:  # handlers may never suspend (in-memory): stay fair
                     await anyio.lowlevel.checkpoint()
@@ -549,9 +575,9 @@ class LocalBroker(Broker):
             queue = self._topics[topic] = _TopicQueue(self.clock)
         return queue
 
-    def _enqueue(self, topic: str, event: Event) -> None:
+    def _enqueue(self, topic: str, event: Event, key: str | None = None) -> None:
         now = self.clock()
-        if self._is_duplicate(topic, event.id, now):
+        if self._is_duplicate(topic, key or event.id, now):
             log.debug("event %s is already queued on %r: the copy is dropped", event.id, topic)
             return
         self._seq += 1
@@ -559,6 +585,31 @@ class LocalBroker(Broker):
         queue = self._queue_of(topic)
         queue.make_ready(_Message(self._seq, event))
         queue.notify()
+
+    def publish_raw(self, topic: str, raw: bytes) -> None:
+        """Put ``raw`` bytes on ``topic``'s queue as they are, to be decoded on receive.
+        For tests: the undecodable messages a foreign producer can write onto a NATS or
+        Redis stream. An app publishes events with ``publish``."""
+        self._seq += 1
+        self._unsettled += 1
+        queue = self._queue_of(topic)
+        queue.make_ready(_Message(self._seq, None, raw))
+        queue.notify()
+
+    def _next_dead_id(self) -> str:
+        self._dead_seq += 1
+        return str(self._dead_seq)
+
+    def _set_aside(self, queue: _TopicQueue, topic: str, message: _Message, reason: str) -> None:
+        """Dead-letter a message that cannot be decoded, by itself, at once."""
+        log.error("a message on %r is not an event (%s); dead-lettered", topic, reason)
+        message.done = True
+        message.generation += 1
+        self._unsettled -= 1
+        dead = DeadLetter(
+            None, topic, reason, message.attempts, raw=message.raw or b"", id=self._next_dead_id()
+        )
+        queue.dead.append(dead)
 
     def _is_duplicate(self, topic: str, event_id: str, now: float) -> bool:
         """True if ``event_id`` was queued on ``topic`` within the duplicate window; else
@@ -585,6 +636,12 @@ class LocalBroker(Broker):
             if message.done:  # acked late by a delivery that had timed out
                 continue
             message.attempts += 1
+            if message.event is None:  # bytes: decoded here, as NATS and Redis do
+                try:
+                    message.event = decode(message.raw)
+                except Undecodable as error:
+                    self._set_aside(queue, topic, message, str(error))
+                    continue
             message.generation += 1
             queue.schedule(now + self.ack_wait, message)
             taken.append(LocalDelivery(self, queue, message, topic))
@@ -618,10 +675,36 @@ class LocalBroker(Broker):
         return taken
 
     async def dead_letters(self, topic: str) -> list[DeadLetter]:
-        """What was dead-lettered from ``topic``, oldest first."""
+        """What was dead-lettered from ``topic``, oldest first: events, and messages that
+        were not events (``event`` None)."""
         queue = self._topics.get(topic)
         hosted = [d for d in self._inbox.dead if d.topic == topic]
-        return hosted + ([] if queue is None else list(queue.dead))
+        letters = hosted + ([] if queue is None else list(queue.dead))
+        return [
+            msgspec.structs.replace(d, raw=to_json(d.event)) if d.event is not None else d
+            for d in letters
+        ]
+
+    async def replay_dead_letter(self, topic: str, dead_letter_id: str) -> Event:
+        """Queue dead letter ``dead_letter_id`` of ``topic`` again, past the duplicate
+        window, and remove it from the dead letters."""
+        queue = self._topics.get(topic)
+        for dead in ([] if queue is None else queue.dead), self._inbox.dead:
+            for index, letter in enumerate(dead):
+                if letter.topic != topic or letter.id != dead_letter_id:
+                    continue
+                if letter.event is None:
+                    raise UndecodableDeadLetter(
+                        f"dead letter {dead_letter_id} of {topic!r} is not an event "
+                        f"({letter.reason}); it cannot be replayed, only inspected"
+                    )
+                del dead[index]
+                await self._publish(letter.event, topic, f"replay:{dead_letter_id}")
+                return letter.event
+        raise DeadLetterNotFound(
+            f"topic {topic!r} has no dead letter {dead_letter_id!r} (replayed already?); "
+            "list them with dead_letters(topic)"
+        )
 
     async def close(self) -> None:
         """Stop delivering from the transport queues: waiting ``receive`` calls return."""

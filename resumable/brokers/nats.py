@@ -47,8 +47,19 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from resumable.brokers.base import Broker, DeadLetter, Delivery
+from resumable.brokers.poison import (
+    MAX_REASON_CHARS,
+    DeadLetterNotFound,
+    Undecodable,
+    UndecodableDeadLetter,
+    bound,
+    decode,
+    dropped,
+    encode,
+)
 from resumable.errors import SetupError
-from resumable.events import Event, EventError, from_json, to_json
+from resumable.events import Event
+from resumable.limits import check_event
 from resumable.uri import redact_url as _redact
 
 __all__ = ["NatsBroker"]
@@ -58,6 +69,9 @@ log = logging.getLogger("resumable.broker.nats")
 _REASON: Final = "Resumable-Reason"
 _ATTEMPTS: Final = "Resumable-Attempts"
 _TOPIC: Final = "Resumable-Topic"
+_CUT: Final = "Resumable-Original-Size"
+_KEPT_OF_TOO_LARGE: Final = 64 * 1024
+"""How many bytes of a message too large to dead-letter whole are kept in its dead letter."""
 _MSG_ID: Final = "Nats-Msg-Id"
 _NAME: Final = re.compile(r"^[A-Za-z0-9_-]+\Z")
 # A subject token: printable ASCII except the separator '.' and the wildcards '*' and '>'.
@@ -115,7 +129,7 @@ class _NatsDelivery(Delivery):
     """One JetStream message of one topic, settled through its reply subject."""
 
     def __init__(self, broker: NatsBroker, msg: Any, event: Event, topic: str) -> None:
-        self.event = event
+        self.event: Event = event
         self.topic = topic
         self.attempt = int(msg.metadata.num_delivered)
         self._broker = broker
@@ -159,17 +173,11 @@ class _NatsDelivery(Delivery):
         """Publish the event to the topic's dead-letter subject, then terminate the message.
 
         In that order: a crash in between redelivers the message and the dead letter is
-        written again, which the duplicate window drops.
+        written again, which the duplicate window drops (its id is the message's stream
+        sequence). The reason is cut to 1,024 characters, so its header stays small.
         """
         with self._settling("dead_letter"):
-            await self._broker._publish_dead(
-                self.topic,
-                to_json(self.event),
-                reason,
-                self.attempt,
-                f"dead:{self.topic}:{self.event.id}",
-            )
-            await self._msg.term()
+            await self._broker._set_aside(self._msg, self.topic, reason, what="event")
             await self._broker._flush()
 
 
@@ -277,13 +285,13 @@ class NatsBroker(Broker):
         if not event.to:
             raise ValueError(f"event {event.id} has no 'to' topic; it cannot be routed")
         subject = self.subject(event.to)
-        if "\r" in event.id or "\n" in event.id:
-            raise ValueError(f"event id {event.id!r} holds a line break; NATS headers cannot")
+        check_event(event)  # no line break in the id: NATS headers cannot hold one
+        payload = encode(event)
         js = await self._jetstream()
         try:
             ack = await js.publish(
                 subject,
-                to_json(event),
+                payload,
                 timeout=self.request_timeout,
                 stream=self.stream,
                 headers={_MSG_ID: event.id},
@@ -318,17 +326,22 @@ class NatsBroker(Broker):
             finally:
                 self._waiting.discard(scope)
         deliveries: list[Delivery] = []
-        for msg in msgs:
+        for msg in msgs:  # a message that is not an event is set aside alone
             try:
-                event = from_json(msg.data)
-            except EventError as error:
-                await self._set_aside(msg, topic, error)
+                event = decode(msg.data)
+            except Undecodable as error:
+                try:
+                    await self._set_aside(msg, topic, str(error), what="message")
+                except Exception as failure:  # it comes back after ack_wait: try again then
+                    log.warning("could not dead-letter a message on %r: %s", topic, failure)
                 continue
             deliveries.append(_NatsDelivery(self, msg, event, topic))
         return deliveries
 
     async def dead_letters(self, topic: str) -> list[DeadLetter]:
-        """Read ``topic``'s dead-letter subject from the start of the stream, oldest first."""
+        """Read ``topic``'s dead-letter subject from the start of the stream, oldest first:
+        events, and messages that were not events (``event`` None, ``raw`` their bytes).
+        A dead letter's id is its stream sequence."""
         subject = self.dead_subject(topic)
         js = await self._jetstream()
         letters: list[DeadLetter] = []
@@ -339,22 +352,57 @@ class NatsBroker(Broker):
             except nats.js.errors.NotFoundError:
                 return letters
             sequence = raw.seq + 1
-            headers = raw.headers or {}
-            try:
-                event = from_json(raw.data or b"")
-            except EventError as error:
-                log.warning(
-                    "dead letter %d on %r is not an event (%s); skipped", raw.seq, subject, error
-                )
-                continue
-            letters.append(
-                DeadLetter(
-                    event=event,
-                    topic=headers.get(_TOPIC, topic),
-                    reason=_decode_reason(headers.get(_REASON)),
-                    attempts=int(headers.get(_ATTEMPTS, "0")),
-                )
+            letters.append(self._letter(raw, topic))
+
+    def _letter(self, raw: Any, topic: str) -> DeadLetter:
+        headers = raw.headers or {}
+        data = raw.data or b""
+        event: Event | None = None
+        if _CUT not in headers:
+            with contextlib.suppress(Undecodable):
+                event = decode(data)
+        return DeadLetter(
+            event=event,
+            topic=headers.get(_TOPIC, topic),
+            reason=_decode_reason(headers.get(_REASON)),
+            attempts=int(headers.get(_ATTEMPTS, "0")),
+            raw=data,
+            id=str(raw.seq),
+        )
+
+    async def replay_dead_letter(self, topic: str, dead_letter_id: str) -> Event:
+        """Publish dead letter ``dead_letter_id`` (its stream sequence) to ``topic`` again
+        with a ``Nats-Msg-Id`` of its own, so the duplicate window lets it through, then
+        delete it from the stream. A crash in between leaves both: a second replay is then
+        a duplicate the workflow's journal drops."""
+        js = await self._jetstream()
+        missing = DeadLetterNotFound(
+            f"topic {topic!r} has no dead letter {dead_letter_id!r} on stream {self.stream!r} "
+            "(replayed already?); list them with dead_letters(topic)"
+        )
+        try:
+            sequence = int(dead_letter_id)
+            raw = await js.get_msg(self.stream, seq=sequence)
+        except (ValueError, nats.js.errors.NotFoundError):
+            raise missing from None
+        if raw.subject != self.dead_subject(topic):
+            raise missing
+        letter = self._letter(raw, topic)
+        if letter.event is None:
+            raise UndecodableDeadLetter(
+                f"dead letter {dead_letter_id} of {topic!r} is not an event ({letter.reason}); "
+                "it cannot be replayed, only inspected"
             )
+        await js.publish(
+            self.subject(topic),
+            letter.raw,
+            timeout=self.request_timeout,
+            stream=self.stream,
+            headers={_MSG_ID: f"replay:{self.stream}:{sequence}"},
+        )
+        with contextlib.suppress(nats.js.errors.NotFoundError):  # replayed meanwhile
+            await js.delete_msg(self.stream, sequence)
+        return letter.event
 
     async def close(self) -> None:
         """Unsubscribe every consumer and drain the connection; unsettled deliveries are
@@ -544,52 +592,74 @@ class NatsBroker(Broker):
     async def _publish_dead(
         self, topic: str, payload: bytes, reason: str, attempts: int, msg_id: str
     ) -> None:
+        """Publish a dead letter. A payload too large to travel with its headers (the
+        server's ``max_payload`` counts both) keeps its first 64 KB at most, and the reason
+        says so (header ``Resumable-Original-Size`` holds the size it had)."""
         js = await self._jetstream()
         headers = {
             _TOPIC: topic,
-            _REASON: json.dumps(reason),  # ASCII on one line: a header value cannot break
+            _REASON: "",
             _ATTEMPTS: str(attempts),
-            _MSG_ID: msg_id.replace("\r", " ").replace("\n", " "),
+            _MSG_ID: msg_id,
         }
+        room = int(getattr(self._nc, "max_payload", 0) or 1024 * 1024)
+        room -= _header_size(headers) + 6 * MAX_REASON_CHARS + 256  # the reason, escaped
+        if len(payload) > room:
+            kept = max(0, min(_KEPT_OF_TOO_LARGE, room))
+            reason = (
+                f"{bound(reason, MAX_REASON_CHARS - 80)} (the first {kept:,} of its "
+                f"{len(payload):,} bytes are kept)"
+            )
+            headers[_CUT] = str(len(payload))
+            payload = payload[:kept]
+        headers[_REASON] = json.dumps(bound(reason))  # ASCII on one line: cannot break
+        subject = self.dead_subject(topic)
         try:
             await js.publish(
-                self.dead_subject(topic),
-                payload,
-                timeout=self.request_timeout,
-                stream=self.stream,
-                headers=headers,
+                subject, payload, timeout=self.request_timeout, stream=self.stream, headers=headers
             )
         except TimeoutError:
             raise TimeoutError(
-                f"JetStream did not acknowledge a dead letter on {self.dead_subject(topic)!r} "
+                f"JetStream did not acknowledge a dead letter on {subject!r} "
                 f"within {self.request_timeout}s; the message stays unsettled and is "
                 "delivered again after ack_wait"
             ) from None
 
-    async def _set_aside(self, msg: Any, topic: str, error: EventError) -> None:
-        """A message that is not an event cannot be handled: keep its bytes on the
-        dead-letter subject for inspection and stop delivering it."""
+    async def _set_aside(self, msg: Any, topic: str, reason: str, *, what: str) -> None:
+        """Keep ``msg``'s bytes on the topic's dead-letter subject with ``reason`` and stop
+        delivering it. If the server refuses the dead letter itself (not a timeout or a
+        lost connection: those are retried), the message is dropped, logged and counted
+        (``resumable.broker.dropped``), rather than delivered again for ever."""
         sequence = msg.metadata.sequence.stream
-        log.error(
-            "message %d on %r is not an event (%s); moved to %r",
-            sequence,
-            topic,
-            error,
-            self.dead_subject(topic),
-        )
-        await self._publish_dead(
-            topic,
-            msg.data,
-            f"not an event: {error}",
-            int(msg.metadata.num_delivered),
-            f"dead:{self.stream}:{sequence}",
-        )
+        if what == "message":
+            log.error(
+                "message %d on %r is not an event (%s); moved to %r",
+                sequence,
+                topic,
+                bound(reason, 300),
+                self.dead_subject(topic),
+            )
+        try:
+            await self._publish_dead(
+                topic,
+                msg.data,
+                reason,
+                int(msg.metadata.num_delivered),
+                f"dead:{self.stream}:{sequence}",
+            )
+        except nats.js.errors.BadRequestError as error:  # the stream refuses it
+            dropped(topic, f"{what} {sequence}", error)
         await msg.term()
 
     async def _flush(self) -> None:
         """Wait until the server has read everything sent (fire-and-forget acks)."""
         if self._nc is not None:
             await self._nc.flush(timeout=max(1, int(self.request_timeout)))
+
+
+def _header_size(headers: dict[str, str]) -> int:
+    """The bytes a header block takes on the wire (``NATS/1.0``, ``key: value`` lines)."""
+    return 12 + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items())
 
 
 def _decode_reason(value: str | None) -> str:

@@ -9,7 +9,9 @@ Keys, under ``prefix`` (``resumable`` by default):
 - ``{prefix}:delay:{topic}``: a sorted set of entry ids nacked with a delay, scored by the
   time (``clock``) they may be delivered again. The entry stays pending in the group
   meanwhile, so a crash loses nothing; ``receive`` claims the due ones with XCLAIM.
-- ``{prefix}:dead:{topic}``: a stream of dead letters (``event``, ``reason``, ``attempts``).
+- ``{prefix}:dead:{topic}``: a stream of dead letters (``event``: the entry's bytes as they
+  were, an event or not; ``reason``; ``attempts``). A dead letter's id is its entry id;
+  ``replay_dead_letter`` moves it back to the topic's stream in one script.
 - ``{prefix}:seen:{topic}:{event id}``: set by ``publish`` with a time to live of
   ``duplicate_window``; while it lives, a re-publish of that event is dropped (one script
   sets it and adds the entry), like JetStream's duplicate window.
@@ -26,6 +28,7 @@ or later (XAUTOCLAIM); the keys of a topic are not hash-tagged, so not Redis Clu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -48,8 +51,17 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
     ) from error
 
 from resumable.brokers.base import Broker, DeadLetter, Delivery
+from resumable.brokers.poison import (
+    DeadLetterNotFound,
+    Undecodable,
+    UndecodableDeadLetter,
+    bound,
+    decode,
+    encode,
+)
 from resumable.errors import SetupError
-from resumable.events import Event, EventError, from_json, to_json
+from resumable.events import Event
+from resumable.limits import check_event
 from resumable.uri import redact_url
 
 __all__ = ["RedisBroker", "RedisDelivery"]
@@ -134,6 +146,24 @@ return 1
 """
 
 
+# KEYS: stream, dead. ARGV: dead entry id.
+# Move a dead letter back onto its topic's stream as a new entry (not through the
+# duplicate window, which would drop it), in one step: replayed once, or not at all.
+_REPLAY = """
+local found = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
+if #found == 0 then return 0 end
+local fields = found[1][2]
+for i = 1, #fields, 2 do
+  if fields[i] == 'event' then
+    redis.call('XADD', KEYS[1], '*', 'event', fields[i + 1])
+    redis.call('XDEL', KEYS[2], ARGV[1])
+    return 1
+  end
+end
+return 0
+"""
+
+
 def default_consumer() -> str:
     """A consumer name unique to this process: ``hostname-pid-random``."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -141,6 +171,22 @@ def default_consumer() -> str:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _letter(topic: str, entry_id: str, fields: dict[bytes, bytes]) -> DeadLetter:
+    """The dead letter a dead-letter stream entry holds."""
+    raw = fields.get(b"event", b"")
+    event: Event | None = None
+    with contextlib.suppress(Undecodable):
+        event = decode(raw)
+    return DeadLetter(
+        event=event,
+        topic=topic,
+        reason=_text(fields.get(b"reason", b"")),
+        attempts=int(fields.get(b"attempts", b"0")),
+        raw=raw,
+        id=entry_id,
+    )
 
 
 def _stream_id(entry_id: str) -> tuple[int, int]:
@@ -219,7 +265,7 @@ class RedisDelivery(Delivery):
         broker, keys = self._broker, self._keys
         await broker._dead_letter(
             keys=[keys.stream, keys.delays, keys.dead],
-            args=[broker.group, self.entry_id, self._raw, reason, self.attempt],
+            args=[broker.group, self.entry_id, self._raw, bound(reason), self.attempt],
         )
 
 
@@ -269,6 +315,7 @@ class RedisBroker(Broker):
         self._claim_expired = self.client.register_script(_CLAIM_EXPIRED)
         self._nack = self.client.register_script(_NACK)
         self._dead_letter = self.client.register_script(_DEAD_LETTER)
+        self._replay = self.client.register_script(_REPLAY)
 
     @classmethod
     def from_url(cls, url: str) -> RedisBroker:
@@ -311,10 +358,12 @@ class RedisBroker(Broker):
         if not event.to:
             raise ValueError(f"event {event.id} has no 'to' topic; it cannot be routed")
         self._check_open()
+        check_event(event)
+        payload = encode(event)
         keys = _Keys(self.prefix, event.to)
         added = await self._publish(
             keys=[keys.stream, f"{keys.seen}:{event.id}"],
-            args=[to_json(event), int(self.duplicate_window * 1000)],
+            args=[payload, int(self.duplicate_window * 1000)],
         )
         if not added:
             log.debug("event %s was published already; the copy is dropped", event.id)
@@ -409,14 +458,18 @@ class RedisBroker(Broker):
         self, keys: _Keys, topic: str, entries: Sequence[tuple[str, bytes | None, int]]
     ) -> list[Delivery]:
         deliveries: list[Delivery] = []
-        for entry_id, raw, attempt in entries:
+        for entry_id, raw, attempt in entries:  # an entry that is no event is set aside alone
             try:
-                if raw is None:
-                    raise EventError("<event>", "the stream entry has no 'event' field")
-                event = from_json(raw)
-            except EventError as error:
-                await self._set_aside(keys, topic, entry_id, raw, attempt, error)
+                event = decode(raw)
+            except Undecodable as error:
+                try:
+                    await self._set_aside(keys, topic, entry_id, raw, attempt, str(error))
+                except Exception as failure:  # it is claimed again after ack_wait
+                    log.warning(
+                        "could not dead-letter entry %s on %s: %s", entry_id, topic, failure
+                    )
                 continue
+            assert raw is not None
             deliveries.append(RedisDelivery(self, keys, topic, entry_id, raw, event, attempt))
         return deliveries
 
@@ -427,31 +480,53 @@ class RedisBroker(Broker):
         entry_id: str,
         raw: bytes | None,
         attempt: int,
-        error: EventError,
+        reason: str,
     ) -> None:
         """An entry that is not an event can never be handled: dead-letter it at once."""
-        log.error("entry %s on %s is not a valid event (%s); dead-lettered", entry_id, topic, error)
+        log.error(
+            "entry %s on %s is not a valid event (%s); dead-lettered",
+            entry_id,
+            topic,
+            bound(reason, 300),
+        )
         await self._dead_letter(
             keys=[keys.stream, keys.delays, keys.dead],
-            args=[self.group, entry_id, raw or b"", f"undecodable: {error}", attempt],
+            args=[self.group, entry_id, raw or b"", reason, attempt],
         )
 
     async def dead_letters(self, topic: str) -> list[DeadLetter]:
-        """The dead-letter stream of ``topic``, oldest first (entries that were not valid
-        events are logged and left out)."""
+        """The dead-letter stream of ``topic``, oldest first: events, and entries that
+        were not events (``event`` None, ``raw`` their bytes). A dead letter's id is its
+        entry id in that stream."""
         self._check_open()
-        out: list[DeadLetter] = []
         entries: Any = await self.client.xrange(_Keys(self.prefix, topic).dead)
-        for entry_id, fields in entries:
-            try:
-                event = from_json(fields[b"event"])
-            except (EventError, KeyError) as error:
-                log.warning("dead letter %s on %s is not a valid event: %s", entry_id, topic, error)
-                continue
-            reason = _text(fields.get(b"reason", b""))
-            attempts = int(fields.get(b"attempts", b"0"))
-            out.append(DeadLetter(event=event, topic=topic, reason=reason, attempts=attempts))
-        return out
+        return [_letter(topic, _text(entry_id), fields) for entry_id, fields in entries]
+
+    async def replay_dead_letter(self, topic: str, dead_letter_id: str) -> Event:
+        """Move dead letter ``dead_letter_id`` (its entry id) back onto ``topic``'s stream,
+        as a new entry the duplicate window does not see, in one script."""
+        self._check_open()
+        keys = _Keys(self.prefix, topic)
+        missing = DeadLetterNotFound(
+            f"topic {topic!r} has no dead letter {dead_letter_id!r} under prefix "
+            f"{self.prefix!r} (replayed already?); list them with dead_letters(topic)"
+        )
+        try:
+            found: Any = await self.client.xrange(keys.dead, dead_letter_id, dead_letter_id)
+        except ResponseError:  # not an entry id at all
+            raise missing from None
+        if not found:
+            raise missing
+        letter = _letter(topic, dead_letter_id, found[0][1])
+        if letter.event is None:
+            raise UndecodableDeadLetter(
+                f"dead letter {dead_letter_id} of {topic!r} is not an event ({letter.reason}); "
+                "it cannot be replayed, only inspected"
+            )
+        await self._ensure_group(keys, topic)
+        if not await self._replay(keys=[keys.stream, keys.dead], args=[dead_letter_id]):
+            raise missing  # replayed by someone else meanwhile
+        return letter.event
 
     async def close(self) -> None:
         """Close the connections. Deliveries not settled come back to other consumers after

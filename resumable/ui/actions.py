@@ -115,14 +115,15 @@ class Actions:
         )
 
     async def republish(self, topic: str, event_id: str) -> str:
-        """Publish dead letter ``event_id`` of ``topic`` to its topic again."""
+        """Replay dead letter ``event_id`` of ``topic`` (its event id, or its dead-letter
+        id): delivered at once, and no longer a dead letter."""
         broker = self._broker("re-publish a dead letter")
         for letter in await broker.dead_letters(topic):
-            if letter.event.id == event_id:
-                await broker.publish(letter.event)
+            if letter.event is not None and event_id in (letter.event.id, letter.id):
+                event = await broker.replay_dead_letter(topic, letter.id)
                 return (
-                    f"Re-published event {event_id} ({letter.event.type}) to {letter.event.to}. "
-                    "A broker drops it if it saw the same id within its duplicate window."
+                    f"Re-published event {event.id} ({event.type}) to {topic}: it is "
+                    "delivered now, and no longer a dead letter."
                 )
         raise ActionError(f"topic {topic!r} has no dead letter with event id {event_id!r}")
 

@@ -183,7 +183,10 @@ def create_app(
         return site.render(
             request,
             template,
-            letters=[(letter, pretty(letter.event.data)) for letter in letters],
+            letters=[
+                (letter, pretty(letter.event.data) if letter.event else _raw(letter.raw))
+                for letter in letters
+            ],
             problem=problem,
             nonce=secrets.token_urlsafe(12),
         )
@@ -340,3 +343,9 @@ def _same_origin(request: Request) -> bool:
         return origin is None
     host = request.headers.get("host", "")
     return origin in (f"http://{host}", f"https://{host}")
+
+
+def _raw(raw: bytes) -> str:
+    """The start of an undecodable dead letter's bytes, for people."""
+    shown = raw[:2000].decode("utf-8", "backslashreplace")
+    return shown + (f"... ({len(raw):,} bytes in all)" if len(raw) > 2000 else "")

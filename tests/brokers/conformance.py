@@ -13,6 +13,9 @@ deleted::
             await broker.close()
             await delete_namespace(broker)
 
+Also override ``inject(broker, topic, raw)``: put ``raw`` bytes on ``topic`` as they are,
+as a foreign producer could (the poison checks use it).
+
 Where two broker objects can consume the same namespace (two processes sharing a
 consumer group), also override ``peer``: a second broker on ``broker``'s namespace, closed
 after the test. By default ``peer`` is ``broker`` itself, and the sharing checks use two
@@ -35,8 +38,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resumable.brokers import Broker, DeadLetter, Delivery
-from resumable.events import Event
+from resumable.brokers import (
+    Broker,
+    DeadLetter,
+    DeadLetterNotFound,
+    Delivery,
+    UndecodableDeadLetter,
+)
+from resumable.brokers.poison import MAX_REASON_CHARS
+from resumable.events import Event, from_json, to_json
+from resumable.limits import MAX_EVENT_BYTES, LimitViolation
 
 ACK_WAIT = 1.0
 """The ``ack_wait`` every ``broker`` fixture must use."""
@@ -73,6 +84,18 @@ async def receive_all(
     return got
 
 
+def poisons() -> dict[str, bytes]:
+    """Messages no broker can decode into an event, by what is wrong with them."""
+    good = to_json(make_event(99))
+    return {
+        "nested 100,000 deep": b"[" * 100_000 + b"]" * 100_000,
+        "invalid UTF-8 in a string": good.replace(b'"s-99"', b'"s-\xff\xfe"'),
+        "garbage": b"\x00\x9f\x92\x96garbage\xff",
+        "JSON, not a CloudEvent": b'{"hello": "world"}',
+        "oversized": b'{"data": "' + b"x" * MAX_EVENT_BYTES + b'"}',
+    }
+
+
 async def ack_all(deliveries: Iterable[Delivery]) -> None:
     for delivery in deliveries:
         await delivery.ack()
@@ -86,6 +109,10 @@ class BrokerConformance:
     @pytest.fixture
     def broker(self) -> Broker:
         pytest.fail("subclass BrokerConformance and override the `broker` fixture")
+
+    async def inject(self, broker: Broker, topic: str, raw: bytes) -> None:
+        """Put ``raw`` on ``topic`` as it is (override in each broker's test module)."""
+        pytest.fail("override inject() to put raw bytes on a topic of this broker")
 
     @pytest.fixture
     def peer(self, broker: Broker) -> Broker:
@@ -238,9 +265,16 @@ class BrokerConformance:
         await first.nack()
         (second,) = await broker.receive(ALPHA, timeout=5.0)
         await second.dead_letter("payload is not an order")
-        assert await broker.dead_letters(ALPHA) == [
-            DeadLetter(event=event, topic=ALPHA, reason="payload is not an order", attempts=2)
-        ]
+        (letter,) = await broker.dead_letters(ALPHA)
+        assert isinstance(letter, DeadLetter)
+        assert (letter.event, letter.topic, letter.reason, letter.attempts) == (
+            event,
+            ALPHA,
+            "payload is not an order",
+            2,
+        )
+        assert from_json(letter.raw) == event  # the bytes, for every kind of dead letter
+        assert letter.id  # what to replay it by
         assert await broker.dead_letters(BETA) == []
         assert await broker.receive(ALPHA, timeout=ACK_WAIT + 0.7) == []
         await ack_all(await receive_all(broker, BETA, 1))
@@ -251,7 +285,7 @@ class BrokerConformance:
         for delivery in await receive_all(broker, ALPHA, 3):
             await delivery.dead_letter(f"reason {delivery.event.data['n']}")
         dead = await broker.dead_letters(ALPHA)
-        assert [(d.event.data["n"], d.reason, d.attempts) for d in dead] == [
+        assert [(d.event and d.event.data["n"], d.reason, d.attempts) for d in dead] == [
             (0, "reason 0", 1),
             (1, "reason 1", 1),
             (2, "reason 2", 1),
@@ -275,6 +309,84 @@ class BrokerConformance:
             await delivery.dead_letter("again")
         if first == "nack":
             await ack_all(await receive_all(broker, ALPHA, 1))
+
+    # Poison messages and dead letters, an operator's tool.
+
+    async def test_undecodable_messages_are_dead_lettered_alone(self, broker: Broker) -> None:
+        """Whatever the decoding error, the message goes to the dead letters by itself and
+        the good messages fetched in the same batch are delivered, in order."""
+        bad = poisons()
+        await broker.publish(make_event(0))
+        for n, raw in enumerate(bad.values(), start=1):
+            await self.inject(broker, ALPHA, raw)
+            await broker.publish(make_event(n))
+        got = await receive_all(broker, ALPHA, len(bad) + 1)
+        assert numbers(got) == list(range(len(bad) + 1))
+        await ack_all(got)
+        letters = await broker.dead_letters(ALPHA)
+        assert [letter.raw for letter in letters] == list(bad.values())
+        for letter in letters:
+            assert letter.event is None and letter.topic == ALPHA
+            assert letter.reason.startswith("undecodable: ")
+            assert len(letter.reason) <= MAX_REASON_CHARS
+            assert letter.attempts >= 1
+        assert "RecursionError" in letters[0].reason
+        assert "over the limit" in letters[-1].reason
+        assert len({letter.id for letter in letters}) == len(bad)
+        assert await broker.receive(ALPHA, timeout=ACK_WAIT + 0.7) == []  # none comes back
+
+    async def test_dead_letter_reasons_are_bounded(self, broker: Broker) -> None:
+        """A reason quoting a huge value is cut, with a marker, so storing it cannot fail
+        (a NATS header, say)."""
+        huge = make_event(1, subject="s" * 64 * 1024)  # over the limit: injected
+        await self.inject(broker, ALPHA, to_json(huge))
+        (delivery,) = await receive_all(broker, ALPHA, 1)
+        await delivery.dead_letter(f"subject {huge.subject} is too long")
+        (letter,) = await broker.dead_letters(ALPHA)
+        assert letter.event == huge
+        assert len(letter.reason) <= MAX_REASON_CHARS
+        assert letter.reason.startswith("subject sss")
+        assert letter.reason.endswith("more characters cut]")
+
+    async def test_a_replayed_dead_letter_is_delivered_at_once(self, broker: Broker) -> None:
+        """Within the duplicate window, yet delivered: the copy has a broker-level id of
+        its own; the event keeps its id. It leaves the dead letters."""
+        event = make_event(1)
+        await broker.publish(event)
+        await broker.publish(make_event(2))
+        first, second = await receive_all(broker, ALPHA, 2)
+        await first.dead_letter("the database was down")
+        await second.dead_letter("kept")
+        letter, kept = await broker.dead_letters(ALPHA)
+        assert await broker.replay_dead_letter(ALPHA, letter.id) == event
+        (again,) = await receive_all(broker, ALPHA, 1)
+        assert again.event == event and again.attempt == 1
+        await again.ack()
+        assert [d.id for d in await broker.dead_letters(ALPHA)] == [kept.id]
+        with pytest.raises(DeadLetterNotFound, match="no dead letter"):
+            await broker.replay_dead_letter(ALPHA, letter.id)
+        with pytest.raises(DeadLetterNotFound, match="no dead letter"):
+            await broker.replay_dead_letter(BETA, kept.id)  # another topic's
+        assert await broker.receive(ALPHA, timeout=0.3) == []
+
+    async def test_an_undecodable_dead_letter_cannot_be_replayed(self, broker: Broker) -> None:
+        await self.inject(broker, ALPHA, b"garbage")
+        assert await broker.receive(ALPHA, timeout=0.5) == []
+        (letter,) = await broker.dead_letters(ALPHA)
+        with pytest.raises(UndecodableDeadLetter, match="cannot be replayed"):
+            await broker.replay_dead_letter(ALPHA, letter.id)
+        assert await broker.dead_letters(ALPHA) == [letter]  # still there, to inspect
+
+    @pytest.mark.parametrize(
+        ("fields", "problem"),
+        [({"id": "x" * 513}, "over the limit"), ({"id": "a\nb"}, "control character")],
+    )
+    async def test_an_event_over_the_limits_is_not_published(
+        self, broker: Broker, fields: dict[str, Any], problem: str
+    ) -> None:
+        with pytest.raises(LimitViolation, match=problem):
+            await broker.publish(make_event(1, **fields))
+        assert await broker.receive(ALPHA, timeout=0.3) == []
 
     # Consumers share a topic's queue.
 

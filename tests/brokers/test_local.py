@@ -36,6 +36,10 @@ class TestLocalBroker(BrokerConformance):
         yield broker
         await broker.close()
 
+    async def inject(self, broker: Broker, topic: str, raw: bytes) -> None:
+        assert isinstance(broker, LocalBroker)
+        broker.publish_raw(topic, raw)
+
 
 async def test_ack_wait_and_nack_delay_follow_the_clock() -> None:
     clock = FakeClock()

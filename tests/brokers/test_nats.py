@@ -58,11 +58,25 @@ class TestNatsBroker(BrokerConformance):
     async def broker(self, make: Make) -> Broker:
         return make()
 
+    async def inject(self, broker: Broker, topic: str, raw: bytes) -> None:
+        assert isinstance(broker, NatsBroker)
+        await inject_raw(broker, topic, raw)
+
     @pytest.fixture
     async def peer(self, make: Make) -> Broker:
         """Another broker object (another connection) on the same stream and durable name:
         two processes sharing one consumer group."""
         return make()
+
+
+async def inject_raw(broker: NatsBroker, topic: str, raw: bytes) -> None:
+    """Publish ``raw`` bytes straight onto ``topic``'s subject, as a foreign producer."""
+    await broker._jetstream()  # the stream exists
+    nc = await _raw(broker)
+    try:
+        await nc.jetstream().publish(broker.subject(topic), raw, stream=broker.stream)
+    finally:
+        await nc.close()
 
 
 async def _raw(broker: NatsBroker) -> Any:
@@ -178,11 +192,11 @@ async def test_a_dead_letter_reason_keeps_line_breaks_and_unicode(make: Make) ->
     event = make_event(1)
     await broker.publish(event)
     (delivery,) = await broker.receive(ALPHA, timeout=5.0)
-    reason = 'Traceback:\r\n  ValueError: "bad" — ünï\n' + "x" * 2000
+    reason = 'Traceback:\r\n  ValueError: "bad" — ünï\n' + "x" * 900
     await delivery.dead_letter(reason)
-    assert await broker.dead_letters(ALPHA) == [
-        DeadLetter(event=event, topic=ALPHA, reason=reason, attempts=1)
-    ]
+    (letter,) = await broker.dead_letters(ALPHA)
+    assert isinstance(letter, DeadLetter)
+    assert (letter.event, letter.reason, letter.attempts) == (event, reason, 1)
 
 
 async def test_a_payload_that_is_not_an_event_is_set_aside(make: Make) -> None:
@@ -198,14 +212,15 @@ async def test_a_payload_that_is_not_an_event_is_set_aside(make: Make) -> None:
     assert numbers(got) == [1]  # the bad message neither blocks the queue nor is delivered
     await got[0].ack()
     assert await broker.receive(ALPHA, timeout=ACK_WAIT + 0.7) == []
-    assert await broker.dead_letters(ALPHA) == []  # kept on the dead subject, not an event
+    (letter,) = await broker.dead_letters(ALPHA)  # listed too, with its bytes
+    assert (letter.event, letter.raw) == (None, b"{not json")
     raw = await _raw(broker)
     try:
         kept = await raw.jetstream().get_last_msg(broker.stream, broker.dead_subject(ALPHA))
     finally:
         await raw.close()
     assert kept.data == b"{not json"
-    assert "not an event" in kept.headers["Resumable-Reason"]
+    assert "undecodable" in kept.headers["Resumable-Reason"]
 
 
 async def test_the_stream_is_created_once_with_file_storage(make: Make) -> None:
@@ -309,3 +324,61 @@ def test_consumer_names_are_valid_and_distinct_per_topic() -> None:
     assert a != b
     for name in (a, b, consumer_name("workers", "com.x/y:z.c")):
         assert not set(name) & set(">*. /\\\t\r\n")
+
+
+async def test_a_message_too_large_to_dead_letter_whole_keeps_its_first_64_kb(
+    make: Make,
+) -> None:
+    """The server's max_payload counts the dead letter's headers too: a message that
+    filled it is kept cut, saying so, rather than failing to be dead-lettered for ever."""
+    broker = make()
+    await broker.publish(make_event(0, to="com.test.other"))  # connects: max_payload known
+    size = broker._nc.max_payload - 100
+    await inject_raw(broker, ALPHA, b"x" * size)
+    await broker.publish(make_event(1))
+    (good,) = await receive_all(broker, ALPHA, 1)
+    await good.ack()
+    (letter,) = await broker.dead_letters(ALPHA)
+    assert letter.event is None and letter.raw == b"x" * 65_536
+    assert f"(the first 65,536 of its {size:,} bytes are kept)" in letter.reason
+    assert letter.reason.startswith("undecodable: ")
+
+
+async def test_a_dead_letter_the_stream_refuses_is_dropped_and_counted(make: Make) -> None:
+    """Never delivered again for ever: dropped, with an error log and a counter."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    import resumable.metrics
+
+    broker = make()
+    raw = await _raw(broker)
+    try:  # a stream whose messages may be 2 KB: the dead letter's headers do not fit
+        await raw.jetstream().add_stream(
+            name=broker.stream,
+            subjects=[f"{broker.subject_prefix}.topic.>", f"{broker.subject_prefix}.dead.>"],
+            max_msg_size=2048,
+        )
+    finally:
+        await raw.close()
+    reader = InMemoryMetricReader()
+    resumable.metrics.use(MeterProvider(metric_readers=[reader]))
+    try:
+        await inject_raw(broker, ALPHA, b"g" * 1900)
+        await broker.publish(make_event(1))
+        (good,) = await receive_all(broker, ALPHA, 1)
+        await good.ack()
+        data = reader.get_metrics_data()
+    finally:
+        resumable.metrics.use(None)
+    assert await broker.dead_letters(ALPHA) == []
+    points = [
+        point
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == "resumable.broker.dropped"
+        for point in metric.data.data_points
+    ]
+    assert [(p.value, p.attributes["messaging.destination.name"]) for p in points] == [(1, ALPHA)]
+    assert await broker.receive(ALPHA, timeout=ACK_WAIT + 0.7) == []  # not again

@@ -50,6 +50,10 @@ class TestRedisBroker(BrokerConformance):
         yield broker
         await broker.close()
 
+    async def inject(self, broker: Broker, topic: str, raw: bytes) -> None:
+        assert isinstance(broker, RedisBroker)
+        await broker.client.xadd(broker.keys(topic)[0], {"event": raw})
+
     @pytest.fixture
     async def peer(self, broker: Broker) -> AsyncIterator[Broker]:
         assert isinstance(broker, RedisBroker)
@@ -166,7 +170,8 @@ async def test_an_entry_that_is_not_an_event_is_set_aside(namespace: tuple[str, 
         (delivery,) = await broker.receive(ALPHA, timeout=5.0)
         assert numbers([delivery]) == [1]
         assert await broker.client.xlen(dead) == 1
-        assert await broker.dead_letters(ALPHA) == []  # not an event: logged, not returned
+        (letter,) = await broker.dead_letters(ALPHA)  # listed too, with its bytes
+        assert (letter.event, letter.raw) == (None, b"{not json")
         await delivery.ack()
     finally:
         await broker.close()

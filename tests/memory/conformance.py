@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import os
+import random
+import string
 import uuid
 from collections.abc import Iterable
 from functools import partial
@@ -28,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resumable.errors import ConflictError, DuplicateEntryError
+from resumable.limits import MAX_ID_BYTES, MAX_SUBJECT_BYTES
 from resumable.memory import Listed, Memory, Page, Stored
 from resumable.subject import new_subject
 
@@ -385,6 +388,26 @@ class MemoryConformance:
         assert await memory.entry("k", "e3") == b""
         assert await memory.entry("k", "unknown") is None
         assert await memory.entry("missing", "e1") is None
+
+    async def test_the_longest_subject_and_event_id_are_stored(self, memory: Memory) -> None:
+        """What ``resumable.limits`` lets through, every backend stores: a subject of
+        MAX_SUBJECT_BYTES and an event id of MAX_ID_BYTES, incompressible, non-ASCII too
+        (PostgreSQL limits an index entry to about 2.7 KB)."""
+        rng = random.Random(7)
+        alphabet = string.ascii_letters + string.digits
+        execution_id = "".join(rng.choice(alphabet) for _ in range(2000))
+        key = subject(execution_id)
+        while len(key) > MAX_SUBJECT_BYTES:
+            execution_id = execution_id[:-1]
+            key = subject(execution_id)
+        assert len(key) > MAX_SUBJECT_BYTES - 16
+        event_id = "".join(rng.choice(alphabet + "éü€") for _ in range(MAX_ID_BYTES))
+        event_id = event_id.encode()[:MAX_ID_BYTES].decode(errors="ignore")
+        assert await memory.lock(key, "owner", ttl=5)
+        await memory.write(key, revision=0, status="active", header=b"h", append=[(event_id, b"e")])
+        assert await memory.entry(key, event_id) == b"e"
+        assert await memory.read(key) == Stored(1, "active", b"h")
+        assert await memory.unlock(key, "owner")
 
     async def test_event_ids_are_scoped_to_their_key(self, memory: Memory) -> None:
         await memory.write("a", revision=0, status="s", header=b"", append=[("e", b"for a")])
