@@ -4,6 +4,7 @@ broken service or workflow is caught, and the printed schedule replays exactly."
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -18,7 +19,7 @@ from resumable.demo import (
     orders,
     payments,
 )
-from resumable.memory import InMemoryMemory
+from resumable.memory import InMemoryMemory, SQLiteMemory
 from resumable.testing import (
     Crash,
     Deliver,
@@ -131,3 +132,49 @@ def test_a_violation_during_a_run_is_a_failure() -> None:
     scenario = Scenario([broken], start=[Start(orders, PlaceOrder("o-1", 1), "o-1")])
     with pytest.raises(ScheduleFailed, match="undisturbed run itself fails: ConfigViolation"):
         check(scenario, Schedule())
+
+
+def test_a_scenario_runs_each_time_on_a_new_store_of_its_memory(tmp_path) -> None:
+    files: list[Path] = []
+
+    def sqlite_store():
+        files.append(tmp_path / f"run-{len(files)}.db")
+        path = files[-1]
+        return lambda: SQLiteMemory(path)
+
+    scenario = Scenario(
+        [make_workflow(None), *make_handlers()],
+        start=[Start(orders, PlaceOrder("o-1", 4200), "o-1")],
+        memory=sqlite_store,
+    )
+    outcome = check(scenario, Schedule([Crash(at=2), Handover(at=3), Evict(at=4)]))
+    assert outcome.instances["o-1"]["result"] == {"status": "shipped", "payment_id": "pay-o-1"}
+    assert len(files) == 2 and all(path.exists() for path in files)  # the undisturbed run, this
+
+
+def _remembers_a_number_across_a_step(counter):
+    async def wf(ctx, order: PlaceOrder):
+        first = next(counter)  # runs again when the generator is rebuilt: not deterministic
+        yield call(payments, {"order_id": order.order_id, "amount_cents": 1})
+        yield call(payments, {"order_id": order.order_id, "amount_cents": 2 + first})
+        yield complete(OrderResult("done"))
+
+    return wf
+
+
+def test_an_event_a_workflow_emits_differently_after_a_replay_is_caught() -> None:
+    def handlers():
+        workflow = Resumable(
+            orders,
+            versions={"1.0.0": _remembers_a_number_across_a_step(itertools.count())},
+            services=[payments],
+        )
+        return [workflow, fake(payments, lambda r: CardCharged(f"pay-{r.amount_cents}"))]
+
+    scenario = Scenario(handlers, start=[Start(orders, PlaceOrder("o-1", 1), "o-1")])
+    check(scenario, Schedule([Duplicate(at=1), Crash(at=3)]))  # the step is not redone
+    with pytest.raises(ScheduleFailed) as failure:
+        check(scenario, Schedule([Evict(at=2)]))  # the same status, result and request ids
+    message = str(failure.value)
+    assert "events the workflows emitted differ: 0 extra, 0 missing, 1 changed" in message
+    assert "'amount_cents': 2" in message and "'amount_cents': 3" in message
