@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -30,11 +31,13 @@ from resumable.testing import (
     Schedule,
     ScheduleFailed,
     Start,
+    WorkflowEnv,
     check,
     fake,
     run_once,
     simulate,
 )
+from resumable.testing.simulate import _sent_differently
 
 QUICK = settings(  # derandomized: a test that expects a bug to be found must not be flaky
     max_examples=60,
@@ -178,3 +181,27 @@ def test_an_event_a_workflow_emits_differently_after_a_replay_is_caught() -> Non
     message = str(failure.value)
     assert "events the workflows emitted differ: 0 extra, 0 missing, 1 changed" in message
     assert "'amount_cents': 2" in message and "'amount_cents': 3" in message
+
+
+def test_an_outcome_counts_each_instances_journal_and_pending_compensations() -> None:
+    outcome = run_once(_orders(), Schedule([Duplicate(at=4), Crash(at=6)]))
+    assert outcome.instances["o-1"]["steps"] == 4  # init, charge, stock, label
+    assert outcome.instances["o-2"]["compensations"] == []  # refunded: the stack is empty
+    assert [e["type"] for e in outcome.sent.values()].count("com.payments.refund") == 1
+
+
+@pytest.mark.anyio
+async def test_a_redelivery_answered_with_other_events_is_named() -> None:
+    """The check behind every redelivery: a workflow's events for an event it consumed
+    are the ones it produced the first time (this env's are tampered with to see it)."""
+    env = WorkflowEnv([make_workflow(None), *make_handlers()])
+    await env.start(orders, PlaceOrder("o-1", 4200), id="o-1")
+    await env.settle()
+    assert _sent_differently(env) is None
+    charge = next(e for e in env.emitted if e.type == "com.payments.charge")
+    env.emitted.append(msgspec.structs.replace(charge, data={"order_id": "o-1", "amount_cents": 1}))
+    problem = _sent_differently(env)
+    assert (
+        problem is not None and f"emitted event {charge.id} (com.payments.charge) again" in problem
+    )
+    assert "'amount_cents': 4200} -> {'order_id': 'o-1', 'amount_cents': 1}" in problem
