@@ -3,6 +3,7 @@ out), and a hand-driven event network."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,18 @@ class Host:
 
     async def close(self) -> None:
         await self.memory.close()
+
+
+def sqlite_stores(directory: Path) -> Callable[[], Callable[[], Memory]]:
+    """For ``Scenario(memory=...)``: each run a new SQLite file in ``directory``, which
+    each runtime of the run opens with its own ``SQLiteMemory`` (and opens anew at a
+    restart, as a new process would)."""
+
+    def store() -> Callable[[], Memory]:
+        path = directory / f"{uuid.uuid4().hex}.db"
+        return lambda: SQLiteMemory(path)
+
+    return store
 
 
 def untimed(events: list[Event]) -> list[Event]:

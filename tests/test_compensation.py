@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,8 +27,9 @@ from resumable import (
     gather,
 )
 from resumable.memory import InMemoryMemory, Memory
+from resumable.testing import Scenario, Start, check, schedules
 
-from harness import SHOP, Host, Network, Number, fixed_clock, service, snapshot
+from harness import SHOP, Network, Number, fixed_clock, service, snapshot, sqlite_stores
 from orders import OrderResult, PlaceOrder, orders
 
 pytestmark = pytest.mark.anyio
@@ -410,66 +410,31 @@ def chain(n: int, fail_at: int) -> Any:
     return wf
 
 
-def make_host(fn: Any, path: Path) -> Host:
-    """``fn`` as the order workflow over a SQLite file, with the step and undo services."""
-    return Host(
-        lambda memory: Resumable(
-            orders,
-            versions={"1.0.0": fn},
-            services=[do_step, undo_step],
-            memory=memory,
-            clock=fixed_clock,
-        ),
-        path,
-    )
-
-
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(1, 5), data=st.data())
 def test_crashes_anywhere_send_each_compensation_once_in_reverse(n: int, data) -> None:
+    """On a SQLite file, any schedule (crashes before the write or the publish, evictions,
+    handovers, duplicates, reordering) sends each compensation once, last first."""
     fail_at = data.draw(st.integers(0, n), label="failing step (n: none fails)")
-
-    async def run(path: Path) -> None:
-        host = make_host(chain(n, fail_at), path)
-        init = orders.init_event(PlaceOrder("o", 1), source=SHOP)
-        inflight = [init]
-        outside: list[Event] = []
-        undo_requests: list[Event] = []
-        while inflight:
-            event = inflight.pop(0)
-            if event.to != orders.type:
-                outputs = await PROPERTY_HANDLERS[event.to].execute(event)
-            else:
-                what = data.draw(
-                    st.sampled_from(["step", "evict", "restart", "lost", "duplicate"]),
-                    label="before this workflow step",
-                )
-                if what == "evict":
-                    host.workflow.evict()
-                elif what == "restart":
-                    await host.restart()
-                outputs = await host.workflow.execute(event)
-                if what == "lost":  # crashed before publishing: redelivered to a new process
-                    await host.restart()
-                    assert await host.workflow.execute(event) == outputs
-                elif what == "duplicate":
-                    assert await host.workflow.execute(event) == outputs
-            for out in outputs:
-                (outside if out.to == SHOP else inflight).append(out)
-                if out.type == undo_step.type:
-                    undo_requests.append(out)
-        completed = fail_at if fail_at < n else 0  # none is undone when all succeed
-        assert [e.data["n"] for e in undo_requests] == list(reversed(range(completed)))
-        assert len({e.id for e in undo_requests}) == len(undo_requests)
-        (last,) = outside
-        status = await host.workflow.status(init.subject)
-        assert status is not None
-        if fail_at < n:
-            assert last.type == ERROR_TYPE and status.status == "failed"
-        else:
-            assert last.type == orders.complete_type and status.status == "done"
-        assert status.compensations == []
-        await host.memory.close()
-
+    schedule = data.draw(schedules(steps=4 * n + 4), label="schedule")
+    workflow = Resumable(
+        orders, versions={"1.0.0": chain(n, fail_at)}, services=[do_step, undo_step]
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        anyio.run(run, Path(tmp) / "wf.db")
+        scenario = Scenario(
+            [workflow, *PROPERTY_HANDLERS.values()],
+            start=[Start(orders, PlaceOrder("o", 1), "o")],
+            memory=sqlite_stores(Path(tmp)),
+        )
+        outcome = check(scenario, schedule)
+    undo_requests = [e for e in outcome.sent.values() if e["type"] == undo_step.type]
+    completed = fail_at if fail_at < n else 0  # none is undone when all succeed
+    assert [e["data"]["n"] for e in undo_requests] == list(reversed(range(completed)))
+    assert len(outcome.requests.get(undo_step.type, [])) == completed  # each asked for once
+    (last,) = outcome.completions.values()
+    instance = outcome.instances["o"]
+    if fail_at < n:
+        assert last["type"] == ERROR_TYPE and instance["status"] == "failed"
+    else:
+        assert last["type"] == orders.complete_type and instance["status"] == "done"
+    assert instance["compensations"] == []

@@ -16,7 +16,7 @@ from resumable.demo import (
     orders,
     payments,
 )
-from resumable.memory import InMemoryMemory
+from resumable.memory import InMemoryMemory, SQLiteMemory
 from resumable.testing import NEVER, Fail, ScriptExhausted, WorkflowEnv, fake, script
 from resumable.testing.compare import differences
 
@@ -212,3 +212,39 @@ async def test_virtual_time_everywhere() -> None:
 def test_a_workflow_env_hosts_only_workflows_and_handlers() -> None:
     with pytest.raises(TypeError, match="hosts Resumable workflows"):
         WorkflowEnv([object()])  # type: ignore[list-item]
+
+
+async def test_a_memory_opener_gives_each_runtime_its_connection_and_a_restart_new_ones(
+    tmp_path,
+) -> None:
+    opened: list[SQLiteMemory] = []
+
+    def open_file() -> SQLiteMemory:
+        opened.append(SQLiteMemory(tmp_path / "wf.db"))
+        return opened[-1]
+
+    env = WorkflowEnv([make_workflow(None), *make_handlers()], memory=open_file, runtimes=2)
+    assert env.memory is opened[0] and [h.memory for h in env.hosts] == opened[1:3]
+    order = await env.start(orders, PlaceOrder("o-1", 4200), id="o-1")
+    await env.step()
+    await env.step()
+    env.runtime = 1
+    await env.step(crash="before-publish")  # both processes die; new ones open the file
+    assert [h.memory for h in env.hosts] == opened[3:5]
+    for dead in opened[1:3]:
+        with pytest.raises(RuntimeError, match="is closed"):
+            await dead.keys()
+    await env.settle()
+    assert await env.result(order) == OrderResult("shipped", "pay-o-1")
+    await env.close()
+    for connection in [opened[0], *opened[3:]]:
+        with pytest.raises(RuntimeError, match="is closed"):
+            await connection.keys()
+    on_file = SQLiteMemory(tmp_path / "wf.db")
+    assert await on_file.keys() == [order.subject]
+    await on_file.close()
+
+
+def test_a_memory_opener_that_opens_no_memory_is_named() -> None:
+    with pytest.raises(TypeError, match=r"returned 'wf\.db'"):
+        WorkflowEnv(memory=lambda: "wf.db")  # type: ignore[arg-type,return-value]

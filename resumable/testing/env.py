@@ -11,7 +11,7 @@ event. Workflows run on the engine's core over an in-process memory: no storage 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -62,6 +62,10 @@ class WorkflowEnv:
     ``InMemoryMemory``). ``runtimes`` processes share the memory, each with its own cache
     of live generators; ``runtime`` picks the one that delivers next.
 
+    ``memory`` may instead be a function opening a connection to one store (say
+    ``lambda: SQLiteMemory(path)``): then each runtime opens its own, a restart closes them
+    and opens new ones, as new processes do, and ``close()`` closes them all.
+
     A workflow given here runs with the environment's memory and clock, not its own.
     """
 
@@ -70,15 +74,21 @@ class WorkflowEnv:
         handlers: Iterable[Resumable[Any] | EventHandler] = (),
         *,
         clock: VirtualClock | None = None,
-        memory: Memory | None = None,
+        memory: Memory | Callable[[], Memory] | None = None,
         runtimes: int = 1,
         source: str = TEST_SOURCE,
     ) -> None:
         if runtimes < 1:
             raise ValueError(f"runtimes must be at least 1, got {runtimes}")
         self.clock = clock if clock is not None else VirtualClock()
-        self.memory: Memory = memory if memory is not None else InMemoryMemory()
-        self.hosts = [Host(self.memory) for _ in range(runtimes)]
+        if memory is None or isinstance(memory, Memory):
+            self._open: Callable[[], Memory] | None = None
+            self.memory: Memory = memory if memory is not None else InMemoryMemory()
+        else:
+            self._open = memory
+            self.memory = _opened(memory)
+        """The test's own view of the store: status, history and due times read it."""
+        self.hosts = [Host(self._connect()) for _ in range(runtimes)]
         self.runtime = 0
         self.source = source
         self.workflows: dict[str, Definition[Any]] = {}
@@ -94,6 +104,19 @@ class WorkflowEnv:
         self.delivered = 0
         self._sent = 0
         self.add(*handlers)
+
+    def _connect(self) -> Memory:
+        """A runtime's connection: the shared memory, or a new one from the opener."""
+        return self.memory if self._open is None else _opened(self._open)
+
+    async def close(self) -> None:
+        """Close the connections this environment opened with its ``memory`` function; a
+        ``Memory`` object given to it stays open (its owner closes it)."""
+        if self._open is None:
+            return
+        for host in self.hosts:
+            await host.memory.close()
+        await self.memory.close()
 
     def add(self, *handlers: Resumable[Any] | EventHandler) -> None:
         """Host more workflows and services."""
@@ -299,9 +322,14 @@ class WorkflowEnv:
             host.crash()
 
     async def restart(self) -> list[Event]:
-        """Crash, then recover as a runtime starting on the same memory does: re-send the
-        requests of active instances whose replies are missing. Returns them."""
+        """Crash, then recover as a runtime starting on the same memory does (on a new
+        connection, if ``memory`` was an opener): re-send the requests of active instances
+        whose replies are missing. Returns them."""
         self.crash()
+        if self._open is not None:
+            for host in self.hosts:
+                await host.memory.close()
+                host.memory = _opened(self._open)
         resent: list[Event] = []
         for key in await self.memory.keys(status=ACTIVE):
             resent.extend(await self._unanswered(key))
@@ -368,6 +396,17 @@ class WorkflowEnv:
             for e in self.emitted
             if (type is None or e.type == type) and (to is None or e.to == to)
         ]
+
+
+def _opened(open: Callable[[], Memory]) -> Memory:
+    """``open()``, checked to be a ``Memory``: a wrong function fails here, named."""
+    memory = open()
+    if not isinstance(memory, Memory):
+        raise TypeError(
+            f"WorkflowEnv(memory=...) takes a Memory or a function opening one; the function "
+            f"{open!r} returned {memory!r}"
+        )
+    return memory
 
 
 def _first_millisecond_at_or_after(due: float) -> float:

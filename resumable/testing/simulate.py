@@ -34,6 +34,7 @@ from resumable.driver import Resumable
 from resumable.errors import ResumableError
 from resumable.events import Event
 from resumable.handler import EventHandler
+from resumable.memory import InMemoryMemory, Memory
 from resumable.testing.compare import differences, identity
 from resumable.testing.env import Instance, WorkflowEnv, _first_millisecond_at_or_after
 from resumable.testing.host import CrashPoint
@@ -90,7 +91,11 @@ class SignalAt:
 class Scenario:
     """What to run: ``handlers`` (workflows and services, or a function making them anew,
     for services that keep state), the instances to ``start`` and the ``signals`` to send.
-    ``max_steps`` bounds the deliveries of one run (more is reported as a loop)."""
+    ``max_steps`` bounds the deliveries of one run (more is reported as a loop).
+
+    ``memory`` makes each run's store: a new ``Memory`` (by default an ``InMemoryMemory``),
+    or a function opening connections to a new store, which each runtime calls and calls
+    again when it restarts (``WorkflowEnv(memory=...)``): a run on a real backend."""
 
     def __init__(
         self,
@@ -99,6 +104,7 @@ class Scenario:
         start: Sequence[Start],
         signals: Sequence[SignalAt] = (),
         max_steps: int = 5_000,
+        memory: Callable[[], Memory | Callable[[], Memory]] = InMemoryMemory,
     ) -> None:
         if not start:
             raise ValueError("a Scenario needs at least one Start(...)")
@@ -106,12 +112,17 @@ class Scenario:
         self.start = list(start)
         self.signals = sorted(signals, key=lambda s: s.at)
         self.max_steps = max_steps
+        self.memory = memory
         self._reference: Outcome | None = None
 
-    def env(self, runtimes: int = 2) -> WorkflowEnv:
-        """A new environment with this scenario's workflows and services."""
+    def env(
+        self, runtimes: int = 2, memory: Memory | Callable[[], Memory] | None = None
+    ) -> WorkflowEnv:
+        """A new environment with this scenario's workflows and services, on ``memory``
+        (by default a new store from the scenario's ``memory``)."""
         made = self._handlers() if callable(self._handlers) else self._handlers
-        return WorkflowEnv(made, runtimes=runtimes)
+        store = memory if memory is not None else self.memory()
+        return WorkflowEnv(made, runtimes=runtimes, memory=store)
 
     async def reference(self) -> Outcome:
         """The undisturbed run (computed once)."""
@@ -238,6 +249,10 @@ class Outcome:
     """Events sent outside (completions, reports), by id, as ``compare.identity``."""
     requests: dict[str, list[str]]
     """Per service, the ids of the distinct requests it got, sorted."""
+    sent: dict[str, dict[str, Any]]
+    """Every event the workflows emitted (requests, completions, signals), by id, as
+    ``compare.identity``, in the order of first emission. ``check`` compares them less
+    ``parentid`` (the event that woke the step: it depends on the order replies arrive in)."""
     trace: list[str]
     schedule: Schedule
     """The disturbances the run applied, indices resolved: replays this run exactly."""
@@ -252,7 +267,8 @@ def _label(event: Event) -> str:
 async def run_schedule(scenario: Scenario, schedule: Schedule) -> Outcome:
     """Run ``scenario`` under ``schedule``; the outcome says what it ended with, and
     ``problem`` what broke during the run (a violation, a loop, an answer that changed)."""
-    env = scenario.env()
+    store = scenario.memory()
+    env = scenario.env(memory=store)
     began = env.clock.time()
     instances = [
         await env.start(s.workflow, s.data, id=s.id, version=s.version) for s in scenario.start
@@ -288,16 +304,22 @@ async def run_schedule(scenario: Scenario, schedule: Schedule) -> Outcome:
         problem = f"{type(error).__name__}: {error}"
         trace.append(f"raised {problem}")
     if problem is None:
-        problem = _answers_changed(env)
-    return Outcome(
-        instances={i.id: await _observe(env, i) for i in instances},
-        completions={e.id: _public(e) for e in env.outside},
-        requests=_requests(env),
-        trace=trace,
-        schedule=Schedule(applied),
-        problem=problem,
-        deliveries=env.delivered,
-    )
+        problem = _answers_changed(env) or _sent_differently(env)
+    try:
+        return Outcome(
+            instances={i.id: await _observe(env, i) for i in instances},
+            completions={e.id: _public(e) for e in env.outside},
+            requests=_requests(env),
+            sent={e.id: _public(e) for e in env.emitted if e.source in env.workflows},
+            trace=trace,
+            schedule=Schedule(applied),
+            problem=problem,
+            deliveries=env.delivered,
+        )
+    finally:
+        await env.close()
+        if isinstance(store, Memory):  # made for this run; an opener's the env closed
+            await store.close()
 
 
 def _apply(env: WorkflowEnv, op: Op, step: int, trace: list[str]) -> Op:
@@ -384,6 +406,8 @@ async def _observe(env: WorkflowEnv, instance: Instance) -> dict[str, Any]:
         if status.error is None
         else f"{status.error.errorName}: {status.error.errorMessage}",
         "waits_for": status.waits_for,
+        "steps": status.steps,
+        "compensations": status.compensations,
     }
 
 
@@ -418,8 +442,38 @@ def _answers_changed(env: WorkflowEnv) -> str | None:
     return None
 
 
+def _sent_differently(env: WorkflowEnv) -> str | None:
+    """The first event a workflow emitted again (answering a redelivery from its journal)
+    that differs from its first emission, if any: a redelivery must get the same events."""
+    first: dict[str, Event] = {}
+    for event in env.emitted:
+        if event.source not in env.workflows:
+            continue
+        before = first.setdefault(event.id, event)
+        changed = differences(before, event)
+        if changed:
+            return (
+                f"workflow {event.source} emitted event {event.id} ({event.type}) again, "
+                f"differently ({'; '.join(changed)}): a redelivered event must get the events "
+                "it produced the first time"
+            )
+    return None
+
+
 class ScheduleFailed(ResumableError, AssertionError):
     """A schedule made the scenario end differently from the undisturbed run."""
+
+
+def _causeless(sent: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Emitted events less ``parentid``, which names what woke the step: the last reply to
+    arrive, so it changes with the order of arrival while the step does the same."""
+    return {i: {k: v for k, v in e.items() if k != "parentid"} for i, e in sent.items()}
+
+
+def _changed(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Which attributes differ between two events as plain data, and how."""
+    names = sorted(n for n in a.keys() | b.keys() if a.get(n) != b.get(n))
+    return "; ".join(f"{n}: {a.get(n)!r} -> {b.get(n)!r}" for n in names)
 
 
 def _compare(reference: Outcome, got: Outcome) -> list[str]:
@@ -445,6 +499,24 @@ def _compare(reference: Outcome, got: Outcome) -> list[str]:
                 for i in extra
             )
             + "".join(f"\n      missing {ref[i]['type']} {ref[i]['data']}" for i in missing)
+        )
+    sent, ref_sent = _causeless(got.sent), _causeless(reference.sent)
+    if sent != ref_sent:
+        extra = sorted(sent.keys() - ref_sent.keys())
+        missing = sorted(ref_sent.keys() - sent.keys())
+        changed = sorted(i for i in sent.keys() & ref_sent.keys() if sent[i] != ref_sent[i])
+        found.append(
+            f"events the workflows emitted differ: {len(extra)} extra, {len(missing)} missing, "
+            f"{len(changed)} changed"
+            + "".join(f"\n      extra {got.sent[i]['type']} {got.sent[i]['data']}" for i in extra)
+            + "".join(
+                f"\n      missing {reference.sent[i]['type']} {reference.sent[i]['data']}"
+                for i in missing
+            )
+            + "".join(
+                f"\n      changed {got.sent[i]['type']} {_changed(ref_sent[i], sent[i])}"
+                for i in changed
+            )
         )
     for service in sorted(reference.requests.keys() | got.requests.keys()):
         want, have = reference.requests.get(service, []), got.requests.get(service, [])

@@ -24,6 +24,9 @@ from resumable.subject import new_subject
 
 __all__ = ["Malformed", "events", "malformed_events", "payloads", "subjects"]
 
+_ENCODABLE = (-(2**63), 2**64 - 1)
+"""The ints msgspec encodes (int64 and uint64): an unbounded ``int`` field draws from these."""
+
 _NAME = st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True)
 
 
@@ -61,7 +64,7 @@ def _of(info: mi.Type) -> st.SearchStrategy[Any]:
 
         return st.fixed_dictionaries(fields, optional=optional).map(make)
     if isinstance(info, mi.IntType):
-        low, high = _bounded(None, None, info.gt, info.ge, info.lt, info.le)
+        low, high = _bounded(*_ENCODABLE, info.gt, info.ge, info.lt, info.le)
         ints = st.integers(low, high)
         if info.multiple_of:
             step = info.multiple_of
