@@ -269,6 +269,50 @@ async def test_a_lease_an_outage_kept_from_release_is_given_back() -> None:
     assert await flow.execute(start) == [request]  # the redelivery takes the lease at once
 
 
+class LostReply(Switched):
+    """Its first ``lose`` writes land, then report an outage: a connection lost during the
+    commit, whose outcome the writer cannot know."""
+
+    def __init__(self, lose: int) -> None:
+        super().__init__()
+        self.lose = lose
+
+    async def write(self, key: str, **fields: Any) -> int:  # type: ignore[override]
+        written = await super().write(key, **fields)
+        if self.lose:
+            self.lose -= 1
+            raise Unavailable("the connection broke during the commit")
+        return written
+
+
+async def test_a_write_whose_outcome_is_unknown_is_safe_to_retry() -> None:
+    """Every step's write lands but reports an outage, once: the retry finds the event
+    journaled (the compare-and-set moved on) and answers from the journal, with the same
+    ids; each workflow completes once, nothing is dead-lettered."""
+    memory = LostReply(lose=4)
+    broker = LocalBroker(record=True)
+    handlers = [workflow(memory, charge_once), *make_handlers()]
+    worker = Worker(
+        handlers, broker=broker, max_attempts=1, poll=0.05, backoff=QUICK, unavailable_backoff=QUICK
+    )
+    events = starts(2)
+
+    async def done() -> bool:
+        return len(await memory.inner.keys("done")) == len(events)
+
+    async with anyio.create_task_group() as group:
+        await group.start(worker.run)
+        for event in events:
+            await broker.publish(event)
+        await eventually(done)
+        worker.stop()
+    assert memory.lose == 0 and worker.stats.unavailable >= 1
+    assert await dead_letters(broker, [h.source for h in handlers]) == []
+    charges = [e for e in broker.events if e.type == payments_contract.type]
+    completions = [e for e in broker.events if e.type == orders.complete_type]
+    assert len({e.id for e in charges}) == 2 and len({e.id for e in completions}) == 2
+
+
 # ---------------------------------------------------------------------------------------
 # the outbox sweep
 
