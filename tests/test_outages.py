@@ -431,6 +431,7 @@ async def test_a_sqlite_file_locked_past_the_busy_timeout_is_unavailable(
 
 
 async def test_unreachable_servers_are_unavailable() -> None:
+    from resumable.brokers.nats import NatsBroker
     from resumable.brokers.redis import RedisBroker
     from resumable.memory.postgres import PostgresMemory
     from resumable.memory.redis import RedisMemory
@@ -438,6 +439,12 @@ async def test_unreachable_servers_are_unavailable() -> None:
     from own_servers import spare_port
 
     port = spare_port()
+    nats_broker = NatsBroker(f"nats://127.0.0.1:{port}", connect_timeout=1.0)
+    try:
+        with pytest.raises(Unavailable, match=f"127.0.0.1:{port}"):
+            await nats_broker.publish(_in_event())
+    finally:
+        await nats_broker.close()
     postgres = PostgresMemory(f"postgresql://u@127.0.0.1:{port}/db")
     redis_memory = RedisMemory(f"redis://127.0.0.1:{port}/0")
     redis_broker = RedisBroker(f"redis://127.0.0.1:{port}/0")
