@@ -166,6 +166,35 @@ async def _true(value: bool) -> bool:
     return value
 
 
+async def test_the_embedded_runtime_waits_out_an_outage() -> None:
+    """``Runtime`` runs a worker on the in-process broker: a memory outage after the start
+    pauses it, ``result()`` waits it out, and the instance completes."""
+    from resumable import Runtime
+
+    memory = Switched()
+    flow = workflow(memory, stepping)
+    async with Runtime(
+        [flow, *make_handlers()],
+        memory=memory,
+        timer_interval=0.05,
+        backoff=QUICK,
+        unavailable_backoff=QUICK,
+        max_attempts=1,
+    ) as rt:
+        handle = await rt.start(orders, PlaceOrder("o-embedded", 100), id="o-embedded")
+        memory.down = True
+
+        async def restore() -> None:
+            await eventually(lambda: _true(memory.probes >= 3))
+            memory.down = False
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(restore)
+            result = await handle.result(timeout=30)
+        assert result.status == "charged"
+        assert rt.worker is not None and rt.worker.stats.dead_lettered == 0
+
+
 class Scripted:
     """A service on ``com.test.in`` that fails as the test says, call by call."""
 
