@@ -593,6 +593,20 @@ async def test_redis_memory_refuses_a_server_that_keeps_nothing(tmp_path: Path) 
                 await opted_in.close()
 
 
+async def test_a_worker_on_a_volatile_redis_memory_stops_at_start(tmp_path: Path) -> None:
+    from resumable.errors import SetupError
+    from resumable.memory.redis import RedisMemory
+
+    with own_redis(tmp_path / "volatile", "--save", "", "--appendonly", "no") as server:
+        memory = RedisMemory(server.url)
+        worker = Worker([workflow(memory)], broker=LocalBroker(), recover=False)
+        try:
+            with pytest.raises(SetupError, match="keeps nothing on disk"):
+                await worker.run()
+        finally:
+            await memory.close()
+
+
 async def test_redis_memory_accepts_aof_and_warns_on_snapshots_only(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
