@@ -166,6 +166,14 @@ class Worker:
     lease ends (released, or expired after the workflow's ``lock_ttl``); only the broker's
     own delivery limit (``max_deliver``, where it has one) dead-letters it.
 
+    An outage (``resumable.Unavailable``: a database or broker down, restarting, failing
+    over) is not a failure either: the delivery is nacked after ``unavailable_backoff =
+    (initial, factor, max)`` seconds with jitter, for as long as the outage lasts, and
+    consuming pauses until each memory answers a probe made with the same backoff. Neither
+    kind of retry counts against ``max_attempts``, which counts the event's own failures.
+    Every ``recover_interval`` seconds (None: only on start) the outboxes of the instances
+    idle that long are re-published (``resumable.sweep``).
+
     A due record's timer event is published once per ``timer_interval`` tick at most, and
     not again by this worker for ``timer_resend`` seconds while the record stays due at the
     same revision (its event was dead-lettered, say); keep ``timer_resend`` longer than the
