@@ -309,8 +309,7 @@ class Resumable(Generic[S]):
         try:
             locked = await self.memory.lock(key, owner, self.lock_ttl)
         except Exception as error:
-            if is_unavailable(error):  # it may have been taken before the connection broke
-                self._orphans.add(key, owner)
+            self._orphans.add(key, owner)  # it may have been taken before the call broke
             raise TransactionViolation(
                 TransactionViolation.LOCK_FAILURE,
                 f"could not lock workflow {key!r} for event {why}: {error}",
@@ -327,13 +326,15 @@ class Resumable(Generic[S]):
     async def _unlock(self, key: str, owner: str) -> None:
         try:
             await self.memory.unlock(key, owner)
-        except Exception as error:  # a lease that is not released expires on its own
-            if is_unavailable(error):  # or is released once the memory is back
-                self._orphans.add(key, owner)
+        except Exception as error:  # released later, or it expires on its own
+            self._orphans.add(key, owner)
+            outage = is_unavailable(error)
             log.warning(
-                "could not unlock workflow %s; its lease will expire",
+                "could not unlock workflow %s (%s); it is released once the memory answers, "
+                "or expires",
                 instance_name(key),
-                exc_info=True,
+                error if outage else type(error).__name__,
+                exc_info=not outage,
             )
 
     async def _read(self, key: str, why: str, *, journal: bool = False) -> Stored | None:

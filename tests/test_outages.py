@@ -658,3 +658,30 @@ async def test_redis_broker_warns_about_a_server_that_keeps_nothing(
                 await broker.close()
             text = " ".join(r.getMessage() for r in caplog.records)
             assert ("keeps nothing on disk" in text) is warned
+
+
+def test_postgres_tells_outages_from_other_errors() -> None:
+    asyncpg = pytest.importorskip("asyncpg")
+    from resumable.memory.postgres import _is_outage
+
+    outages = [
+        ConnectionRefusedError(111, "Connect call failed"),
+        TimeoutError(),
+        asyncpg.exceptions.AdminShutdownError("terminating connection"),  # 57P01
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle"),
+        asyncpg.exceptions.TooManyConnectionsError("too many clients"),
+        asyncpg.exceptions.ReadOnlySQLTransactionError("read-only transaction"),  # a standby
+        asyncpg.InterfaceError("cannot call Connection.fetch(): connection is closed"),
+        asyncpg.InterfaceError("connection has been released back to the pool"),
+        asyncpg.exceptions.InternalClientError("cannot switch to state 12; another operation"),
+    ]
+    others = [
+        asyncpg.exceptions.UniqueViolationError("duplicate key"),
+        asyncpg.exceptions.UndefinedTableError("no such table"),
+        asyncpg.exceptions.CharacterNotInRepertoireError("invalid byte sequence"),
+        asyncpg.InterfaceError("the server expects 2 arguments, 3 were passed"),
+        ValueError("a bug"),
+    ]
+    assert [_is_outage(error) for error in outages] == [True] * len(outages)
+    assert [_is_outage(error) for error in others] == [False] * len(others)
