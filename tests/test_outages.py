@@ -685,3 +685,34 @@ def test_postgres_tells_outages_from_other_errors() -> None:
     ]
     assert [_is_outage(error) for error in outages] == [True] * len(outages)
     assert [_is_outage(error) for error in others] == [False] * len(others)
+
+
+class _AckFails(LocalBroker):
+    """Its deliveries' first ack meets an outage (the broker went away after the work)."""
+
+    failed = 0
+
+    async def receive(self, topic: str, **options: Any) -> list[Any]:
+        got = await super().receive(topic, **options)
+        for delivery in got:
+            if not self.failed:
+                self.failed += 1
+
+                async def ack() -> None:
+                    raise Unavailable("the broker went away")
+
+                delivery.ack = ack  # type: ignore[method-assign]
+        return got
+
+
+async def test_a_settle_that_meets_an_outage_is_counted_as_one() -> None:
+    broker = _AckFails(ack_wait=0.2)
+    handler = Scripted(lambda call: None)
+    worker = Worker([handler], broker=broker, poll=0.05, backoff=QUICK)
+    async with anyio.create_task_group() as group:
+        await group.start(worker.run)
+        await broker.publish(_in_event())
+        await eventually(lambda: _true(worker.stats.acked == 1))  # after ack_wait, again
+        worker.stop()
+    assert (worker.stats.unavailable, worker.stats.errors) == (1, 0)
+    assert handler.calls == 2
