@@ -39,6 +39,7 @@ from resumable.errors import (
     TransactionViolation,
     ViolationError,
     WorkflowAwaitError,
+    is_unavailable,
 )
 from resumable.events import Event, EventError, now_iso
 from resumable.ids import lease_owner
@@ -51,6 +52,7 @@ from resumable.observe import (
     count_violation,
     observe_step,
 )
+from resumable.outage import OrphanLeases
 from resumable.queries import WorkflowStatus, read_status, subjects
 from resumable.record import ACTIVE, PARKED, Header, decode_entry, decode_header
 from resumable.storage import MemoryJournal, apply_decision, read_record, write_record
@@ -139,6 +141,7 @@ class Resumable(Generic[S]):
         self._last_time = ("", 0.0)
         self._attributes = {SOURCE: self.definition.source}
         self._error_type = self.definition.contract.system_error_type
+        self._orphans = OrphanLeases()
 
     @property
     def contract(self) -> OrchestratorContract:
@@ -302,9 +305,12 @@ class Resumable(Generic[S]):
 
     async def _lock(self, key: str, why: str) -> str:
         owner = lease_owner()
+        if self._orphans:  # leases an outage kept us from releasing: give them back first
+            await self._orphans.release(self.memory)
         try:
             locked = await self.memory.lock(key, owner, self.lock_ttl)
         except Exception as error:
+            self._orphans.add(key, owner)  # it may have been taken before the call broke
             raise TransactionViolation(
                 TransactionViolation.LOCK_FAILURE,
                 f"could not lock workflow {key!r} for event {why}: {error}",
@@ -321,11 +327,15 @@ class Resumable(Generic[S]):
     async def _unlock(self, key: str, owner: str) -> None:
         try:
             await self.memory.unlock(key, owner)
-        except Exception:  # a lease that is not released expires on its own
+        except Exception as error:  # released later, or it expires on its own
+            self._orphans.add(key, owner)
+            outage = is_unavailable(error)
             log.warning(
-                "could not unlock workflow %s; its lease will expire",
+                "could not unlock workflow %s (%s); it is released once the memory answers, "
+                "or expires",
                 instance_name(key),
-                exc_info=True,
+                error if outage else type(error).__name__,
+                exc_info=not outage,
             )
 
     async def _read(self, key: str, why: str, *, journal: bool = False) -> Stored | None:
