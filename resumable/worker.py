@@ -22,6 +22,11 @@ A broker delivers at least once; a worker makes processing *effectively once* on
 - **Recovery.** On start, every workflow's outbox (the requests its records say were sent
   and never answered) is published again, for requests lost with a process that died
   between writing a step and publishing it.
+- **Heartbeat.** Every ``heartbeat`` seconds one loop extends the broker's ack deadline of
+  each delivery in flight since the beat before (``Delivery.extend``) and renews the
+  leases of the workflows' steps still running (``Resumable.renew_leases``). So ack
+  deadlines and leases can be short (seconds), and a dead or stalled worker's work moves
+  on within them, while a long step is neither redelivered nor taken over.
 - **Drain.** ``stop()`` stops taking deliveries and lets the ones in flight finish (within
   ``drain_timeout``), so a rolling restart settles everything it took.
 
@@ -58,7 +63,7 @@ from resumable.telemetry import (
     publish_span,
     tracing,
 )
-from resumable.types import Recoverable, Timed
+from resumable.types import Leased, Recoverable, Timed
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -154,6 +159,10 @@ class Worker:
     same revision (its event was dead-lettered, say); keep ``timer_resend`` longer than the
     broker's duplicate window, or the broker drops the resend.
 
+    ``heartbeat`` is the seconds between two beats of the loop that extends the ack
+    deadline of long deliveries and renews the leases of long steps; by default a quarter
+    of the shortest of the broker's ``ack_wait`` and the workflows' ``lock_ttl``.
+
     ``on_domain(event)`` receives emitted events that carry a domain; without it they are
     logged and counted. ``poll`` bounds how long one ``receive`` waits, and so how long
     ``stop()`` takes to stop receiving; ``drain_timeout`` bounds the drain (None: wait for
@@ -178,6 +187,7 @@ class Worker:
         timer_resend: float = 300.0,
         health_interval: float = 5.0,
         on_health: HealthCallback | None = None,
+        heartbeat: float | None = None,
     ) -> None:
         self.handlers: list[Handler] = list(handlers)
         if not self.handlers:
@@ -209,6 +219,7 @@ class Worker:
             ("poll", poll),
             ("health_interval", health_interval),
             ("timer_resend", timer_resend),
+            ("heartbeat", 1.0 if heartbeat is None else heartbeat),
         ):
             if not value > 0:
                 raise SetupError(f"{name} must be more than 0 seconds, got {value!r}")
@@ -229,6 +240,7 @@ class Worker:
         self.timer_resend = timer_resend
         self.health_interval = health_interval
         self.on_health = on_health
+        self.heartbeat = self._default_heartbeat() if heartbeat is None else heartbeat
         self.stats = WorkerStats()
         self._topics = topics
         self._slots = anyio.Semaphore(concurrency)
@@ -238,6 +250,8 @@ class Worker:
         self._timers_sent: dict[str, tuple[str, float]] = {}  # key -> (timer event id, when)
         self._system = messaging_system(broker)
         self._attributes: dict[str, dict[str, str]] = {}
+        self._beat = 0  # heartbeats so far
+        self._inflight: dict[Delivery, int] = {}  # delivery -> the beat it began after
 
     def _on(self, topic: str) -> dict[str, str]:
         """The metric attributes of ``topic``, made once."""
@@ -291,6 +305,7 @@ class Worker:
                 await self._recover()
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._health_loop, started)
+                outer.start_soon(self._heartbeat_loop)
                 outer.start_soon(self._drain_deadline, outer.cancel_scope)
                 async with anyio.create_task_group() as inflight:
                     async with anyio.create_task_group() as loops:
@@ -373,9 +388,11 @@ class Worker:
                 inflight.start_soon(self._process, handler, delivery)
 
     async def _process(self, handler: Handler, delivery: Delivery) -> None:
+        self._inflight[delivery] = self._beat
         try:
             await self.handle(handler, delivery)
         finally:
+            del self._inflight[delivery]
             self.stats.in_flight -= 1
             self._slots.release()
 
@@ -644,6 +661,62 @@ class Worker:
             self._timers_sent[key] = (event.id, wall)
             self.stats.timers_fired += 1
             instruments().timers_fired.add(1, self._on(event.to or ""))
+
+    # ---------------------------------------------------------------------------------
+    # heartbeat
+
+    def _default_heartbeat(self) -> float:
+        """A quarter of the shortest deadline to keep: the broker's ``ack_wait`` and the
+        workflows' ``lock_ttl``."""
+        deadlines = [float(h.lock_ttl) for h in self.handlers if isinstance(h, Leased)]
+        ack_wait = getattr(self.broker, "ack_wait", None)
+        if isinstance(ack_wait, int | float) and ack_wait > 0:
+            deadlines.append(float(ack_wait))
+        return min(deadlines, default=30.0) / 4
+
+    async def _heartbeat_loop(self) -> None:
+        """Every ``heartbeat`` seconds: extend the deliveries in flight since the beat
+        before (at least one beat long), and renew the leases of the workflows' long
+        steps. One loop for all, so a short delivery costs nothing but a dict entry."""
+        leased = [h for h in self.handlers if isinstance(h, Leased)]
+        while True:
+            await anyio.sleep(self.heartbeat)
+            self._beat += 1
+            old = self._beat - 2
+            long = [d for d, beat in self._inflight.items() if beat <= old]
+            if not long and not leased:
+                continue
+            with anyio.move_on_after(self.heartbeat):  # never fall behind the next beat
+                async with anyio.create_task_group() as group:
+                    if long:
+                        group.start_soon(self._extend, long)
+                    for handler in leased:
+                        group.start_soon(self._renew, handler)
+
+    async def _extend(self, deliveries: list[Delivery]) -> None:
+        failures = 0
+        for delivery in deliveries:
+            try:
+                await delivery.extend()
+            except Exception as error:
+                failures += 1
+                last = error
+        if failures:
+            self.stats.errors += 1
+            log.warning(
+                "could not extend the ack deadline of %d of %d deliveries in flight (%s); "
+                "trying again at the next heartbeat",
+                failures,
+                len(deliveries),
+                _reason(last),
+            )
+
+    async def _renew(self, handler: Leased) -> None:
+        try:
+            await handler.renew_leases()
+        except Exception as error:
+            self.stats.errors += 1
+            log.warning("renewing the leases of %r failed: %s", handler, _reason(error))
 
     # ---------------------------------------------------------------------------------
     # health

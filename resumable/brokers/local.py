@@ -247,7 +247,7 @@ class LocalBroker(Broker):
         *,
         on_error: ErrorCallback | None = None,
         on_domain: DomainCallback | None = None,
-        ack_wait: float = 30.0,
+        ack_wait: float = 5.0,
         duplicate_window: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
         duplicate_limit: int = 10_000,

@@ -198,7 +198,7 @@ class NatsBroker(Broker):
         stream: str = "RESUMABLE",
         subject_prefix: str = "resumable",
         durable: str = "workers",
-        ack_wait: float = 30.0,
+        ack_wait: float = 5.0,
         max_deliver: int = 10,
         connect_timeout: float = 5.0,
         request_timeout: float = 5.0,

@@ -262,7 +262,7 @@ class RedisBroker(Broker):
         prefix: str = "resumable",
         group: str = "workers",
         consumer: str | None = None,
-        ack_wait: float = 30.0,
+        ack_wait: float = 5.0,
         duplicate_window: float = 120.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
