@@ -152,7 +152,9 @@ class Worker:
     A lease denied by another execution (``TransactionViolation`` ``LOCK_UNACQUIRED``) is
     contention, not failure: it is retried with backoff past ``max_attempts``, since every
     lease ends (released, or expired after the workflow's ``lock_ttl``); only the broker's
-    own delivery limit (``max_deliver``, where it has one) dead-letters it.
+    own delivery limit (``max_deliver``, where it has one) dead-letters it. Its backoff is
+    capped at half the longest ``lock_ttl``, so an instance whose lease a dead worker held
+    moves on soon after the lease expires.
 
     A due record's timer event is published once per ``timer_interval`` tick at most, and
     not again by this worker for ``timer_resend`` seconds while the record stays due at the
@@ -241,6 +243,10 @@ class Worker:
         self.health_interval = health_interval
         self.on_health = on_health
         self.heartbeat = self._default_heartbeat() if heartbeat is None else heartbeat
+        ttls = [float(h.lock_ttl) for h in self.handlers if isinstance(h, Leased)]
+        self._lease_wait = max(ttls) / 2 if ttls else float("inf")
+        """The longest backoff before retrying a denied lease: every lease ends within its
+        ``lock_ttl`` (released, or expired), so waiting longer only delays recovery."""
         self.stats = WorkerStats()
         self._topics = topics
         self._slots = anyio.Semaphore(concurrency)
@@ -457,7 +463,7 @@ class Worker:
         broker_limit = getattr(self.broker, "max_deliver", None)
         last_chance = isinstance(broker_limit, int) and 0 < broker_limit <= attempt
         if _is_lock_denied(error) and not last_chance:
-            delay = self.delay(attempt)
+            delay = min(self.delay(attempt), self._lease_wait)
             log.debug("event %s: lease taken (%s); again in %.3gs", event.id, error, delay)
             instruments().lease_wait.record(delay, self._on(delivery.topic))
             if await self._settle(delivery, "nack", delivery.nack(delay)):
