@@ -242,11 +242,8 @@ class Worker:
         self.timer_resend = timer_resend
         self.health_interval = health_interval
         self.on_health = on_health
-        self.heartbeat = self._default_heartbeat() if heartbeat is None else heartbeat
-        ttls = [float(h.lock_ttl) for h in self.handlers if isinstance(h, Leased)]
-        self._lease_wait = max(ttls) / 2 if ttls else float("inf")
-        """The longest backoff before retrying a denied lease: every lease ends within its
-        ``lock_ttl`` (released, or expired), so waiting longer only delays recovery."""
+        self._heartbeat = heartbeat
+        self._leased_handlers: list[Leased] | None = None
         self.stats = WorkerStats()
         self._topics = topics
         self._slots = anyio.Semaphore(concurrency)
@@ -463,7 +460,7 @@ class Worker:
         broker_limit = getattr(self.broker, "max_deliver", None)
         last_chance = isinstance(broker_limit, int) and 0 < broker_limit <= attempt
         if _is_lock_denied(error) and not last_chance:
-            delay = min(self.delay(attempt), self._lease_wait)
+            delay = min(self.delay(attempt), self._lease_wait())
             log.debug("event %s: lease taken (%s); again in %.3gs", event.id, error, delay)
             instruments().lease_wait.record(delay, self._on(delivery.topic))
             if await self._settle(delivery, "nack", delivery.nack(delay)):
@@ -671,20 +668,37 @@ class Worker:
     # ---------------------------------------------------------------------------------
     # heartbeat
 
-    def _default_heartbeat(self) -> float:
-        """A quarter of the shortest deadline to keep: the broker's ``ack_wait`` and the
-        workflows' ``lock_ttl``."""
-        deadlines = [float(h.lock_ttl) for h in self.handlers if isinstance(h, Leased)]
-        ack_wait = getattr(self.broker, "ack_wait", None)
-        if isinstance(ack_wait, int | float) and ack_wait > 0:
-            deadlines.append(float(ack_wait))
-        return min(deadlines, default=30.0) / 4
+    def _leased(self) -> list[Leased]:
+        """The handlers that hold leases (workflows), found on first use: a ``Worker`` made
+        per call (``LocalBroker`` hosting) must stay cheap to make."""
+        if self._leased_handlers is None:
+            self._leased_handlers = [h for h in self.handlers if isinstance(h, Leased)]
+        return self._leased_handlers
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between two heartbeats: as given, or a quarter of the shortest deadline
+        to keep (the broker's ``ack_wait`` and the workflows' ``lock_ttl``)."""
+        if self._heartbeat is None:
+            deadlines = [float(h.lock_ttl) for h in self._leased()]
+            ack_wait = getattr(self.broker, "ack_wait", None)
+            if isinstance(ack_wait, int | float) and ack_wait > 0:
+                deadlines.append(float(ack_wait))
+            self._heartbeat = min(deadlines, default=30.0) / 4
+        return self._heartbeat
+
+    def _lease_wait(self) -> float:
+        """The longest backoff before retrying a denied lease, half the longest
+        ``lock_ttl``: every lease ends within it (released, or expired), so waiting longer
+        only delays recovery."""
+        ttls = [float(h.lock_ttl) for h in self._leased()]
+        return max(ttls) / 2 if ttls else float("inf")
 
     async def _heartbeat_loop(self) -> None:
         """Every ``heartbeat`` seconds: extend the deliveries in flight since the beat
         before (at least one beat long), and renew the leases of the workflows' long
         steps. One loop for all, so a short delivery costs nothing but a dict entry."""
-        leased = [h for h in self.handlers if isinstance(h, Leased)]
+        leased = self._leased()
         while True:
             await anyio.sleep(self.heartbeat)
             self._beat += 1
