@@ -24,6 +24,9 @@ with another consumer's (claiming, nacking, dead-lettering) is one Lua script.
 Acks delete the entry from the stream (XDEL): one consumer group per topic and prefix.
 Give each group of workers that must see every event its own ``prefix``. Needs Redis 6.2
 or later (XAUTOCLAIM); the keys of a topic are not hash-tagged, so not Redis Cluster.
+
+(Over 500 lines: the Lua scripts of publish, claim and settle, dead letters and their
+replay, and the outage handling are one protocol over one set of keys.)
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ make it: run Redis with ``appendonly yes`` and ``appendfsync always`` for a writ
 disk when ``write`` returns. The scripts start with a Redis 7 shebang, so the server must be
 Redis 7 or later; they name keys they compute (the status sets), so it must be a standalone
 server (or a single-shard proxy), not Redis Cluster.
+
+(Over 500 lines: the Lua scripts of write and lease, the listing index, and the
+persistence check on connect are one protocol over one set of keys.)
 """
 
 from __future__ import annotations
