@@ -59,7 +59,9 @@ class OrphanLeases:
         self._held: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._limit = limit
 
-    def __bool__(self) -> bool:
+    @property
+    def pending(self) -> bool:
+        """True while some are held to give back."""
         return bool(self._held)
 
     def add(self, key: str, owner: str) -> None:
@@ -91,7 +93,7 @@ class Leases:
         """Take ``key``'s lease for a new execution (for event ``why``), and note it so
         ``renew`` keeps it while the step runs. Raises ``TransactionViolation``."""
         owner = lease_owner()
-        if self.orphans:  # leases an outage kept us from releasing: give them back first
+        if self.orphans.pending:  # leases an outage kept us from releasing: give them back
             await self.orphans.release(memory)
         try:
             locked = await memory.lock(key, owner, ttl)

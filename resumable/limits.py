@@ -37,21 +37,27 @@ larger message they receive."""
 
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _CONTROL_BYTES: Final = bytes([*range(32), 127])
-_fine_subjects: dict[str, None] = {}
-"""Subjects that passed, most recent last: an instance's events share one subject."""
+_fine: dict[tuple[str, str, str, str | None], None] = {}
+"""(subject, type, source, to) that passed: an instance's events share them."""
 
 
-def _fine_subject(subject: str) -> bool:
-    """Check a subject not seen lately; remember it if it passes."""
+def _fine_rest(event: Event) -> bool:
+    """Check the subject, type, source and ``to`` of an event whose combination was not
+    seen lately; remember them if they pass."""
+    subject, type_, source, to = event.subject, event.type, event.source, event.to
+    rest = f"{subject}{type_}{source}{to or ''}"
     if not (
-        subject.isascii()
+        rest.isascii()
         and len(subject) <= MAX_SUBJECT_BYTES
-        and len(subject.encode().translate(None, _CONTROL_BYTES)) == len(subject)
+        and len(type_) <= MAX_TEXT_BYTES
+        and len(source) <= MAX_TEXT_BYTES
+        and (to is None or len(to) <= MAX_TEXT_BYTES)
+        and len(rest.encode().translate(None, _CONTROL_BYTES)) == len(rest)
     ):
         return False
-    if len(_fine_subjects) >= 4096:
-        _fine_subjects.clear()
-    _fine_subjects[subject] = None
+    if len(_fine) >= 4096:
+        _fine.clear()
+    _fine[(subject, type_, source, to)] = None
     return True
 
 
@@ -92,17 +98,12 @@ def _check(event_id: str, field: str, value: str | None, limit: int) -> None:
 def check_event(event: Event) -> None:
     """Raise ``LimitViolation`` if ``event`` breaks a limit: id, subject, type, source and
     ``to`` within their byte limits, with no NUL or other control character."""
-    subject, to = event.subject, event.to
-    rest = f"{event.id}{event.type}{event.source}{to or ''}"
-    if (  # the common case, cheaply: short printable ASCII, a subject seen before
-        rest.isascii()
-        and len(rest) <= MAX_ID_BYTES + 3 * MAX_TEXT_BYTES
-        and len(event.id) <= MAX_ID_BYTES
-        and len(event.type) <= MAX_TEXT_BYTES
-        and len(event.source) <= MAX_TEXT_BYTES
-        and (to is None or len(to) <= MAX_TEXT_BYTES)
-        and len(rest.encode().translate(None, _CONTROL_BYTES)) == len(rest)
-        and (subject in _fine_subjects or _fine_subject(subject))
+    id_ = event.id
+    if (  # the common case, cheaply: a short printable ASCII id, the rest seen before
+        len(id_) <= MAX_ID_BYTES
+        and id_.isascii()
+        and len(id_.encode().translate(None, _CONTROL_BYTES)) == len(id_)
+        and ((event.subject, event.type, event.source, event.to) in _fine or _fine_rest(event))
     ):
         return
     _check(event.id, "id", event.id, MAX_ID_BYTES)
