@@ -6,7 +6,8 @@ directories (``tests/fault_servers.py``), never on the machine's shared ones:
 - PostgreSQL as the memory (NATS the broker), stopped with ``pg_ctl -m immediate`` (a crash:
   crash recovery on start) or ``-m fast`` (clients disconnected, a checkpoint);
 - NATS as the broker (PostgreSQL the memory), killed with SIGKILL, its JetStream store kept;
-- Redis with the append-only file on, as memory and broker at once, stopped with SIGTERM;
+- Redis with the append-only file on, stopped with SIGTERM: as memory and broker at once,
+  and as the memory alone (NATS the broker), where deliveries keep coming while it is down;
 
 each down for 2 s and for 20 s. Three ``resumable worker`` processes run the demo's order
 workflow and services (``tests/chaos_worker.py``, with default leases, ack deadlines and
@@ -98,6 +99,7 @@ FAULTS = [
         ("postgres", "fast"),
         ("nats", "kill"),
         ("redis", "term"),
+        ("redis-memory", "term"),
     ]
     for down in (2.0, 20.0)
 ]
@@ -248,8 +250,18 @@ async def deployment(request: pytest.FixtureRequest) -> AsyncIterator[Deployment
             with_query(effects_pg, schema=effects_schema),
             redis,
         )
-    else:
+    elif fault.server == "redis-memory":
+        redis = request.getfixturevalue("owned_redis")
         nats: OwnedServer = request.getfixturevalue("owned_nats")
+        servers = [nats, redis]
+        chosen = Deployment(
+            with_query(nats.url, stream=f"FAULTS_{suffix}", prefix=f"faults{suffix}"),
+            with_query(redis.url, prefix=f"faults-{suffix}-m"),
+            with_query(effects_pg, schema=effects_schema),
+            redis,
+        )
+    else:
+        nats = request.getfixturevalue("owned_nats")
         postgres: OwnedServer = request.getfixturevalue("owned_postgres")
         servers = [nats, postgres]
         chosen = Deployment(
