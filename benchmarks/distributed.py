@@ -205,7 +205,7 @@ class Namespace:
     def memory_url(self) -> str:
         if self.pair.memory == "postgres":
             return with_query(self.urls["PostgreSQL"], schema=self.schema)
-        return with_query(self.urls["Redis"], prefix=f"{self.redis_prefix}-m")
+        return with_query(self.urls["Redis"], prefix=f"{self.redis_prefix}-m", allow_volatile="1")
 
     @property
     def stream(self) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["backoff_delay"]
+import random
+
+__all__ = ["backoff_delay", "jittered"]
 
 
 def backoff_delay(attempt: int, initial: float, factor: float, longest: float) -> float:
@@ -19,3 +21,9 @@ def backoff_delay(attempt: int, initial: float, factor: float, longest: float) -
     except OverflowError:
         return float(longest)
     return float(min(value, longest))
+
+
+def jittered(delay: float) -> float:
+    """``delay`` scaled by a random factor in [0.5, 1): processes that failed together (a
+    database went down under all of them) do not all come back at the same instant."""
+    return delay * (0.5 + random.random() / 2)

@@ -33,9 +33,11 @@ __all__ = [
     "StepError",
     "TransactionCause",
     "TransactionViolation",
+    "Unavailable",
     "UnknownVersionError",
     "ViolationError",
     "WorkflowAwaitError",
+    "is_unavailable",
     "is_violation",
 ]
 
@@ -240,6 +242,41 @@ class DuplicateEntryError(ResumableError, ValueError):
         )
         self.key = key
         self.event_id = event_id
+
+
+class Unavailable(ResumableError, ConnectionError):
+    """A server the library needs (a memory's database, a broker) could not be reached or
+    did not answer: refused, reset or closed connections, a server shutting down or still
+    starting, a timeout, a failover to a read-only replica, a busy SQLite file.
+
+    An infrastructure fault, not a fault of the event being handled: the same call can
+    succeed once the server is back. ``Worker`` retries such deliveries with backoff for as
+    long as the fault lasts and never dead-letters them. ``server`` names the backend and
+    where it is (passwords left out). A ``ConnectionError`` too, as the backends raised before.
+    """
+
+    def __init__(self, message: str, *, server: str = "") -> None:
+        super().__init__(message)
+        self.server = server
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """True if ``error`` is an ``Unavailable``, or was raised because of one (its
+    ``__cause__`` chain holds one, as in a ``TransactionViolation`` the
+    driver raised when memory could not be read): an infrastructure fault to retry.
+    Only explicit causes (``raise ... from``) are followed: an error raised while handling
+    an outage may be a bug of its own."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Unavailable):
+            return True
+        seen.add(id(current))
+        current = current.__cause__
+    return False
 
 
 class ServiceError(ResumableError):

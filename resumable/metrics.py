@@ -103,6 +103,11 @@ class Instruments:
         self.nacked: Counter = counter(
             "resumable.worker.nacked", "{delivery}", "Deliveries nacked for a later retry"
         )
+        self.unavailable: Counter = counter(
+            "resumable.worker.unavailable",
+            "{delivery}",
+            "Deliveries nacked because a server was unavailable: retried, never dead-lettered",
+        )
         self.dead_lettered: Counter = counter(
             "resumable.worker.dead_lettered", "{delivery}", "Deliveries dead-lettered"
         )

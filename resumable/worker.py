@@ -8,10 +8,15 @@ A broker delivers at least once; a worker makes processing *effectively once* on
   events (a workflow from its journal, a service from its idempotency keys), which carry
   the same ids, so their consumers drop the copies.
 - **Retry what can succeed later.** A ``TransactionViolation`` (lease taken by another
-  execution, memory unreachable, a write that lost a compare-and-set) or any unexpected
-  exception is nacked with exponential backoff; other violations (contract, config,
-  execution) can never succeed and are dead-lettered at once, with the reason; a failure
-  on the ``max_attempts``-th delivery is dead-lettered with its error as the reason.
+  execution, a write that lost a compare-and-set) or any unexpected exception is nacked
+  with exponential backoff; other violations (contract, config, execution) can never
+  succeed and are dead-lettered at once, with the reason; a failure on the
+  ``max_attempts``-th delivery is dead-lettered with its error as the reason.
+- **Outages are not failures.** A delivery that failed because a server was unavailable
+  (``resumable.Unavailable``: the memory's database or the broker down, restarting or
+  failing over) is nacked with backoff and jitter for as long as the outage lasts, never
+  dead-lettered, and not counted against ``max_attempts``; consuming pauses until a probe
+  of the memories answers (``resumable.outage``).
 - **Timers.** Every ``timer_interval`` the worker asks each memory its workflows use which
   records are due, and publishes a timer event for each to the workflow's own topic. The
   event's id comes from the record's revision, so every worker that sees one due record
@@ -21,7 +26,8 @@ A broker delivers at least once; a worker makes processing *effectively once* on
   leaves a delivery that the broker redelivers, and the journal answers.
 - **Recovery.** On start, every workflow's outbox (the requests its records say were sent
   and never answered) is published again, for requests lost with a process that died
-  between writing a step and publishing it.
+  between writing a step and publishing it; and every ``recover_interval`` the outboxes of
+  instances idle that long are swept again (``resumable.sweep``).
 - **Drain.** ``stop()`` stops taking deliveries and lets the ones in flight finish (within
   ``drain_timeout``), so a rolling restart settles everything it took.
 
@@ -43,14 +49,22 @@ import anyio.lowlevel
 import attrs
 from opentelemetry import trace
 
-from resumable.backoff import backoff_delay
+from resumable.backoff import backoff_delay, jittered
 from resumable.brokers import Broker, Delivery, Handler
 from resumable.clock import to_epoch
-from resumable.errors import ResumableError, SetupError, TransactionViolation, ViolationError
+from resumable.errors import (
+    ResumableError,
+    SetupError,
+    TransactionViolation,
+    ViolationError,
+    is_unavailable,
+)
 from resumable.events import Event
 from resumable.memory import Memory
 from resumable.metrics import TOPIC, enabled, instruments
+from resumable.outage import Outage, RetryCounts
 from resumable.subject import SubjectError, instance_name, parse_subject
+from resumable.sweep import OutboxSweep, Sweepable
 from resumable.telemetry import (
     delivery_span,
     mark_error,
@@ -90,9 +104,12 @@ class WorkerStats:
     domain_events: int = 0
     """Emitted events with a domain, handed to ``on_domain`` (or only logged) instead."""
     recovered: int = 0
-    """Requests re-published from the workflows' outboxes on start."""
+    """Requests re-published from the workflows' outboxes, on start and by the sweeps."""
     errors: int = 0
     """Failures outside a delivery's outcome: receive, settle, timer and health problems."""
+    unavailable: int = 0
+    """Retries because a server was unavailable: deliveries nacked for it (never
+    dead-lettered, not counted in ``max_attempts``), failed receives, timer ticks, sweeps."""
 
     def as_dict(self) -> dict[str, int]:
         return attrs.asdict(self)
@@ -178,6 +195,8 @@ class Worker:
         timer_resend: float = 300.0,
         health_interval: float = 5.0,
         on_health: HealthCallback | None = None,
+        unavailable_backoff: tuple[float, float, float] = (0.5, 2.0, 30.0),
+        recover_interval: float | None = 30.0,
     ) -> None:
         self.handlers: list[Handler] = list(handlers)
         if not self.handlers:
@@ -212,6 +231,17 @@ class Worker:
         ):
             if not value > 0:
                 raise SetupError(f"{name} must be more than 0 seconds, got {value!r}")
+        if recover_interval is not None and not recover_interval > 0:
+            raise SetupError(
+                f"recover_interval must be more than 0 seconds (or None: only on start), "
+                f"got {recover_interval!r}"
+            )
+        first, growth, cap = unavailable_backoff
+        if not (first > 0 and growth >= 1 and cap >= first):
+            raise SetupError(
+                "unavailable_backoff must be (initial > 0, factor >= 1, max >= initial), "
+                f"got {unavailable_backoff!r}"
+            )
         if drain_timeout is not None and not drain_timeout >= 0:
             raise SetupError(f"drain_timeout must be 0 or more seconds, got {drain_timeout!r}")
         if timer_batch < 1:
@@ -229,7 +259,15 @@ class Worker:
         self.timer_resend = timer_resend
         self.health_interval = health_interval
         self.on_health = on_health
+        self.unavailable_backoff = (float(first), float(growth), float(cap))
+        self.recover_interval = recover_interval
         self.stats = WorkerStats()
+        self._outage = Outage(
+            lambda: [memory for memory, _ in self._timed_groups()], self.unavailable_backoff
+        )
+        self._retries = RetryCounts()
+        self._sweep = OutboxSweep(recover_interval or 30.0)
+        self._group: anyio.abc.TaskGroup | None = None
         self._topics = topics
         self._slots = anyio.Semaphore(concurrency)
         self._stopping = anyio.Event()
@@ -290,8 +328,11 @@ class Worker:
             if self.recover and not self.stopping:
                 await self._recover()
             async with anyio.create_task_group() as outer:
+                self._group = outer
                 outer.start_soon(self._health_loop, started)
                 outer.start_soon(self._drain_deadline, outer.cancel_scope)
+                if self.recover_interval is not None:
+                    outer.start_soon(self._sweep_loop)
                 async with anyio.create_task_group() as inflight:
                     async with anyio.create_task_group() as loops:
                         for handler in self.handlers:
@@ -313,6 +354,7 @@ class Worker:
             log.info("worker stopped: %s", self.health_line(time.monotonic() - started))
         finally:
             self._running = False
+            self._group = None
 
     async def _drain_deadline(self, scope: anyio.CancelScope) -> None:
         """Once stopping, give everything ``drain_timeout`` seconds to finish."""
@@ -326,12 +368,57 @@ class Worker:
         for handler in self.handlers:
             if not isinstance(handler, Recoverable):
                 continue
-            requests = await handler.outbox()
-            for request in requests:
-                await self.emit(request)
+            try:
+                requests = await handler.outbox()
+                for request in requests:
+                    await self.emit(request)
+            except Exception as error:
+                if not is_unavailable(error):
+                    raise
+                self.stats.unavailable += 1
+                log.warning(
+                    "recovery of %s on start postponed: %s; %s",
+                    handler.source,
+                    _reason(error),
+                    "the outbox sweep re-sends its requests once the server is back"
+                    if self.recover_interval is not None
+                    else "restart the worker once the server is back (recover_interval=None)",
+                )
+                continue
             self.stats.recovered += len(requests)
             if requests:
                 log.info("recovery: re-published %d requests of %s", len(requests), handler.source)
+
+    async def _sweep_loop(self) -> None:
+        """Every ``recover_interval``, re-publish the requests of instances idle that long
+        (``resumable.sweep``), unless consuming is paused for an outage."""
+        assert self.recover_interval is not None
+        while not self.stopping:
+            with anyio.move_on_after(self.recover_interval):
+                await self._stopping.wait()
+            if self.stopping or self._outage.paused:
+                continue
+            for handler in self.handlers:
+                if not isinstance(handler, Sweepable):
+                    continue
+                try:
+                    sent = await self._sweep.sweep(handler, self.emit)
+                except Exception as error:
+                    if is_unavailable(error):
+                        self.stats.unavailable += 1
+                        log.info("outbox sweep of %s: %s", handler.source, _reason(error))
+                    else:
+                        self.stats.errors += 1
+                        log.warning("outbox sweep of %s failed: %s", handler.source, _reason(error))
+                    continue
+                self.stats.recovered += sent
+                if sent:
+                    log.info(
+                        "outbox sweep: re-published %d requests of %s idle for %.3gs or more",
+                        sent,
+                        handler.source,
+                        self.recover_interval,
+                    )
 
     # ---------------------------------------------------------------------------------
     # deliveries
@@ -344,6 +431,8 @@ class Worker:
         while not self.stopping:
             async with self._slots:  # wait for a free slot, without keeping it
                 pass
+            if self._outage.paused:
+                await self._outage.wait(self._stopping)
             if self.stopping:
                 break
             wanted = max(1, min(self.concurrency, self._slots.value))
@@ -353,9 +442,14 @@ class Worker:
                 )
             except Exception as error:
                 failures += 1
-                self.stats.errors += 1
-                delay = self.delay(failures)
-                log.warning(
+                outage = is_unavailable(error)
+                if outage:  # the client reconnects; back off with jitter meanwhile
+                    self.stats.unavailable += 1
+                    delay = jittered(backoff_delay(failures, *self.unavailable_backoff))
+                else:
+                    self.stats.errors += 1
+                    delay = self.delay(failures)
+                (log.debug if outage and failures > 1 else log.warning)(
                     "receiving from %r failed (%s); trying again in %.3gs",
                     topic,
                     _reason(error),
@@ -364,6 +458,8 @@ class Worker:
                 with anyio.move_on_after(delay):
                     await self._stopping.wait()
                 continue
+            if failures:
+                log.info("receiving from %r again after %d failed tries", topic, failures)
             failures = 0
             # Taken deliveries are handled even when stopping: settling them is the drain.
             for delivery in deliveries:
@@ -416,6 +512,7 @@ class Worker:
                     await self._failed(delivery, error, publishing=True)
                     return
                 if await self._settle(delivery, "ack", delivery.ack()):
+                    self._retries.forget(delivery.topic, event.id)
                     self.stats.acked += 1
                     if measure is not None:
                         measure.acked.add(1, attributes)
@@ -439,19 +536,24 @@ class Worker:
             return
         broker_limit = getattr(self.broker, "max_deliver", None)
         last_chance = isinstance(broker_limit, int) and 0 < broker_limit <= attempt
+        if is_unavailable(error) and not last_chance:
+            await self._unavailable(delivery, error, what)
+            return
+        # Deliveries that ended in an outage or a taken lease are not failures of the event.
+        failures = max(1, attempt - self._retries.get(delivery.topic, event.id))
         if _is_lock_denied(error) and not last_chance:
-            delay = self.delay(attempt)
+            delay = self.delay(self._retries.add(delivery.topic, event.id))
             log.debug("event %s: lease taken (%s); again in %.3gs", event.id, error, delay)
             instruments().lease_wait.record(delay, self._on(delivery.topic))
             if await self._settle(delivery, "nack", delivery.nack(delay)):
                 self.stats.nacked += 1
                 instruments().nacked.add(1, self._on(delivery.topic))
             return
-        if attempt >= self.max_attempts or last_chance:
+        if failures >= self.max_attempts or last_chance:
             limit = attempt if not last_chance else f"{attempt} (the broker's max_deliver)"
             await self._dead_letter(delivery, f"failed on attempt {limit}: {_reason(error)}")
             return
-        delay = self.delay(attempt)
+        delay = self.delay(failures)
         log.warning(
             "event %s (%s) for %s on %r, attempt %d: %s failed (%s); again in %.3gs",
             event.id,
@@ -464,6 +566,28 @@ class Worker:
             delay,
             exc_info=not isinstance(error, ViolationError),
         )
+        if await self._settle(delivery, "nack", delivery.nack(delay)):
+            self.stats.nacked += 1
+            instruments().nacked.add(1, self._on(delivery.topic))
+
+    async def _unavailable(self, delivery: Delivery, error: Exception, what: str) -> None:
+        """A server was unavailable: nack with backoff and jitter, not counted as a failure,
+        and pause consuming until the memories answer again."""
+        event = delivery.event
+        retries = self._retries.add(delivery.topic, event.id)
+        self.stats.unavailable += 1
+        instruments().unavailable.add(1, self._on(delivery.topic))
+        delay = jittered(backoff_delay(retries, *self.unavailable_backoff))
+        if not self._outage.begin(error, self._group):
+            log.debug(
+                "event %s (%s) on %r: %s failed, a server is unavailable (%s); again in %.3gs",
+                event.id,
+                event.type,
+                delivery.topic,
+                what,
+                _reason(error),
+                delay,
+            )
         if await self._settle(delivery, "nack", delivery.nack(delay)):
             self.stats.nacked += 1
             instruments().nacked.add(1, self._on(delivery.topic))
@@ -481,6 +605,7 @@ class Worker:
         )
         mark_error(trace.get_current_span(), "DeadLettered", reason)
         if await self._settle(delivery, "dead_letter", delivery.dead_letter(reason)):
+            self._retries.forget(delivery.topic, event.id)
             self.stats.dead_lettered += 1
             instruments().dead_lettered.add(1, self._on(delivery.topic))
 
@@ -550,6 +675,9 @@ class Worker:
         groups = self._timed_groups()
         foreign = [0] * len(groups)
         while not self.stopping:
+            if self._outage.paused:
+                await self._outage.wait(self._stopping)
+                continue
             more = False
             listed: set[str] = set()
             for index, (memory, owners) in enumerate(groups):
@@ -558,7 +686,11 @@ class Worker:
                         memory, owners, foreign[index], listed
                     )
                 except Exception as error:
-                    self.stats.errors += 1
+                    if is_unavailable(error):
+                        self.stats.unavailable += 1
+                        self._outage.begin(error, self._group)
+                    else:
+                        self.stats.errors += 1
                     log.warning("listing due timers failed: %s", _reason(error))
                     continue
                 more = more or (full and fired > 0)
@@ -655,7 +787,7 @@ class Worker:
         return (
             f"in flight {s.in_flight}, received {s.received}, acked {s.acked}{rate}, "
             f"nacked {s.nacked}, dead-lettered {s.dead_lettered}, published {s.published}, "
-            f"timers {s.timers_fired}, errors {s.errors}"
+            f"timers {s.timers_fired}, errors {s.errors}, unavailable {s.unavailable}"
         )
 
     async def _health_loop(self, started: float) -> None:

@@ -198,7 +198,7 @@ async def redis_redis() -> AsyncIterator[Pair]:
     pair = Pair(
         "Redis + Redis",
         with_query(redis_url, prefix=f"{prefix}-b", ack_wait=str(ACK_WAIT)),
-        with_query(redis_url, prefix=f"{prefix}-m"),
+        with_query(redis_url, prefix=f"{prefix}-m", allow_volatile="1"),
         with_query(pg_url, schema=f"chaos_fx_{suffix}"),
     )
     yield pair

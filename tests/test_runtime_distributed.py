@@ -103,7 +103,7 @@ async def test_runtime_and_client_on_redis_and_redis() -> None:
     try:
         await run_both(
             lambda: RedisBroker(url, prefix=f"{prefix}-b"),
-            lambda: RedisMemory(url, prefix=f"{prefix}-m"),
+            lambda: RedisMemory(url, prefix=f"{prefix}-m", allow_volatile=True),
         )
     finally:
         client: aioredis.Redis = aioredis.Redis.from_url(url)

@@ -69,7 +69,7 @@ async def test_each_order_is_one_trace_whose_tree_follows_its_event_chain(tmp_pa
     redis_url = require_redis()
     prefix = f"traces-{uuid.uuid4().hex[:10]}"
     broker_url = f"{redis_url}?prefix={prefix}-b&ack_wait=5"
-    memory_url = f"{redis_url}?prefix={prefix}-m"
+    memory_url = f"{redis_url}?prefix={prefix}-m&allow_volatile=1"
     spans_dir = tmp_path / "spans"
     spans_dir.mkdir()
     logs = [tmp_path / f"worker-{n}.log" for n in range(WORKERS)]

@@ -964,7 +964,7 @@ async def test_order_workflow_end_to_end_on_redis_and_redis(tmp_path: Path) -> N
     try:
         await run_orders_end_to_end(
             lambda: RedisBroker(url, prefix=f"{prefix}-b"),
-            lambda: RedisMemory(url, prefix=f"{prefix}-m"),
+            lambda: RedisMemory(url, prefix=f"{prefix}-m", allow_volatile=True),
             tmp_path,
         )
     finally:

@@ -10,10 +10,12 @@ so a re-publish of the same event within the stream's duplicate window (2 minute
 default) is dropped by the server: publishing is effectively once, and retrying a publish
 that failed in flight is always safe.
 
-``max_deliver`` is a backstop: after that many deliveries JetStream stops delivering a
-message that was never settled (it stays in the stream, on no queue). The Worker counts
-``attempt`` and dead-letters explicitly before then, so keep ``max_deliver`` above the
-Worker's attempt limit.
+``max_deliver`` is unlimited (-1) by default: the Worker dead-letters an event that fails
+``max_attempts`` times for a reason of its own, and retries for as long as they last the
+deliveries that failed because a server was unavailable, which a delivery limit would
+strand (JetStream stops delivering a message after ``max_deliver`` deliveries; it stays in
+the stream, on no queue). Set a limit to bound a message that kills its worker every time;
+the Worker then dead-letters on the last delivery whatever the failure.
 
 Needs nats-py (``pip install 'resumable[nats]'``) and a server started with JetStream
 (``nats-server -js``). Runs on asyncio.
@@ -47,7 +49,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from resumable.brokers.base import Broker, DeadLetter, Delivery
-from resumable.errors import SetupError
+from resumable.errors import SetupError, Unavailable
 from resumable.events import Event, EventError, from_json, to_json
 from resumable.uri import redact_url as _redact
 
@@ -137,11 +139,11 @@ class _NatsDelivery(Delivery):
 
     async def ack(self) -> None:
         """Acknowledge and wait for JetStream to confirm, so it is not delivered again."""
-        with self._settling("ack"):
+        with self._settling("ack"), self._broker._outage("acking an event"):
             try:
                 await self._msg.ack_sync(timeout=self._broker.request_timeout)
             except TimeoutError:
-                raise TimeoutError(
+                raise Unavailable(
                     f"NATS did not confirm the ack of event {self.event.id} on "
                     f"{self.topic!r} within {self._broker.request_timeout}s; it may be "
                     "delivered again after ack_wait"
@@ -151,7 +153,7 @@ class _NatsDelivery(Delivery):
         """Negative-ack with JetStream's redelivery delay."""
         if delay < 0:
             raise ValueError(f"nack delay must be 0 or more seconds, got {delay!r}")
-        with self._settling("nack"):
+        with self._settling("nack"), self._broker._outage("nacking an event"):
             await self._msg.nak(delay=delay or None)
             await self._broker._flush()
 
@@ -161,7 +163,7 @@ class _NatsDelivery(Delivery):
         In that order: a crash in between redelivers the message and the dead letter is
         written again, which the duplicate window drops.
         """
-        with self._settling("dead_letter"):
+        with self._settling("dead_letter"), self._broker._outage("dead-lettering an event"):
             await self._broker._publish_dead(
                 self.topic,
                 to_json(self.event),
@@ -180,7 +182,8 @@ class NatsBroker(Broker):
     if missing (file storage, subjects ``{subject_prefix}.topic.>`` and
     ``{subject_prefix}.dead.>``). Every topic's consumer is ``{durable}_<topic>_<hash>``
     with explicit acks, ``ack_wait`` seconds to settle a delivery and at most
-    ``max_deliver`` deliveries. Connects lazily; ``close`` releases the connection.
+    ``max_deliver`` deliveries (-1, the default: no limit). Connects lazily and reconnects
+    for ever; ``close`` releases the connection.
     """
 
     def __init__(
@@ -191,7 +194,7 @@ class NatsBroker(Broker):
         subject_prefix: str = "resumable",
         durable: str = "workers",
         ack_wait: float = 30.0,
-        max_deliver: int = 10,
+        max_deliver: int = -1,
         connect_timeout: float = 5.0,
         request_timeout: float = 5.0,
     ) -> None:
@@ -279,26 +282,30 @@ class NatsBroker(Broker):
         subject = self.subject(event.to)
         if "\r" in event.id or "\n" in event.id:
             raise ValueError(f"event id {event.id!r} holds a line break; NATS headers cannot")
-        js = await self._jetstream()
-        try:
-            ack = await js.publish(
-                subject,
-                to_json(event),
-                timeout=self.request_timeout,
-                stream=self.stream,
-                headers={_MSG_ID: event.id},
-            )
-        except TimeoutError:
-            raise TimeoutError(
-                f"JetStream did not acknowledge event {event.id} on {subject!r} within "
-                f"{self.request_timeout}s; it may or may not be stored. Publishing it again "
-                "is safe: the duplicate window drops a second copy"
-            ) from None
-        except nats.js.errors.NoStreamResponseError:
-            raise RuntimeError(
-                f"no JetStream stream answered for {subject!r}: was stream {self.stream!r} "
-                "deleted, or JetStream disabled? A new NatsBroker creates the stream again"
-            ) from None
+        with self._outage(f"publishing event {event.id}"):
+            js = await self._jetstream()
+            try:
+                ack = await js.publish(
+                    subject,
+                    to_json(event),
+                    timeout=self.request_timeout,
+                    stream=self.stream,
+                    headers={_MSG_ID: event.id},
+                )
+            except TimeoutError:
+                raise Unavailable(
+                    f"JetStream did not acknowledge event {event.id} on {subject!r} within "
+                    f"{self.request_timeout}s; it may or may not be stored. Publishing it again "
+                    "is safe: the duplicate window drops a second copy",
+                    server=f"NATS at {_redact(self.url)}",
+                ) from None
+            except nats.js.errors.NoStreamResponseError:
+                raise Unavailable(
+                    f"no JetStream stream answered for {subject!r}: JetStream is restarting, or "
+                    f"stream {self.stream!r} was deleted or JetStream disabled (a new "
+                    "NatsBroker creates the stream again)",
+                    server=f"NATS at {_redact(self.url)}",
+                ) from None
         if ack.duplicate:
             log.debug("event %s was published already; JetStream dropped the copy", event.id)
 
@@ -314,7 +321,8 @@ class NatsBroker(Broker):
         with anyio.CancelScope() as scope:  # cancelled by close(): return []
             self._waiting.add(scope)
             try:
-                msgs = await self._fetch(topic, max_messages, timeout)
+                with self._outage(f"receiving from {topic!r}"):
+                    msgs = await self._fetch(topic, max_messages, timeout)
             finally:
                 self._waiting.discard(scope)
         deliveries: list[Delivery] = []
@@ -423,9 +431,10 @@ class NatsBroker(Broker):
         except (TimeoutError, OSError, nats.errors.Error) as error:
             await nc.close()
             cause = failures[-1] if failures else error
-            raise ConnectionError(
+            raise Unavailable(
                 f"cannot connect to NATS at {_redact(self.url)} within {self.connect_timeout}s "
-                f"({type(cause).__name__}: {cause}); check the URL, or {_START_HINT}"
+                f"({type(cause).__name__}: {cause}); check the URL, or {_START_HINT}",
+                server=f"NATS at {_redact(self.url)}",
             ) from None
         connected = True
         return nc
@@ -510,6 +519,8 @@ class NatsBroker(Broker):
         under us, create it again and fetch once more."""
         try:
             return await self._fetch_once(topic, max_messages, timeout)
+        except nats.js.errors.ServiceUnavailableError:
+            raise  # JetStream is restarting: an outage, not a broken consumer
         except nats.js.errors.APIError as error:
             log.warning("the consumer of %r failed (%s); creating it again", topic, error)
             await self._forget(topic)
@@ -586,10 +597,41 @@ class NatsBroker(Broker):
         )
         await msg.term()
 
+    @contextlib.contextmanager
+    def _outage(self, doing: str) -> Iterator[None]:
+        """Turn the errors of a server that is down, restarting or cut off into
+        ``Unavailable`` (the client reconnects by itself); others pass unchanged."""
+        try:
+            yield
+        except Unavailable:
+            raise
+        except _OUTAGES as error:
+            raise Unavailable(
+                f"NATS at {_redact(self.url)} is unavailable while {doing} "
+                f"({type(error).__name__}: {error or 'no detail'}); the client reconnects, "
+                "retry once it is back",
+                server=f"NATS at {_redact(self.url)}",
+            ) from error
+
     async def _flush(self) -> None:
         """Wait until the server has read everything sent (fire-and-forget acks)."""
         if self._nc is not None:
             await self._nc.flush(timeout=max(1, int(self.request_timeout)))
+
+
+_OUTAGES: Final = (
+    OSError,  # refused, reset; TimeoutError and nats.errors.TimeoutError too
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.NoServersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.NoRespondersError,  # JetStream not up yet after a restart
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+)
+"""The errors of a NATS server that cannot be reached now (see ``NatsBroker._outage``)."""
 
 
 def _decode_reason(value: str | None) -> str:

@@ -26,12 +26,13 @@ or later (XAUTOCLAIM); the keys of a topic are not hash-tagged, so not Redis Clu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -39,6 +40,7 @@ import anyio
 
 try:
     import redis.asyncio as aioredis
+    import redis.exceptions
     from redis.commands.core import AsyncScript
     from redis.exceptions import ResponseError
 except ImportError as error:  # pragma: no cover - depends on the installed extras
@@ -48,7 +50,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
     ) from error
 
 from resumable.brokers.base import Broker, DeadLetter, Delivery
-from resumable.errors import SetupError
+from resumable.errors import SetupError, Unavailable
 from resumable.events import Event, EventError, from_json, to_json
 from resumable.uri import redact_url
 
@@ -139,6 +141,18 @@ def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
+def _persists(appendonly: object, save: object) -> bool:
+    """True if CONFIG GET replies show AOF on, or RDB snapshots configured."""
+
+    def value(reply: object, name: str) -> str:
+        for key, found in dict(reply or {}).items():  # type: ignore[call-overload]
+            if (key.decode() if isinstance(key, bytes) else str(key)) == name:
+                return found.decode() if isinstance(found, bytes) else str(found)
+        return ""
+
+    return value(appendonly, "appendonly") == "yes" or bool(value(save, "save").strip())
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -192,6 +206,10 @@ class RedisDelivery(Delivery):
         is handled either way) and drop any redelivery scheduled for it."""
         self._mark_settled("acked")
         broker, keys = self._broker, self._keys
+        with broker._outage("acking an event"):
+            await self._ack(broker, keys)
+
+    async def _ack(self, broker: RedisBroker, keys: _Keys) -> None:
         async with broker.client.pipeline(transaction=True) as pipe:
             pipe.xack(keys.stream, broker.group, self.entry_id)
             pipe.xdel(keys.stream, self.entry_id)
@@ -203,24 +221,26 @@ class RedisDelivery(Delivery):
             raise ValueError(f"nack delay must be 0 or more seconds, got {delay!r}")
         self._mark_settled("nacked")
         broker = self._broker
-        await broker._nack(
-            keys=[self._keys.stream, self._keys.delays],
-            args=[
-                broker.group,
-                broker.consumer,
-                self.entry_id,
-                self.attempt,
-                broker.clock() + delay,
-            ],
-        )
+        with broker._outage("nacking an event"):
+            await broker._nack(
+                keys=[self._keys.stream, self._keys.delays],
+                args=[
+                    broker.group,
+                    broker.consumer,
+                    self.entry_id,
+                    self.attempt,
+                    broker.clock() + delay,
+                ],
+            )
 
     async def dead_letter(self, reason: str) -> None:
         self._mark_settled("dead-lettered")
         broker, keys = self._broker, self._keys
-        await broker._dead_letter(
-            keys=[keys.stream, keys.delays, keys.dead],
-            args=[broker.group, self.entry_id, self._raw, reason, self.attempt],
-        )
+        with broker._outage("dead-lettering an event"):
+            await broker._dead_letter(
+                keys=[keys.stream, keys.delays, keys.dead],
+                args=[broker.group, self.entry_id, self._raw, reason, self.attempt],
+            )
 
 
 class RedisBroker(Broker):
@@ -230,7 +250,8 @@ class RedisBroker(Broker):
     ``ack_wait`` is how long a delivery may stay unsettled before another consumer takes it
     over; a re-publish of an event id within ``duplicate_window`` seconds is dropped (0
     turns that off); ``clock`` (wall-clock seconds, shared by every consumer) times nack
-    delays.
+    delays. On the first publish it logs a warning if the server keeps nothing on disk
+    (``allow_volatile=True`` silences it).
     """
 
     def __init__(
@@ -243,6 +264,7 @@ class RedisBroker(Broker):
         ack_wait: float = 30.0,
         duplicate_window: float = 120.0,
         clock: Callable[[], float] = time.time,
+        allow_volatile: bool = False,
     ) -> None:
         if not ack_wait > 0:
             raise SetupError(f"ack_wait must be more than 0 seconds, got {ack_wait!r}")
@@ -264,6 +286,8 @@ class RedisBroker(Broker):
         self.client: aioredis.Redis = aioredis.Redis.from_url(url)
         self._groups: set[str] = set()
         self._closed = False
+        self.allow_volatile = allow_volatile
+        self._persistence_checked = allow_volatile
         self._publish = self.client.register_script(_PUBLISH)
         self._claim_due = self.client.register_script(_CLAIM_DUE)
         self._claim_expired = self.client.register_script(_CLAIM_EXPIRED)
@@ -273,19 +297,29 @@ class RedisBroker(Broker):
     @classmethod
     def from_url(cls, url: str) -> RedisBroker:
         """A broker from one URL: ``redis://host:port/db?prefix=app&group=workers``;
-        ``prefix``, ``group``, ``consumer``, ``ack_wait`` and ``duplicate_window`` are
-        optional query parameters, the rest go to redis-py."""
+        ``prefix``, ``group``, ``consumer``, ``ack_wait``, ``duplicate_window`` and
+        ``allow_volatile`` are optional query parameters, the rest go to redis-py."""
         parts = urlsplit(url)
         ours: dict[str, str] = {}
         theirs: list[tuple[str, str]] = []
         seconds = ("ack_wait", "duplicate_window")
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name in ("prefix", "group", "consumer", *seconds):
+            if name in ("prefix", "group", "consumer", "allow_volatile", *seconds):
                 ours[name] = value
             else:
                 theirs.append((name, value))
         redis_url = urlunsplit(parts._replace(query=urlencode(theirs)))
-        options: dict[str, Any] = {k: v for k, v in ours.items() if k not in seconds}
+        options: dict[str, Any] = {
+            k: v for k, v in ours.items() if k not in seconds and k != "allow_volatile"
+        }
+        if "allow_volatile" in ours:
+            flag = ours["allow_volatile"].strip().lower()
+            if flag not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+                raise SetupError(
+                    f"allow_volatile in {redact_url(url)!r} must be 1 or 0 (true or false), "
+                    f"got {ours['allow_volatile']!r}"
+                )
+            options["allow_volatile"] = flag in ("1", "true", "yes", "on")
         for name in seconds:
             if name in ours:
                 try:
@@ -312,10 +346,12 @@ class RedisBroker(Broker):
             raise ValueError(f"event {event.id} has no 'to' topic; it cannot be routed")
         self._check_open()
         keys = _Keys(self.prefix, event.to)
-        added = await self._publish(
-            keys=[keys.stream, f"{keys.seen}:{event.id}"],
-            args=[to_json(event), int(self.duplicate_window * 1000)],
-        )
+        with self._outage(f"publishing event {event.id}"):
+            await self._check_persistence()
+            added = await self._publish(
+                keys=[keys.stream, f"{keys.seen}:{event.id}"],
+                args=[to_json(event), int(self.duplicate_window * 1000)],
+            )
         if not added:
             log.debug("event %s was published already; the copy is dropped", event.id)
 
@@ -328,13 +364,14 @@ class RedisBroker(Broker):
         if max_messages < 1:
             raise ValueError(f"max_messages must be 1 or more, got {max_messages!r}")
         keys = _Keys(self.prefix, topic)
-        try:
-            return await self._receive(keys, topic, max_messages, timeout)
-        except ResponseError as error:
-            if "NOGROUP" not in str(error):
-                raise
-            self._groups.discard(topic)  # the stream was deleted since: make the group again
-            return await self._receive(keys, topic, max_messages, timeout)
+        with self._outage(f"receiving from {topic!r}"):
+            try:
+                return await self._receive(keys, topic, max_messages, timeout)
+            except ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                self._groups.discard(topic)  # the stream was deleted since: make it again
+                return await self._receive(keys, topic, max_messages, timeout)
 
     async def _receive(
         self, keys: _Keys, topic: str, max_messages: int, timeout: float
@@ -465,3 +502,63 @@ class RedisBroker(Broker):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed; make a new RedisBroker to use it again")
+
+    async def _check_persistence(self) -> None:
+        """Warn once if the server keeps nothing on disk (``allow_volatile`` silences it):
+        a restart then loses every queued event. Nothing is refused: the workflows'
+        outboxes, re-sent by the workers' sweeps, bring lost requests back."""
+        if self._persistence_checked:
+            return
+        self._persistence_checked = True
+        try:
+            appendonly = await self.client.config_get("appendonly")
+            save = await self.client.config_get("save")
+        except ResponseError as error:  # CONFIG renamed, disabled or not allowed
+            log.warning(
+                "cannot check that Redis at %s keeps its streams on disk (CONFIG GET: %s); "
+                "run it with appendonly yes, or pass allow_volatile=True to silence this",
+                redact_url(self.url),
+                error,
+            )
+            return
+        if not _persists(appendonly, save):
+            log.warning(
+                "Redis at %s keeps nothing on disk (appendonly no, save ''): a restart loses "
+                "every queued event (the workflows' requests are re-sent from their records, "
+                "within recover_interval, but events to services and timers in flight are "
+                "lost). Run it with appendonly yes, or pass allow_volatile=True (?allow_"
+                "volatile=1) to silence this",
+                redact_url(self.url),
+            )
+
+    @contextlib.contextmanager
+    def _outage(self, doing: str) -> Iterator[None]:
+        """Turn the errors of a server that is down, restarting, loading or failing over
+        into ``Unavailable`` (redis-py reconnects on the next call); others pass."""
+        try:
+            yield
+        except redis.exceptions.AuthenticationError:
+            raise
+        except (
+            redis.exceptions.ConnectionError,  # refused, reset, closed; LOADING too
+            redis.exceptions.TimeoutError,
+            redis.exceptions.ReadOnlyError,  # a failover left us on a replica
+            redis.exceptions.ClusterDownError,  # MASTERDOWN
+            redis.exceptions.TryAgainError,
+            OSError,
+        ) as error:
+            where = redact_url(self.url)
+            raise Unavailable(
+                f"Redis at {where} is unavailable while {doing} ({type(error).__name__}: "
+                f"{error}); retry once it is back",
+                server=f"Redis at {where}",
+            ) from error
+        except ResponseError as error:
+            if not str(error).startswith("BUSY"):
+                raise
+            where = redact_url(self.url)
+            raise Unavailable(
+                f"Redis at {where} is busy running a script while {doing} ({error}); retry "
+                "once it is free",
+                server=f"Redis at {where}",
+            ) from error

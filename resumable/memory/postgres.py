@@ -27,11 +27,11 @@ import contextlib
 import inspect
 import time
 import zlib
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final, cast
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-from resumable.errors import ConflictError, DuplicateEntryError, SetupError
+from resumable.errors import ConflictError, DuplicateEntryError, SetupError, Unavailable
 from resumable.memory.base import Listed, Memory, Page, Stored
 from resumable.memory.group import GroupCommit, Op
 from resumable.memory.listing import check_query, page_of, select_counts, select_page, workflow_of
@@ -234,8 +234,9 @@ class PostgresMemory(GroupCommit, Memory):
         return f"PostgresMemory({_redact(self.dsn)!r}, schema={self.schema!r})"
 
     async def read(self, key: str, *, journal: bool = False) -> Stored | None:
-        pool = await self._ready()
-        row = await pool.fetchrow(self._sql.read_journal if journal else self._sql.read, key)
+        with self._failures():
+            pool = await self._ready()
+            row = await pool.fetchrow(self._sql.read_journal if journal else self._sql.read, key)
         if row is None:
             return None
         entries = list(row[3]) if journal else None
@@ -258,40 +259,56 @@ class PostgresMemory(GroupCommit, Memory):
         sql = self._sql
         workflow = workflow_of(key) if revision == 0 else None
         now = self._clock()
-        written: int = await self._submit(
-            lambda connection: _write(
-                connection, sql, key, revision, status, header, entries, due, reset, workflow, now
-            ),
-            key=key,
-        )
+        with self._failures():
+            written: int = await self._submit(
+                lambda connection: _write(
+                    connection,
+                    sql,
+                    key,
+                    revision,
+                    status,
+                    header,
+                    entries,
+                    due,
+                    reset,
+                    workflow,
+                    now,
+                ),
+                key=key,
+            )
         return written
 
     async def entry(self, key: str, event_id: str) -> bytes | None:
-        pool = await self._ready()
-        return cast("bytes | None", await pool.fetchval(self._sql.entry, key, event_id))
+        with self._failures():
+            pool = await self._ready()
+            return cast("bytes | None", await pool.fetchval(self._sql.entry, key, event_id))
 
     async def keys(self, status: str | None = None) -> list[str]:
-        pool = await self._ready()
-        if status is None:
-            rows = await pool.fetch(self._sql.keys)
-        else:
-            rows = await pool.fetch(self._sql.keys_by_status, status)
+        with self._failures():
+            pool = await self._ready()
+            if status is None:
+                rows = await pool.fetch(self._sql.keys)
+            else:
+                rows = await pool.fetch(self._sql.keys_by_status, status)
         return [row[0] for row in rows]
 
     async def due(self, now: float, limit: int = 100) -> list[tuple[str, float]]:
-        pool = await self._ready()
-        rows = await pool.fetch(self._sql.due, now, limit)
+        with self._failures():
+            pool = await self._ready()
+            rows = await pool.fetch(self._sql.due, now, limit)
         return [(row[0], row[1]) for row in rows]
 
     async def lock(self, key: str, owner: str, ttl: float) -> bool:
         now = self._clock()
-        pool = await self._ready()
-        return await pool.fetchval(self._sql.lock, key, owner, now + ttl, now) is not None
+        with self._failures():
+            pool = await self._ready()
+            return await pool.fetchval(self._sql.lock, key, owner, now + ttl, now) is not None
 
     async def unlock(self, key: str, owner: str) -> bool:
         now = self._clock()
-        pool = await self._ready()
-        expires = await pool.fetchval(self._sql.unlock, key, owner)
+        with self._failures():
+            pool = await self._ready()
+            expires = await pool.fetchval(self._sql.unlock, key, owner)
         return expires is not None and bool(expires > now)
 
     async def close(self) -> None:
@@ -302,6 +319,25 @@ class PostgresMemory(GroupCommit, Memory):
             pool, self._pool, self._shut = self._pool, None, True
         if pool is not None:
             await pool.close()
+
+    @contextlib.contextmanager
+    def _failures(self) -> Iterator[None]:
+        """Turn the errors of a server that is down, restarting or failing over into
+        ``Unavailable``; anything else (a bug, bad input) passes unchanged."""
+        try:
+            yield
+        except Unavailable:
+            raise
+        except Exception as error:
+            if not _is_outage(error):
+                raise
+            where = _redact(self.dsn)
+            raise Unavailable(
+                f"PostgreSQL at {where} is unavailable ({type(error).__name__}: {error}); "
+                "the call changed nothing or its outcome is unknown, and is safe to retry "
+                "once the server is back",
+                server=f"PostgreSQL at {where}",
+            ) from error
 
     def _check_open(self) -> None:
         if self._closed:
@@ -330,6 +366,13 @@ class PostgresMemory(GroupCommit, Memory):
                 self.dsn, min_size=1, max_size=self.pool_size, **_POOL_OPTIONS
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            if _is_outage(error):
+                raise Unavailable(
+                    f"cannot connect to PostgreSQL at {where}: {error}. Check that the server "
+                    "runs there and the URL's host and port are right (a worker waits for it "
+                    "and goes on once it is back)",
+                    server=f"PostgreSQL at {where}",
+                ) from error
             raise ConnectionError(
                 f"cannot connect to PostgreSQL at {where}: {error}. Check that the server runs "
                 "there and that the user, password and database in the URL are right"
@@ -394,14 +437,18 @@ class PostgresMemory(GroupCommit, Memory):
     ) -> Page:
         query = check_query(workflow, status, limit, cursor)
         sql, params = select_page(self._sql.records, query, lambda n: f"${n}")
-        pool = await self._ready()
-        return page_of([Listed(*row) for row in await pool.fetch(sql, *params)], query.limit)
+        with self._failures():
+            pool = await self._ready()
+            rows = await pool.fetch(sql, *params)
+        return page_of([Listed(*row) for row in rows], query.limit)
 
     async def count(self, *, workflow: str | None = None) -> dict[str, int]:
         query = check_query(workflow, None, 1, None)
         sql, params = select_counts(self._sql.records, query, "$1")
-        pool = await self._ready()
-        return {row[0]: row[1] for row in await pool.fetch(sql, *params)}
+        with self._failures():
+            pool = await self._ready()
+            rows = await pool.fetch(sql, *params)
+        return {row[0]: row[1] for row in rows}
 
 
 async def _write(
@@ -510,6 +557,30 @@ async def _installed_version(connection: Any, schema: str) -> int | None:
     table = f"{_quote_identifier(schema)}.schema_version"
     version = await connection.fetchval(f"SELECT max(version) FROM {table}")
     return None if version is None else int(version)
+
+
+_OUTAGE_STATES: Final = frozenset(
+    {
+        "57P01",  # admin_shutdown: a fast or immediate shutdown ended the session
+        "57P02",  # crash_shutdown: another backend crashed, the server restarts
+        "57P03",  # cannot_connect_now: starting up, shutting down or in recovery
+        "53300",  # too_many_connections
+        "25006",  # read_only_sql_transaction: a failover left us on a standby
+    }
+)
+"""SQLSTATEs of a server that cannot serve now but will (class 08 is handled as a class)."""
+
+
+def _is_outage(error: BaseException) -> bool:
+    """True for an error of the server's availability, not of the call: a refused, reset or
+    lost connection, a timeout, a shutdown or restart, a failover, no free connection."""
+    if isinstance(error, OSError | TimeoutError | asyncpg.PostgresConnectionError):
+        return True  # refused, reset, unreachable, timed out; SQLSTATE class 08
+    if isinstance(error, asyncpg.InterfaceError):
+        text = str(error)
+        return "connection is closed" in text or "connection was closed" in text
+    state = getattr(error, "sqlstate", None)
+    return isinstance(state, str) and (state.startswith("08") or state in _OUTAGE_STATES)
 
 
 def _check_known(version: int | None, schema: str, where: str) -> None:

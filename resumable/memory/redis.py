@@ -32,6 +32,7 @@ server (or a single-shard proxy), not Redis Cluster.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import struct
@@ -49,12 +50,14 @@ except ModuleNotFoundError as missing:  # pragma: no cover - depends on the envi
         name=missing.name,
     ) from missing
 
-from resumable.errors import ConflictError, DuplicateEntryError, SetupError
+from resumable.errors import ConflictError, DuplicateEntryError, SetupError, Unavailable
 from resumable.memory.base import Listed, Memory, Page, Stored
 from resumable.memory.listing import STATUSES, check_query, page_of, workflow_of
 from resumable.uri import redact_url as _redact
 
 __all__ = ["RedisMemory"]
+
+log = logging.getLogger("resumable.memory.redis")
 
 _MAX_CONNECTIONS = 50
 _POOL_TIMEOUT = 20.0
@@ -181,6 +184,10 @@ end
 return 0
 """
 
+_OUTAGE_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+"""Error replies of a server that will serve again: a long script, a dataset loading, a
+replica without its primary, a failover under way."""
+
 _OK, _CONFLICT, _DUPLICATE = 1, 0, 2
 """The first element of the write script's reply."""
 
@@ -191,6 +198,11 @@ class RedisMemory(Memory):
     Several processes may share one server and prefix. Leases compare ``expires`` times from
     ``clock``, so the processes sharing a prefix need clocks that agree. The client connects
     on first use; it runs on asyncio (anyio's asyncio backend), not trio.
+
+    On first use it checks that the server keeps its data on disk (``appendonly yes``, or
+    RDB snapshots with ``save``, which a restart can lose the last minutes of), and refuses
+    with a ``SetupError`` a server that keeps nothing: a restart would lose every workflow.
+    ``allow_volatile=True`` skips the check, for tests and throw-away data.
     """
 
     def __init__(
@@ -199,6 +211,7 @@ class RedisMemory(Memory):
         *,
         prefix: str = "resumable",
         clock: Callable[[], float] = time.time,
+        allow_volatile: bool = False,
     ) -> None:
         if not prefix:
             raise SetupError("RedisMemory needs a non-empty prefix: its keys live under it")
@@ -225,24 +238,31 @@ class RedisMemory(Memory):
         self._unlock_script = self._client.register_script(_UNLOCK)
         self._list_script = self._client.register_script(_LIST)
         self._closed = False
+        self.allow_volatile = allow_volatile
+        self._persistence_checked = allow_volatile
 
     @classmethod
     def from_url(cls, url: str) -> RedisMemory:
-        """A memory for ``url``, whose optional ``prefix=`` query parameter sets the prefix;
-        the other parameters go to redis-py (``socket_timeout=``, ``max_connections=``...)."""
+        """A memory for ``url``, whose optional ``prefix=`` query parameter sets the prefix
+        and ``allow_volatile=1`` (or ``true``, ``yes``) skips the persistence check; the
+        other parameters go to redis-py (``socket_timeout=``, ``max_connections=``...)."""
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
+        ours = ("prefix", "allow_volatile")
         prefixes = [value for name, value in query if name == "prefix"]
-        rest = urlencode([(name, value) for name, value in query if name != "prefix"])
+        volatile = [value for name, value in query if name == "allow_volatile"]
+        rest = urlencode([(name, value) for name, value in query if name not in ours])
         plain = urlunsplit(parts._replace(query=rest))
+        allow = _flag(volatile[-1], "allow_volatile", url) if volatile else False
         if not prefixes:
-            return cls(plain)
-        return cls(plain, prefix=prefixes[-1])
+            return cls(plain, allow_volatile=allow)
+        return cls(plain, prefix=prefixes[-1], allow_volatile=allow)
 
     def __repr__(self) -> str:
         return f"RedisMemory({self._where!r}, prefix={self.prefix!r})"
 
     async def read(self, key: str, *, journal: bool = False) -> Stored | None:
+        await self._check_persistence()
         with self._failures():
             if not journal:
                 fields = await self._client.hmget(
@@ -275,6 +295,7 @@ class RedisMemory(Memory):
         due: float | None = None,
         reset: bool = False,
     ) -> int:
+        await self._check_persistence()
         if due is not None and math.isnan(due):
             raise ValueError(f"due time of {key!r} is NaN; pass seconds since the epoch or None")
         now = float(self._clock())
@@ -311,17 +332,20 @@ class RedisMemory(Memory):
         raise DuplicateEntryError(key, _text(value))
 
     async def entry(self, key: str, event_id: str) -> bytes | None:
+        await self._check_persistence()
         with self._failures():
             found = await self._client.hget(self._index(key), event_id)
         return None if found is None else _bytes(found)
 
     async def keys(self, status: str | None = None) -> list[str]:
+        await self._check_persistence()
         name = f"{self.prefix}:keys" if status is None else f"{self.prefix}:s:{status}"
         with self._failures():
             found = await self._client.zrange(name, 0, -1)
         return [_text(member) for member in found]
 
     async def due(self, now: float, limit: int = 100) -> list[tuple[str, float]]:
+        await self._check_persistence()
         if limit <= 0:  # Redis reads a count of 0 or less as "no limit"
             return []
         with self._failures():
@@ -336,6 +360,7 @@ class RedisMemory(Memory):
         return [(_text(member), float(score)) for member, score in cast(list[Any], found)]
 
     async def lock(self, key: str, owner: str, ttl: float) -> bool:
+        await self._check_persistence()
         if math.isnan(ttl):
             raise ValueError(f"lease ttl for {key!r} is NaN; pass a number of seconds")
         now = float(self._clock())
@@ -347,6 +372,7 @@ class RedisMemory(Memory):
         return bool(taken)
 
     async def unlock(self, key: str, owner: str) -> bool:
+        await self._check_persistence()
         now = float(self._clock())
         with self._failures():
             released = await self._unlock_script(keys=[self._lease(key)], args=[owner, repr(now)])
@@ -360,6 +386,7 @@ class RedisMemory(Memory):
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page:
+        await self._check_persistence()
         query = check_query(workflow, status, limit, cursor)
         name = _listing_set(f"{self.prefix}:ls", query.workflow, query.status)
         top = "+" if query.after is None else f"({_since(query.after[0])}{query.after[1]}"
@@ -377,6 +404,7 @@ class RedisMemory(Memory):
         return page_of(rows, query.limit)
 
     async def count(self, *, workflow: str | None = None) -> dict[str, int]:
+        await self._check_persistence()
         query = check_query(workflow, None, 1, None)
         listed = f"{self.prefix}:ls"
         with self._failures():
@@ -391,6 +419,44 @@ class RedisMemory(Memory):
         if not self._closed:
             self._closed = True
             await self._client.aclose()
+
+    async def _check_persistence(self) -> None:
+        """Refuse a server that keeps nothing on disk (once; ``allow_volatile`` skips it)."""
+        if self._persistence_checked:
+            return
+        with self._failures():
+            try:
+                aof = await self._client.config_get("appendonly")
+                rdb = await self._client.config_get("save")
+            except redis.exceptions.ResponseError as error:  # renamed, disabled, not allowed
+                raise SetupError(
+                    f"cannot check that Redis at {self._where} keeps its data on disk: CONFIG "
+                    f"GET was refused ({error}). Allow this user CONFIG GET appendonly and "
+                    "save, or, once you have made sure the server persists (appendonly yes), "
+                    "pass allow_volatile=True (?allow_volatile=1 in the URL) to skip the check"
+                ) from error
+        appendonly = _setting(aof, "appendonly")
+        save = _setting(rdb, "save").strip()
+        if appendonly == "yes":
+            self._persistence_checked = True
+            return
+        if save:
+            log.warning(
+                "Redis at %s saves RDB snapshots only (save %r, appendonly no): a restart "
+                "loses the writes since the last snapshot; run it with appendonly yes to keep "
+                "every step",
+                self._where,
+                save,
+            )
+            self._persistence_checked = True
+            return
+        raise SetupError(
+            f"Redis at {self._where} keeps nothing on disk (appendonly no, save ''): a restart "
+            "would lose every workflow stored there. Turn persistence on (redis-server "
+            "--appendonly yes, or appendonly yes in redis.conf; appendfsync always for every "
+            "step on disk), or pass allow_volatile=True (?allow_volatile=1 in the URL) for "
+            "tests and data you can lose"
+        )
 
     def _record(self, key: str) -> str:
         return f"{self.prefix}:r:{key}"
@@ -418,25 +484,34 @@ class RedisMemory(Memory):
                 "in the URL and the user's ACL (it needs hashes, lists, sorted sets and EVALSHA)"
             ) from error
         except redis.exceptions.TimeoutError as error:
-            raise TimeoutError(
+            raise Unavailable(
                 f"Redis at {self._where} did not answer in time: {error}; check the server is "
-                "not overloaded, or raise socket_timeout= in the URL"
+                "not overloaded, or raise socket_timeout= in the URL",
+                server=f"Redis at {self._where}",
             ) from error
         except redis.exceptions.ConnectionError as error:
             if "No connection available" in str(error):
-                raise TimeoutError(
+                raise Unavailable(
                     f"all {self._pool.max_connections} connections to Redis at {self._where} "
                     f"stayed busy for {self._pool.timeout}s: run fewer concurrent operations, "
-                    "or raise max_connections= or timeout= in the URL"
+                    "or raise max_connections= or timeout= in the URL",
+                    server=f"Redis at {self._where}",
                 ) from error
-            raise ConnectionError(
+            raise Unavailable(  # BusyLoadingError (LOADING) is a ConnectionError too
                 f"cannot reach Redis at {self._where}: {error}; check the server runs there "
-                "(redis-server) and the URL's host, port and scheme (rediss:// for TLS)"
+                "(redis-server) and the URL's host, port and scheme (rediss:// for TLS)",
+                server=f"Redis at {self._where}",
             ) from error
         except redis.exceptions.ReadOnlyError as error:
-            raise RuntimeError(
-                f"Redis at {self._where} is a read-only replica: {error}; point the URL at "
-                "the primary"
+            raise Unavailable(
+                f"Redis at {self._where} is a read-only replica: {error}; after a failover "
+                "this passes once the URL leads to the new primary, else point it there",
+                server=f"Redis at {self._where}",
+            ) from error
+        except redis.exceptions.ClusterDownError as error:  # MASTERDOWN: a replica, cut off
+            raise Unavailable(
+                f"Redis at {self._where} cannot serve now: {error}; retried until it can",
+                server=f"Redis at {self._where}",
             ) from error
         except redis.exceptions.OutOfMemoryError as error:
             raise RuntimeError(
@@ -444,6 +519,13 @@ class RedisMemory(Memory):
                 f"changed nothing: {error}; raise maxmemory or free space"
             ) from error
         except redis.exceptions.ResponseError as error:
+            if str(error).startswith(_OUTAGE_REPLIES) or isinstance(
+                error, redis.exceptions.TryAgainError
+            ):
+                raise Unavailable(
+                    f"Redis at {self._where} cannot serve now: {error}; retried until it can",
+                    server=f"Redis at {self._where}",
+                ) from error
             if "WRONGTYPE" not in str(error):
                 raise
             raise RuntimeError(
@@ -451,6 +533,24 @@ class RedisMemory(Memory):
                 f"type RedisMemory gives it ({error}); another program uses this prefix: "
                 "give RedisMemory a prefix of its own"
             ) from error
+
+
+def _setting(reply: Any, name: str) -> str:
+    """One value of a CONFIG GET reply ("" if absent), whatever the client decoded."""
+    for key, value in dict(reply or {}).items():
+        if (key.decode() if isinstance(key, bytes) else str(key)) == name:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
+
+
+def _flag(value: str, name: str, url: str) -> bool:
+    """A yes/no URL parameter."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise SetupError(f"{name} in {_redact(url)!r} must be 1 or 0 (true or false), got {value!r}")
 
 
 def _listing_set(listed: str, workflow: str | None, status: str | None) -> str:

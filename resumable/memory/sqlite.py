@@ -18,13 +18,13 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
 
-from resumable.errors import ConflictError, DuplicateEntryError
+from resumable.errors import ConflictError, DuplicateEntryError, Unavailable
 from resumable.memory.base import Listed, Memory, Page, Stored
 from resumable.memory.group import GroupCommit, Op
 from resumable.memory.listing import check_query, page_of, select_counts, select_page, workflow_of
@@ -101,10 +101,11 @@ class SQLiteMemory(GroupCommit, Memory):
         return f"SQLiteMemory({self.path!r})"
 
     async def read(self, key: str, *, journal: bool = False) -> Stored | None:
-        reader = await self._reader_connection()
-        if not journal:  # one statement is a consistent snapshot on its own
-            return _read(reader, key, journal=False)
-        return _snapshot(reader, lambda c: _read(c, key, journal=True))
+        with self._locked_file():
+            reader = await self._reader_connection()
+            if not journal:  # one statement is a consistent snapshot on its own
+                return _read(reader, key, journal=False)
+            return _snapshot(reader, lambda c: _read(c, key, journal=True))
 
     async def write(
         self,
@@ -122,28 +123,34 @@ class SQLiteMemory(GroupCommit, Memory):
         entries = [(event_id, bytes(entry)) for event_id, entry in append]
         workflow = workflow_of(key) if revision == 0 else None
         now = self._clock()
-        written: int = await self._submit(
-            lambda connection: _write(
-                connection, key, revision, status, header, entries, due, reset, workflow, now
-            ),
-            key=key,
-        )
+        with self._locked_file():
+            written: int = await self._submit(
+                lambda connection: _write(
+                    connection, key, revision, status, header, entries, due, reset, workflow, now
+                ),
+                key=key,
+            )
         return written
 
     async def entry(self, key: str, event_id: str) -> bytes | None:
-        return _snapshot(await self._reader_connection(), lambda c: _entry(c, key, event_id))
+        with self._locked_file():
+            return _snapshot(await self._reader_connection(), lambda c: _entry(c, key, event_id))
 
     async def keys(self, status: str | None = None) -> list[str]:
-        return _snapshot(await self._reader_connection(), lambda c: _keys(c, status))
+        with self._locked_file():
+            return _snapshot(await self._reader_connection(), lambda c: _keys(c, status))
 
     async def due(self, now: float, limit: int = 100) -> list[tuple[str, float]]:
-        return _snapshot(await self._reader_connection(), lambda c: _due(c, now, limit))
+        with self._locked_file():
+            return _snapshot(await self._reader_connection(), lambda c: _due(c, now, limit))
 
     async def lock(self, key: str, owner: str, ttl: float) -> bool:
-        return _lock(await self._leases_connection(), key, owner, ttl, self._clock())
+        with self._locked_file():
+            return _lock(await self._leases_connection(), key, owner, ttl, self._clock())
 
     async def unlock(self, key: str, owner: str) -> bool:
-        return _unlock(await self._leases_connection(), key, owner, self._clock())
+        with self._locked_file():
+            return _unlock(await self._leases_connection(), key, owner, self._clock())
 
     async def _reader_connection(self) -> sqlite3.Connection:
         if self._reader is None:
@@ -166,6 +173,22 @@ class SQLiteMemory(GroupCommit, Memory):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed; open a new SQLiteMemory to use the file")
+
+    @contextlib.contextmanager
+    def _locked_file(self) -> Iterator[None]:
+        """A file another connection kept locked past the busy timeout is ``Unavailable``
+        (it frees up); every other error passes unchanged."""
+        try:
+            yield
+        except sqlite3.OperationalError as error:
+            text = str(error).lower()
+            if "locked" not in text and "busy" not in text:
+                raise
+            raise Unavailable(
+                f"SQLite memory {self.path!r} stayed locked by another connection for over "
+                f"{_BUSY_TIMEOUT}s ({error}); nothing was changed, retry once it is free",
+                server=f"SQLite file {self.path!r}",
+            ) from error
 
     async def close(self) -> None:
         """Let queued operations finish, then close the connection. Safe to call twice."""

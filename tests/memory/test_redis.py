@@ -63,7 +63,7 @@ async def prefix(url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def memory(url: str, prefix: str) -> AsyncIterator[RedisMemory]:
-    memory = RedisMemory(url, prefix=prefix)
+    memory = RedisMemory(url, prefix=prefix, allow_volatile=True)
     yield memory
     await memory.close()
 
@@ -71,7 +71,7 @@ async def memory(url: str, prefix: str) -> AsyncIterator[RedisMemory]:
 class TestRedisMemory(MemoryConformance):
     @pytest.fixture
     async def memory(self, url: str, prefix: str, clock: FakeClock) -> AsyncIterator[RedisMemory]:
-        memory = RedisMemory(url, prefix=prefix, clock=clock)
+        memory = RedisMemory(url, prefix=prefix, clock=clock, allow_volatile=True)
         yield memory
         await memory.close()
 
@@ -147,7 +147,10 @@ async def test_a_large_append_is_written_in_chunks(memory: RedisMemory) -> None:
 async def test_concurrent_cas_writers_have_one_winner_per_revision(url: str, prefix: str) -> None:
     """Tasks on two clients race to advance one record: each revision is won exactly once,
     and the journal holds the winners' entries in revision order."""
-    clients = [RedisMemory(url, prefix=prefix), RedisMemory(url, prefix=prefix)]
+    clients = [
+        RedisMemory(url, prefix=prefix, allow_volatile=True),
+        RedisMemory(url, prefix=prefix, allow_volatile=True),
+    ]
     won: dict[int, str] = {}
     conflicts = 0
 
@@ -215,13 +218,13 @@ async def test_a_retried_write_whose_reply_was_lost_succeeds_once(
 
 async def test_a_new_instance_on_the_prefix_sees_the_data(url: str, prefix: str) -> None:
     clock = FakeClock()
-    first = RedisMemory(url, prefix=prefix, clock=clock)
+    first = RedisMemory(url, prefix=prefix, clock=clock, allow_volatile=True)
     await first.write("k", revision=0, status="open", header=b"h1", append=[("e1", b"x")])
     await first.write("k", revision=1, status="done", header=b"h2", append=[("e2", b"y")], due=7)
     assert await first.lock("k", "alice", ttl=60)
     await first.close()
 
-    second = RedisMemory(url, prefix=prefix, clock=clock)
+    second = RedisMemory(url, prefix=prefix, clock=clock, allow_volatile=True)
     try:
         assert await second.read("k", journal=True) == Stored(2, "done", b"h2", [b"x", b"y"])
         assert await second.entry("k", "e2") == b"y"
@@ -237,16 +240,16 @@ async def test_a_new_instance_on_the_prefix_sees_the_data(url: str, prefix: str)
 async def test_two_instances_share_records_and_leases(url: str, prefix: str) -> None:
     clock = FakeClock()
     await check_two_instances_share(
-        RedisMemory(url, prefix=prefix, clock=clock),
-        RedisMemory(url, prefix=prefix, clock=clock),
+        RedisMemory(url, prefix=prefix, clock=clock, allow_volatile=True),
+        RedisMemory(url, prefix=prefix, clock=clock, allow_volatile=True),
         clock,
     )
 
 
 async def test_prefixes_isolate(url: str, prefix: str) -> None:
     other_prefix = _prefix()
-    one = RedisMemory(url, prefix=prefix)
-    other = RedisMemory(url, prefix=other_prefix)
+    one = RedisMemory(url, prefix=prefix, allow_volatile=True)
+    other = RedisMemory(url, prefix=other_prefix, allow_volatile=True)
     try:
         await one.write("k", revision=0, status="s", header=b"one", append=[("e", b"1")], due=1)
         assert await other.read("k") is None
@@ -267,16 +270,16 @@ async def test_prefixes_isolate(url: str, prefix: str) -> None:
 
 
 async def test_from_url_takes_the_prefix_out_of_the_url(url: str, prefix: str) -> None:
-    memory = RedisMemory.from_url(f"{url}?prefix={prefix}&socket_timeout=7")
+    memory = RedisMemory.from_url(f"{url}?prefix={prefix}&socket_timeout=7&allow_volatile=1")
     try:
-        assert memory.prefix == prefix
+        assert memory.prefix == prefix and memory.allow_volatile
         kwargs = memory._client.connection_pool.connection_kwargs
-        assert "prefix" not in kwargs
+        assert "prefix" not in kwargs and "allow_volatile" not in kwargs
         assert kwargs["socket_timeout"] == 7.0
         await memory.write("k", revision=0, status="s", header=b"h")  # redis-py accepts the URL
     finally:
         await memory.close()
-    same = RedisMemory(url, prefix=prefix)
+    same = RedisMemory(url, prefix=prefix, allow_volatile=True)
     try:
         assert await same.read("k") == Stored(1, "s", b"h")
     finally:
