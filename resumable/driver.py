@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
+import anyio
 from opentelemetry.trace import SpanKind
 
 from resumable.clock import to_epoch
@@ -33,6 +34,7 @@ from resumable.engine.instance import decide, park
 from resumable.engine.replay import replay
 from resumable.errors import (
     ConfigViolation,
+    ConflictError,
     ExecutionViolation,
     NonDeterminismError,
     SetupError,
@@ -64,6 +66,20 @@ log = logging.getLogger("resumable")
 S = TypeVar("S")
 
 
+class _Lease:
+    """A lease this process holds on one instance while a step runs: ``renewed`` is when
+    it was taken or last renewed (monotonic seconds)."""
+
+    __slots__ = ("key", "lost", "owner", "renewed", "renewing")
+
+    def __init__(self, key: str, owner: str, renewed: float) -> None:
+        self.key = key
+        self.owner = owner
+        self.renewed = renewed
+        self.lost = False
+        self.renewing: anyio.Event | None = None
+
+
 class Resumable(Generic[S]):
     """A durable workflow: ``versions`` maps each contract version to an async generator.
 
@@ -71,7 +87,10 @@ class Resumable(Generic[S]):
     latest version) and ``signals`` the events it may ``wait_for`` (contracts, or bare
     types for untyped data). ``state`` is an attrs class built with no arguments for each
     new instance and persisted after every step. ``memory`` stores the records (in-process
-    by default). ``timeout`` ends an instance still running that long after it started,
+    by default). ``lock_ttl`` is the lease on an instance while a step runs: a ``Worker``
+    renews it (a heartbeat) while the step lasts, so it bounds how long a dead or stalled
+    process blocks the instance, not how long a step may take. ``timeout`` ends an
+    instance still running that long after it started,
     across ``continue_as_new``; ``run_timeout`` bounds each generation alone. ``clock``
     gives event times (ISO 8601 UTC); pass a ``VirtualClock`` in tests. ``cache_size``
     bounds the live generators kept between steps. ``error_stack`` puts the Python
@@ -92,7 +111,7 @@ class Resumable(Generic[S]):
         run_timeout: float | timedelta | None = None,
         executionunits: float = 0,
         cache_size: int = 1024,
-        lock_ttl: float = 30.0,
+        lock_ttl: float = 5.0,
         clock: Callable[[], str] = now_iso,
         service_domain: DomainSpec = None,
         complete_domain: DomainSpec = (ORCHESTRATION_CONTEXT,),
@@ -135,6 +154,7 @@ class Resumable(Generic[S]):
         self.cache_size = cache_size
         self.lock_ttl = lock_ttl
         self.clock = clock
+        self._leases: dict[str, _Lease] = {}  # owner -> lease held while its step runs
         self._last_time = ("", 0.0)
         self._attributes = {SOURCE: self.definition.source}
         self._error_type = self.definition.contract.system_error_type
@@ -242,7 +262,7 @@ class Resumable(Generic[S]):
                 defn.function(subject.version, lambda: f"subject of event {event.id}")
                 typed = defn.validate(event, subject)
                 key = event.subject
-                owner = await self._lock(key, event.id)
+                lease = await self._lock(key, event.id)
                 try:
                     stored = await read_record(self.memory, key, event.id)
                     instance = None
@@ -275,8 +295,10 @@ class Resumable(Generic[S]):
                             event.id,
                             self._attributes,
                         )
-                    except BaseException:
+                    except BaseException as error:
                         self._cache.drop(key)
+                        if isinstance(error, TransactionViolation):
+                            self._refused(lease, event, error)
                         raise
                     finally:
                         if journal.replayed >= 0:
@@ -290,7 +312,7 @@ class Resumable(Generic[S]):
                         span.set_attribute("arvo.handler.execution.status", "normal")
                     return decision.emitted
                 finally:
-                    await self._unlock(key, owner)
+                    await self._unlock(lease)
         except ViolationError as error:
             count_violation(self._attributes, error)
             raise
@@ -299,7 +321,9 @@ class Resumable(Generic[S]):
                 elapsed = _time.perf_counter() - started
                 instruments().step_duration.record(elapsed, self._attributes)
 
-    async def _lock(self, key: str, why: str) -> str:
+    async def _lock(self, key: str, why: str) -> _Lease:
+        """Take ``key``'s lease for a new execution, and note it so ``renew_leases`` keeps
+        it while the step runs."""
         owner = lease_owner()
         try:
             locked = await self.memory.lock(key, owner, self.lock_ttl)
@@ -313,18 +337,104 @@ class Resumable(Generic[S]):
             raise TransactionViolation(
                 TransactionViolation.LOCK_UNACQUIRED,
                 f"workflow {key!r} is locked by another execution; retry event {why} "
-                f"later (leases expire after {self.lock_ttl}s)",
+                f"later (leases expire {self.lock_ttl}s after their last renewal)",
             )
-        return owner
+        lease = self._leases[owner] = _Lease(key, owner, _time.monotonic())
+        return lease
 
-    async def _unlock(self, key: str, owner: str) -> None:
+    async def _unlock(self, lease: _Lease) -> None:
+        self._leases.pop(lease.owner, None)  # no renewal starts after this
+        if lease.renewing is not None:  # one in flight would take the lease again after
+            await lease.renewing.wait()
         try:
-            await self.memory.unlock(key, owner)
+            await self.memory.unlock(lease.key, lease.owner)
         except Exception:  # a lease that is not released expires on its own
             log.warning(
                 "could not unlock workflow %s; its lease will expire",
-                instance_name(key),
+                instance_name(lease.key),
                 exc_info=True,
+            )
+
+    # ---------------------------------------------------------------------------------
+    # the heartbeat
+
+    async def renew_leases(self) -> int:
+        """Renew the leases of this workflow's steps that have run for a third of
+        ``lock_ttl`` since they took (or last renewed) their lease; returns how many.
+
+        A ``Worker`` calls it every few seconds (its heartbeat), so a long step keeps its
+        instance while a dead or stalled process's leases expire within ``lock_ttl``. A
+        lease found lost (expired before it could be renewed, or taken by another
+        execution) is logged and counted, and no longer renewed: the step's write is then
+        refused by the compare-and-set if another execution wrote the instance meanwhile.
+        """
+        if not self._leases:
+            return 0
+        now = _time.monotonic()
+        threshold = self.lock_ttl / 3
+        due = [
+            lease
+            for lease in self._leases.values()
+            if not lease.lost and lease.renewing is None and now - lease.renewed >= threshold
+        ]
+        renewed = 0
+        for lease in due:
+            renewed += await self._renew(lease, now)
+        return renewed
+
+    async def _renew(self, lease: _Lease, now: float) -> bool:
+        if now - lease.renewed >= self.lock_ttl:
+            self._lost(
+                lease,
+                f"it expired {now - lease.renewed - self.lock_ttl:.1f}s before it could be "
+                "renewed (was this process stalled, or its event loop blocked?)",
+            )
+            return False
+        lease.renewing = anyio.Event()
+        try:
+            held = await self.memory.lock(lease.key, lease.owner, self.lock_ttl)
+        except Exception as error:
+            log.warning(
+                "could not renew the lease on workflow %s (%s); trying again at the next heartbeat",
+                instance_name(lease.key),
+                error,
+            )
+            return False
+        finally:
+            lease.renewing.set()
+            lease.renewing = None
+        if not held:
+            self._lost(lease, "another execution took it after it expired")
+            return False
+        lease.renewed = now
+        return True
+
+    def _lost(self, lease: _Lease, why: str) -> None:
+        lease.lost = True
+        instruments().lease_lost.add(1, self._attributes)
+        log.warning(
+            "the lease on workflow %s was lost while its step ran: %s. Another worker may "
+            "take the instance over; if it writes first, this step's write is refused by "
+            "the compare-and-set and the event is retried",
+            instance_name(lease.key),
+            why,
+        )
+
+    def _refused(self, lease: _Lease, event: Event, error: TransactionViolation) -> None:
+        """Log a write refused by the compare-and-set after the step outlived its lease:
+        the stale step's outcome is dropped; the event is retried from the new record."""
+        if not isinstance(error.__cause__, ConflictError):
+            return
+        held = _time.monotonic() - lease.renewed
+        if lease.lost or held > self.lock_ttl:
+            log.warning(
+                "workflow %s: the step for event %s outlived its lease (last renewed %.1fs "
+                "ago, lock_ttl %gs) and another execution wrote the instance meanwhile: the "
+                "compare-and-set refused this step's write, so none of it was kept",
+                instance_name(lease.key),
+                event.id,
+                held,
+                self.lock_ttl,
             )
 
     async def _read(self, key: str, why: str, *, journal: bool = False) -> Stored | None:
@@ -353,7 +463,7 @@ class Resumable(Generic[S]):
         """Replay a parked instance against the current code; if it matches now, make it
         active again and apply the events that came while it was parked. Returns the events
         they emit (publish them). Raises ``NonDeterminismError`` if it still diverges."""
-        owner = await self._lock(subject, f"unpark {subject}")
+        lease = await self._lock(subject, f"unpark {subject}")
         try:
             stored = await self._read(subject, "unpark", journal=True)
             header = None if stored is None else decode_header(stored.header)
@@ -380,7 +490,7 @@ class Resumable(Generic[S]):
             if evicted:
                 instruments().cache_evictions.add(evicted, self._attributes)
         finally:
-            await self._unlock(subject, owner)
+            await self._unlock(lease)
         produced: list[Event] = []
         for event in pending:
             produced.extend(await self.execute(event))

@@ -69,6 +69,11 @@ class Instruments:
         self.lease_denied: Counter = counter(
             "resumable.lease.denied", "{lease}", "Leases refused: another execution held them"
         )
+        self.lease_lost: Counter = counter(
+            "resumable.lease.lost",
+            "{lease}",
+            "Leases found lost by the heartbeat while their step ran (expired or taken over)",
+        )
         self.record_size: Histogram = histogram(
             "resumable.record.size", "By", "Size of each record header written"
         )

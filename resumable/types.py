@@ -21,6 +21,7 @@ __all__ = [
     "Handler",
     "HandlerFunction",
     "HandlerResult",
+    "Leased",
     "Recoverable",
     "Timed",
     "WorkflowFunction",
@@ -59,6 +60,16 @@ class Recoverable(Protocol):
     def source(self) -> str: ...
 
     async def outbox(self) -> list[Event]: ...
+
+
+@runtime_checkable
+class Leased(Protocol):
+    """A handler that holds leases while its steps run (a ``Resumable``): the worker's
+    heartbeat renews them every few seconds (a quarter of ``lock_ttl`` at most)."""
+
+    lock_ttl: float
+
+    async def renew_leases(self) -> int: ...
 
 
 # Union and quoted names: Emit and Context are defined in modules that import this one.

@@ -28,6 +28,11 @@ A broker delivers at least once; a worker makes processing *effectively once* on
   and never answered) is published again, for requests lost with a process that died
   between writing a step and publishing it; and every ``recover_interval`` the outboxes of
   instances idle that long are swept again (``resumable.sweep``).
+- **Heartbeat.** Every ``heartbeat`` seconds one loop extends the broker's ack deadline of
+  each delivery in flight since the beat before (``Delivery.extend``) and renews the
+  leases of the workflows' steps still running (``Resumable.renew_leases``). So ack
+  deadlines and leases can be short (seconds), and a dead or stalled worker's work moves
+  on within them, while a long step is neither redelivered nor taken over.
 - **Drain.** ``stop()`` stops taking deliveries and lets the ones in flight finish (within
   ``drain_timeout``), so a rolling restart settles everything it took.
 
@@ -72,7 +77,7 @@ from resumable.telemetry import (
     publish_span,
     tracing,
 )
-from resumable.types import Recoverable, Timed
+from resumable.types import Leased, Recoverable, Timed
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -171,6 +176,10 @@ class Worker:
     same revision (its event was dead-lettered, say); keep ``timer_resend`` longer than the
     broker's duplicate window, or the broker drops the resend.
 
+    ``heartbeat`` is the seconds between two beats of the loop that extends the ack
+    deadline of long deliveries and renews the leases of long steps; by default a quarter
+    of the shortest of the broker's ``ack_wait`` and the workflows' ``lock_ttl``.
+
     ``on_domain(event)`` receives emitted events that carry a domain; without it they are
     logged and counted. ``poll`` bounds how long one ``receive`` waits, and so how long
     ``stop()`` takes to stop receiving; ``drain_timeout`` bounds the drain (None: wait for
@@ -197,6 +206,7 @@ class Worker:
         on_health: HealthCallback | None = None,
         unavailable_backoff: tuple[float, float, float] = (0.5, 2.0, 30.0),
         recover_interval: float | None = 30.0,
+        heartbeat: float | None = None,
     ) -> None:
         self.handlers: list[Handler] = list(handlers)
         if not self.handlers:
@@ -228,6 +238,7 @@ class Worker:
             ("poll", poll),
             ("health_interval", health_interval),
             ("timer_resend", timer_resend),
+            ("heartbeat", 1.0 if heartbeat is None else heartbeat),
         ):
             if not value > 0:
                 raise SetupError(f"{name} must be more than 0 seconds, got {value!r}")
@@ -261,6 +272,7 @@ class Worker:
         self.on_health = on_health
         self.unavailable_backoff = (float(first), float(growth), float(cap))
         self.recover_interval = recover_interval
+        self.heartbeat = self._default_heartbeat() if heartbeat is None else heartbeat
         self.stats = WorkerStats()
         self._outage = Outage(
             lambda: [memory for memory, _ in self._timed_groups()], self.unavailable_backoff
@@ -276,6 +288,8 @@ class Worker:
         self._timers_sent: dict[str, tuple[str, float]] = {}  # key -> (timer event id, when)
         self._system = messaging_system(broker)
         self._attributes: dict[str, dict[str, str]] = {}
+        self._beat = 0  # heartbeats so far
+        self._inflight: dict[Delivery, int] = {}  # delivery -> the beat it began after
 
     def _on(self, topic: str) -> dict[str, str]:
         """The metric attributes of ``topic``, made once."""
@@ -330,6 +344,7 @@ class Worker:
             async with anyio.create_task_group() as outer:
                 self._group = outer
                 outer.start_soon(self._health_loop, started)
+                outer.start_soon(self._heartbeat_loop)
                 outer.start_soon(self._drain_deadline, outer.cancel_scope)
                 if self.recover_interval is not None:
                     outer.start_soon(self._sweep_loop)
@@ -469,9 +484,11 @@ class Worker:
                 inflight.start_soon(self._process, handler, delivery)
 
     async def _process(self, handler: Handler, delivery: Delivery) -> None:
+        self._inflight[delivery] = self._beat
         try:
             await self.handle(handler, delivery)
         finally:
+            del self._inflight[delivery]
             self.stats.in_flight -= 1
             self._slots.release()
 
@@ -776,6 +793,62 @@ class Worker:
             self._timers_sent[key] = (event.id, wall)
             self.stats.timers_fired += 1
             instruments().timers_fired.add(1, self._on(event.to or ""))
+
+    # ---------------------------------------------------------------------------------
+    # heartbeat
+
+    def _default_heartbeat(self) -> float:
+        """A quarter of the shortest deadline to keep: the broker's ``ack_wait`` and the
+        workflows' ``lock_ttl``."""
+        deadlines = [float(h.lock_ttl) for h in self.handlers if isinstance(h, Leased)]
+        ack_wait = getattr(self.broker, "ack_wait", None)
+        if isinstance(ack_wait, int | float) and ack_wait > 0:
+            deadlines.append(float(ack_wait))
+        return min(deadlines, default=30.0) / 4
+
+    async def _heartbeat_loop(self) -> None:
+        """Every ``heartbeat`` seconds: extend the deliveries in flight since the beat
+        before (at least one beat long), and renew the leases of the workflows' long
+        steps. One loop for all, so a short delivery costs nothing but a dict entry."""
+        leased = [h for h in self.handlers if isinstance(h, Leased)]
+        while True:
+            await anyio.sleep(self.heartbeat)
+            self._beat += 1
+            old = self._beat - 2
+            long = [d for d, beat in self._inflight.items() if beat <= old]
+            if not long and not leased:
+                continue
+            with anyio.move_on_after(self.heartbeat):  # never fall behind the next beat
+                async with anyio.create_task_group() as group:
+                    if long:
+                        group.start_soon(self._extend, long)
+                    for handler in leased:
+                        group.start_soon(self._renew, handler)
+
+    async def _extend(self, deliveries: list[Delivery]) -> None:
+        failures = 0
+        for delivery in deliveries:
+            try:
+                await delivery.extend()
+            except Exception as error:
+                failures += 1
+                last = error
+        if failures:
+            self.stats.errors += 1
+            log.warning(
+                "could not extend the ack deadline of %d of %d deliveries in flight (%s); "
+                "trying again at the next heartbeat",
+                failures,
+                len(deliveries),
+                _reason(last),
+            )
+
+    async def _renew(self, handler: Leased) -> None:
+        try:
+            await handler.renew_leases()
+        except Exception as error:
+            self.stats.errors += 1
+            log.warning("renewing the leases of %r failed: %s", handler, _reason(error))
 
     # ---------------------------------------------------------------------------------
     # health

@@ -108,6 +108,10 @@ class _Recorded(Delivery):
         self.log.append(("dead_letter", self.event.id, self.attempt))
         await self.inner.dead_letter(reason)
 
+    async def extend(self) -> None:
+        self.log.append(("extend", self.event.id, self.attempt))
+        await self.inner.extend()
+
 
 class Recording(LocalBroker):
     """A LocalBroker transport that logs publishes, receives and settles, in order, and can

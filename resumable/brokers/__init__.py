@@ -4,9 +4,10 @@ A broker is a transport: ``publish`` puts an event on the queue of its ``to`` to
 ``receive`` takes deliveries from a topic's queue, shared by every consumer of that topic
 (a consumer group). Each delivery is settled once: ``ack`` (done), ``nack`` (deliver again
 after a delay) or ``dead_letter`` (set aside with the reason). A delivery not settled
-within the broker's ``ack_wait`` is delivered again, so delivery is at least once;
-``resumable.worker.Worker`` runs handlers on any broker and makes processing effectively
-once. ``LocalBroker`` also runs handlers itself, in process (``subscribe``, ``resolve``).
+within the broker's ``ack_wait`` (5 s by default; ``extend`` restarts it) is delivered
+again, so delivery is at least once; ``resumable.worker.Worker`` runs handlers on any
+broker and makes processing effectively once. ``LocalBroker`` also runs handlers itself, in
+process (``subscribe``, ``resolve``).
 
 Events with a ``domain`` are not published: they are handed to the domain's owner
 (``on_domain``), as Arvo does.

@@ -58,6 +58,16 @@ class Delivery(abc.ABC):
         """Set the event aside on the topic's dead-letter queue with ``reason``; it is
         not delivered again."""
 
+    @abc.abstractmethod
+    async def extend(self) -> None:
+        """Still working on it: restart the broker's ack deadline (``ack_wait``) from now, so
+        the event is not delivered to another consumer meanwhile.
+
+        A ``Worker`` calls it periodically while a delivery runs, so a short ``ack_wait``
+        moves a dead worker's deliveries on quickly without redelivering slow ones. Does
+        nothing once the delivery is settled, or once its deadline passed and the event
+        went to another consumer (it is not taken back)."""
+
 
 class DeadLetter(msgspec.Struct, frozen=True):
     """An event set aside by ``Delivery.dead_letter``."""

@@ -201,6 +201,19 @@ class LocalDelivery(Delivery):
             DeadLetter(self.event, self.topic, reason, attempts=self._message.attempts)
         )
 
+    async def extend(self) -> None:
+        """Restart the ack-wait timer from now, if this delivery still holds its message:
+        the old timer goes stale (a new generation) and a new one is scheduled."""
+        message = self._message
+        if self._settled or message.done or message.generation != self._generation:
+            return
+        if self._queue is self._broker._inbox:  # hosted: delivered in process, no timer
+            return
+        message.generation += 1
+        self._generation = message.generation
+        self._queue.settled()  # the old timer is stale now
+        self._queue.schedule(self._queue.clock() + self._broker.ack_wait, message)
+
     def _finish(self) -> None:
         if not self._message.done:
             self._broker._unsettled -= 1
@@ -234,7 +247,7 @@ class LocalBroker(Broker):
         *,
         on_error: ErrorCallback | None = None,
         on_domain: DomainCallback | None = None,
-        ack_wait: float = 30.0,
+        ack_wait: float = 5.0,
         duplicate_window: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
         duplicate_limit: int = 10_000,

@@ -157,6 +157,14 @@ class _NatsDelivery(Delivery):
             await self._msg.nak(delay=delay or None)
             await self._broker._flush()
 
+    async def extend(self) -> None:
+        """Tell JetStream the message is in progress (``+WPI``): its ``ack_wait`` starts
+        again. Ignored by the server once the message is acked or delivered again."""
+        if self._settled is not None:
+            return
+        await self._msg.in_progress()
+        await self._broker._flush()
+
     async def dead_letter(self, reason: str) -> None:
         """Publish the event to the topic's dead-letter subject, then terminate the message.
 
@@ -193,7 +201,7 @@ class NatsBroker(Broker):
         stream: str = "RESUMABLE",
         subject_prefix: str = "resumable",
         durable: str = "workers",
-        ack_wait: float = 30.0,
+        ack_wait: float = 5.0,
         max_deliver: int = -1,
         connect_timeout: float = 5.0,
         request_timeout: float = 5.0,

@@ -123,6 +123,17 @@ redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
 return 1
 """
 
+# KEYS: stream. ARGV: group, consumer, id, attempt.
+# Reset the entry's idle time (XCLAIM to the same consumer, JUSTID: the delivery count
+# stays) only if this delivery still holds it, so a consumer that took it over keeps it.
+_EXTEND = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #pending == 0 then return 0 end
+if pending[1][2] ~= ARGV[2] or tonumber(pending[1][4]) ~= tonumber(ARGV[4]) then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
+
 # KEYS: stream, delays, dead. ARGV: group, id, event, reason, attempts.
 # Dead-letter an entry that is still pending (not acked or dead-lettered already).
 _DEAD_LETTER = """
@@ -233,6 +244,17 @@ class RedisDelivery(Delivery):
                 ],
             )
 
+    async def extend(self) -> None:
+        """Reset the entry's idle time in the group's pending list, so no other consumer
+        claims it for another ``ack_wait``; nothing once settled or taken over."""
+        if self._settled is not None:
+            return
+        broker = self._broker
+        await broker._extend(
+            keys=[self._keys.stream],
+            args=[broker.group, broker.consumer, self.entry_id, self.attempt],
+        )
+
     async def dead_letter(self, reason: str) -> None:
         self._mark_settled("dead-lettered")
         broker, keys = self._broker, self._keys
@@ -261,7 +283,7 @@ class RedisBroker(Broker):
         prefix: str = "resumable",
         group: str = "workers",
         consumer: str | None = None,
-        ack_wait: float = 30.0,
+        ack_wait: float = 5.0,
         duplicate_window: float = 120.0,
         clock: Callable[[], float] = time.time,
         allow_volatile: bool = False,
@@ -292,6 +314,7 @@ class RedisBroker(Broker):
         self._claim_due = self.client.register_script(_CLAIM_DUE)
         self._claim_expired = self.client.register_script(_CLAIM_EXPIRED)
         self._nack = self.client.register_script(_NACK)
+        self._extend = self.client.register_script(_EXTEND)
         self._dead_letter = self.client.register_script(_DEAD_LETTER)
 
     @classmethod

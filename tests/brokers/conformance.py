@@ -276,6 +276,38 @@ class BrokerConformance:
         if first == "nack":
             await ack_all(await receive_all(broker, ALPHA, 1))
 
+    # Extending the ack deadline.
+
+    async def test_an_extended_delivery_is_not_redelivered_while_extended(
+        self, broker: Broker, peer: Broker
+    ) -> None:
+        await broker.publish(make_event(1))
+        (held,) = await broker.receive(ALPHA, timeout=5.0)
+        until = time.monotonic() + 2.5 * ACK_WAIT  # well past the first deadline
+        while time.monotonic() < until:
+            await held.extend()
+            assert await peer.receive(ALPHA, timeout=ACK_WAIT / 4) == []
+        # No longer extended: the event goes to another consumer after ack_wait.
+        (again,) = await peer.receive(ALPHA, timeout=ACK_WAIT + 3.0)
+        assert (again.event, again.attempt) == (held.event, 2)
+        await held.extend()  # too late: harmless, and does not take the event back
+        await again.ack()
+        assert await broker.receive(ALPHA, timeout=ACK_WAIT + 0.5) == []
+
+    @pytest.mark.parametrize("first", ["ack", "nack", "dead_letter"])
+    async def test_extending_a_settled_delivery_does_nothing(
+        self, broker: Broker, first: str
+    ) -> None:
+        await broker.publish(make_event(1))
+        (delivery,) = await broker.receive(ALPHA, timeout=5.0)
+        await getattr(delivery, first)(*(["bad"] if first == "dead_letter" else []))
+        await delivery.extend()
+        if first == "nack":
+            (again,) = await receive_all(broker, ALPHA, 1)
+            assert again.attempt == 2
+            await again.ack()
+        assert await broker.receive(ALPHA, timeout=ACK_WAIT + 0.5) == []
+
     # Consumers share a topic's queue.
 
     async def test_consumers_take_turns_on_the_queue(self, broker: Broker, peer: Broker) -> None:

@@ -187,3 +187,17 @@ async def test_many_settled_deliveries_do_not_pile_up_timers() -> None:
     for delivery in await broker.receive(ALPHA, max_messages=500, timeout=0):
         await delivery.ack()
     assert len(broker._topics[ALPHA].timers) < 300
+
+
+async def test_extend_restarts_the_ack_wait_from_now() -> None:
+    clock = FakeClock()
+    broker = LocalBroker(ack_wait=30.0, clock=clock)
+    await broker.publish(make_event(1))
+    (held,) = await broker.receive(ALPHA, timeout=0)
+    clock.advance(20.0)
+    await held.extend()
+    clock.advance(20.0)  # 40 s since it was received, 20 s since it was extended
+    assert await broker.receive(ALPHA, timeout=0) == []
+    clock.advance(10.0)
+    (again,) = await broker.receive(ALPHA, timeout=0)
+    assert (numbers([again]), again.attempt) == ([1], 2)
