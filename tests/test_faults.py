@@ -133,6 +133,8 @@ class Figures:
     """Seconds after the first order when the server was stopped."""
     repeated_requests: int = 0
     """Service requests answered again from the effect table (redeliveries: harmless)."""
+    report_copies: int = 0
+    """Report deliveries beyond one per order: copies, harmless when ``duplicates`` is 0."""
     run_s: float = 0.0
     commit: str = ""
     at: str = ""
@@ -288,8 +290,10 @@ class Reports:
         self.ids: dict[str, set[str]] = defaultdict(set)
         self.first: dict[str, Any] = {}
         self.at: dict[str, float] = {}
+        self.deliveries = 0
 
     def add(self, event: Any) -> None:
+        self.deliveries += 1
         self.ids[event.subject].add(event.id)
         if event.subject not in self.first:
             self.first[event.subject] = event
@@ -387,6 +391,7 @@ async def count(figures: Figures, reports: Reports, deployment: Deployment, brok
     """Fill ``figures`` from the reports, the records, the effect table and the dead letters."""
     subjects = {init_for(n).subject: n for n in range(ORDERS)}
     figures.reported = len(reports.first)
+    figures.report_copies = reports.deliveries - len(reports.first)
     figures.lost = sum(1 for s in subjects if s not in reports.first)
     duplicated = {s for s, ids in reports.ids.items() if len(ids) > 1}
     figures.wrong_outcomes = sum(
