@@ -32,6 +32,7 @@ from resumable.contracts import Contract, OrchestratorContract, semver_key
 from resumable.driver import CANCEL_TYPE, Resumable
 from resumable.errors import (
     ExecutionViolation,
+    Unavailable,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowFinished,
@@ -435,7 +436,12 @@ class Client:
             with anyio.fail_after(timeout):
                 wait = 0.02
                 while True:
-                    stored = await memory.read(subject)
+                    try:
+                        stored = await memory.read(subject)
+                    except Unavailable:  # an outage: wait it out, within the timeout
+                        await anyio.sleep(wait)
+                        wait = min(wait * 2, self.poll)
+                        continue
                     if stored is None:
                         raise WorkflowNotFound(
                             handle.workflow,

@@ -41,6 +41,7 @@ from resumable.errors import (
     TransactionViolation,
     ViolationError,
     WorkflowAwaitError,
+    is_unavailable,
 )
 from resumable.events import Event, EventError, now_iso
 from resumable.ids import lease_owner
@@ -52,6 +53,7 @@ from resumable.observe import (
     count_violation,
     observe_step,
 )
+from resumable.outage import OrphanLeases
 from resumable.queries import WorkflowStatus, read_status, subjects
 from resumable.record import ACTIVE, PARKED, Header, decode_entry, decode_header
 from resumable.storage import MemoryJournal, apply_decision, read_record, write_record
@@ -158,6 +160,7 @@ class Resumable(Generic[S]):
         self._last_time = ("", 0.0)
         self._attributes = {SOURCE: self.definition.source}
         self._error_type = self.definition.contract.system_error_type
+        self._orphans = OrphanLeases()
 
     @property
     def contract(self) -> OrchestratorContract:
@@ -325,9 +328,13 @@ class Resumable(Generic[S]):
         """Take ``key``'s lease for a new execution, and note it so ``renew_leases`` keeps
         it while the step runs."""
         owner = lease_owner()
+        if self._orphans:  # leases an outage kept us from releasing: give them back first
+            await self._orphans.release(self.memory)
         try:
             locked = await self.memory.lock(key, owner, self.lock_ttl)
         except Exception as error:
+            if is_unavailable(error):  # it may have been taken before the connection broke
+                self._orphans.add(key, owner)
             raise TransactionViolation(
                 TransactionViolation.LOCK_FAILURE,
                 f"could not lock workflow {key!r} for event {why}: {error}",
@@ -348,7 +355,9 @@ class Resumable(Generic[S]):
             await lease.renewing.wait()
         try:
             await self.memory.unlock(lease.key, lease.owner)
-        except Exception:  # a lease that is not released expires on its own
+        except Exception as error:  # a lease that is not released expires on its own
+            if is_unavailable(error):  # or is released once the memory is back
+                self._orphans.add(lease.key, lease.owner)
             log.warning(
                 "could not unlock workflow %s; its lease will expire",
                 instance_name(lease.key),

@@ -23,7 +23,7 @@ from resumable.backoff import backoff_delay, jittered
 from resumable.errors import is_unavailable
 from resumable.memory import Memory
 
-__all__ = ["PROBE_KEY", "Outage", "RetryCounts"]
+__all__ = ["PROBE_KEY", "OrphanLeases", "Outage", "RetryCounts"]
 
 log = logging.getLogger("resumable.worker")
 
@@ -151,3 +151,34 @@ class Outage:
                 # It answered, with an error of another kind: the server is there.
                 log.debug("the probe of %r failed (%s); resuming anyway", memory, error)
         return None
+
+
+class OrphanLeases:
+    """Leases this process took and could not release because the memory was unavailable
+    (or whose taking failed midway, so they may be held). Each execution has its own owner
+    token, so nobody else can release them; left alone they block their instances until
+    they expire (``lock_ttl``). ``release`` gives them back once the memory answers: the
+    driver calls it before taking a lease. Bounded: the oldest are left to expire."""
+
+    def __init__(self, limit: int = _REMEMBERED) -> None:
+        self._held: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._limit = limit
+
+    def __bool__(self) -> bool:
+        return bool(self._held)
+
+    def add(self, key: str, owner: str) -> None:
+        self._held[(key, owner)] = None
+        while len(self._held) > self._limit:
+            self._held.popitem(last=False)
+
+    async def release(self, memory: Memory) -> None:
+        """Release what can be released; stop at the first sign the outage goes on."""
+        for key, owner in list(self._held):
+            try:
+                await memory.unlock(key, owner)
+            except Exception as error:
+                if is_unavailable(error):
+                    return
+                log.debug("releasing the orphaned lease on %s failed: %s", key, error)
+            self._held.pop((key, owner), None)

@@ -343,7 +343,9 @@ class LocalBroker(Broker):
                 broker=self,
                 max_attempts=3,
                 backoff=(0.05, 2.0, 1.0),
+                unavailable_backoff=(0.05, 2.0, 1.0),
                 recover=False,
+                recover_interval=None,
                 on_domain=self._to_domain,
             )
         return self._worker
