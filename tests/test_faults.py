@@ -1,7 +1,7 @@
 """Server faults: PostgreSQL, NATS and Redis restarted under three workers and 300 orders.
 
 Each fault runs on servers this file starts itself, on spare loopback ports in temporary
-directories (``tests/fault_servers.py``), never on the machine's shared ones:
+directories (``tests/own_servers.py``), never on the machine's shared ones:
 
 - PostgreSQL as the memory (NATS the broker), stopped with ``pg_ctl -m immediate`` (a crash:
   crash recovery on start) or ``-m fast`` (clients disconnected, a checkpoint);
@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,7 +48,6 @@ import anyio
 import asyncpg
 import pytest
 from chaos_worker import create_effects_table, expected_outcome, outcome, split_schema
-from fault_servers import OwnedNats, OwnedPostgres, OwnedRedis, OwnedServer
 
 from resumable.brokers import Broker
 from resumable.brokers import from_url as broker_from_url
@@ -56,6 +56,7 @@ from resumable.memory import Memory
 from resumable.memory import from_url as memory_from_url
 from resumable.record import decode_entry
 
+from own_servers import OwnNats, OwnPostgres, OwnRedis, own_nats, own_postgres, own_redis
 from servers import require_postgres
 
 pytestmark = pytest.mark.anyio
@@ -153,7 +154,7 @@ class Deployment:
     broker_url: str
     memory_url: str
     effects_url: str
-    target: OwnedServer
+    target: Server
 
 
 @dataclass
@@ -209,30 +210,43 @@ def git_commit() -> str:
     return done.stdout.strip()
 
 
-@contextlib.contextmanager
-def owned(server: OwnedServer) -> Iterator[OwnedServer]:
-    server.start()
+Server = OwnPostgres | OwnRedis | OwnNats
+
+
+def answers(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
     try:
-        yield server
-    finally:
-        server.close()
+        with socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+    except OSError:
+        return False
+
+
+def stop(server: Server, fault: Fault) -> None:
+    """Stop ``server`` the way ``fault`` says: pg_ctl's mode, or a signal."""
+    if isinstance(server, OwnPostgres):
+        server.stop(fault.how)
+    else:
+        server.stop(signal.SIGKILL if fault.how == "kill" else signal.SIGTERM)
 
 
 @pytest.fixture(scope="module")
-def owned_postgres() -> Iterator[OwnedServer]:
-    with owned(OwnedPostgres()) as server:
+def owned_postgres() -> Iterator[OwnPostgres]:
+    with own_postgres() as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def owned_nats() -> Iterator[OwnedServer]:
-    with owned(OwnedNats()) as server:
+def owned_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnNats]:
+    with own_nats(tmp_path_factory.mktemp("nats")) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def owned_redis() -> Iterator[OwnedServer]:
-    with owned(OwnedRedis()) as server:
+def owned_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnRedis]:
+    """Redis with the append-only file on (fsync every second, no snapshots)."""
+    options = ("--appendonly", "yes", "--appendfsync", "everysec", "--save", "")
+    with own_redis(tmp_path_factory.mktemp("redis"), *options) as server:
         yield server
 
 
@@ -244,8 +258,8 @@ async def deployment(request: pytest.FixtureRequest) -> AsyncIterator[Deployment
     suffix = uuid.uuid4().hex[:10]
     effects_schema = f"faults_fx_{suffix}"
     if fault.server == "redis":
-        redis: OwnedServer = request.getfixturevalue("owned_redis")
-        servers = [redis]
+        redis: OwnRedis = request.getfixturevalue("owned_redis")
+        servers: list[Server] = [redis]
         chosen = Deployment(
             with_query(redis.url, prefix=f"faults-{suffix}-b"),
             with_query(redis.url, prefix=f"faults-{suffix}-m"),
@@ -254,7 +268,7 @@ async def deployment(request: pytest.FixtureRequest) -> AsyncIterator[Deployment
         )
     elif fault.server == "redis-memory":
         redis = request.getfixturevalue("owned_redis")
-        nats: OwnedServer = request.getfixturevalue("owned_nats")
+        nats: OwnNats = request.getfixturevalue("owned_nats")
         servers = [nats, redis]
         chosen = Deployment(
             with_query(nats.url, stream=f"FAULTS_{suffix}", prefix=f"faults{suffix}"),
@@ -264,7 +278,7 @@ async def deployment(request: pytest.FixtureRequest) -> AsyncIterator[Deployment
         )
     else:
         nats = request.getfixturevalue("owned_nats")
-        postgres: OwnedServer = request.getfixturevalue("owned_postgres")
+        postgres: OwnPostgres = request.getfixturevalue("owned_postgres")
         servers = [nats, postgres]
         chosen = Deployment(
             with_query(nats.url, stream=f"FAULTS_{suffix}", prefix=f"faults{suffix}"),
@@ -273,7 +287,8 @@ async def deployment(request: pytest.FixtureRequest) -> AsyncIterator[Deployment
             nats if fault.server == "nats" else postgres,
         )
     for server in servers:  # a fault before may have left one stopped
-        server.ensure_started()
+        if not answers(server.port):
+            server.start()
     yield chosen
     connection = await asyncpg.connect(effects_pg)
     try:
@@ -353,7 +368,7 @@ async def run_fault(fault: Fault, deployment: Deployment, tmp_path: Path) -> Fig
             running.start_soon(listen)
             await anyio.sleep(FAULT_AT)
             figures.stopped_s = round(time.monotonic() - published, 2)
-            await anyio.to_thread.run_sync(deployment.target.stop, fault.how)
+            await anyio.to_thread.run_sync(stop, deployment.target, fault)
             await anyio.sleep(fault.down)
             await anyio.to_thread.run_sync(deployment.target.start)
             back = time.monotonic()
