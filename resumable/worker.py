@@ -67,7 +67,7 @@ from resumable.errors import (
 from resumable.events import Event
 from resumable.memory import Memory
 from resumable.metrics import TOPIC, enabled, instruments
-from resumable.outage import Outage, RetryCounts
+from resumable.outage import PROBE_KEY, Outage, RetryCounts
 from resumable.subject import SubjectError, instance_name, parse_subject
 from resumable.sweep import OutboxSweep, Sweepable
 from resumable.telemetry import (
@@ -170,6 +170,14 @@ class Worker:
     contention, not failure: it is retried with backoff past ``max_attempts``, since every
     lease ends (released, or expired after the workflow's ``lock_ttl``); only the broker's
     own delivery limit (``max_deliver``, where it has one) dead-letters it.
+
+    An outage (``resumable.Unavailable``: a database or broker down, restarting, failing
+    over) is not a failure either: the delivery is nacked after ``unavailable_backoff =
+    (initial, factor, max)`` seconds with jitter, for as long as the outage lasts, and
+    consuming pauses until each memory answers a probe made with the same backoff. Neither
+    kind of retry counts against ``max_attempts``, which counts the event's own failures.
+    Every ``recover_interval`` seconds (None: only on start) the outboxes of the instances
+    idle that long are re-published (``resumable.sweep``).
 
     A due record's timer event is published once per ``timer_interval`` tick at most, and
     not again by this worker for ``timer_resend`` seconds while the record stays due at the
@@ -339,6 +347,7 @@ class Worker:
             instruments().in_flight.add(0, self._on(topic))
         drained = False
         try:
+            await self._check_memories()
             if self.recover and not self.stopping:
                 await self._recover()
             async with anyio.create_task_group() as outer:
@@ -403,6 +412,19 @@ class Worker:
             self.stats.recovered += len(requests)
             if requests:
                 log.info("recovery: re-published %d requests of %s", len(requests), handler.source)
+
+    async def _check_memories(self) -> None:
+        """Read each memory once before consuming, so a memory that refuses to work (a
+        Redis that keeps nothing on disk, a schema too new) stops the worker at start,
+        not every delivery later; one that is unavailable is waited for by the loops."""
+        for memory, _ in self._timed_groups():
+            try:
+                await memory.read(PROBE_KEY)
+            except Exception as error:
+                if not is_unavailable(error):
+                    raise
+                self.stats.unavailable += 1
+                log.warning("memory %r is unavailable at start: %s", memory, _reason(error))
 
     async def _sweep_loop(self) -> None:
         """Every ``recover_interval``, re-publish the requests of instances idle that long

@@ -305,7 +305,12 @@ class RedisBroker(Broker):
         self.ack_wait = ack_wait
         self.duplicate_window = duplicate_window
         self.clock = clock
-        self.client: aioredis.Redis = aioredis.Redis.from_url(url)
+        # A hung server fails calls (as Unavailable) rather than blocking them for ever;
+        # the URL's own socket_connect_timeout= and socket_timeout= win. Blocking reads
+        # wait at most a second, well within the socket timeout.
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=5.0, socket_timeout=30.0
+        )
         self._groups: set[str] = set()
         self._closed = False
         self.allow_volatile = allow_volatile

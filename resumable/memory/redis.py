@@ -64,6 +64,12 @@ _POOL_TIMEOUT = 20.0
 """Connections per memory, and seconds a call waits for one when all are busy: redis-py's
 defaults for a blocking pool. ``max_connections=`` and ``timeout=`` in the URL override them."""
 
+_CONNECT_TIMEOUT = 5.0
+_SOCKET_TIMEOUT = 30.0
+"""Seconds to connect, and to wait for a reply: a server that hangs (stopped, a network
+black hole) then fails the call as ``Unavailable`` instead of blocking it for ever.
+``socket_connect_timeout=`` and ``socket_timeout=`` in the URL override them."""
+
 _LEASE_GC_MARGIN_MS = 1000
 """How much longer than its ttl Redis keeps a lease key. The lease's own ``expires`` (by the
 injected clock) decides who holds it; the key's expiry only collects abandoned leases."""
@@ -225,6 +231,8 @@ class RedisMemory(Memory):
                 decode_responses=False,
                 max_connections=_MAX_CONNECTIONS,
                 timeout=_POOL_TIMEOUT,
+                socket_connect_timeout=_CONNECT_TIMEOUT,
+                socket_timeout=_SOCKET_TIMEOUT,
             )
         except ValueError as error:
             raise SetupError(
