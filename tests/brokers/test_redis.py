@@ -205,7 +205,7 @@ async def test_from_url_reads_prefix_and_group() -> None:
         assert broker.url == "redis://127.0.0.1:6379/2?socket_timeout=3"
         assert broker.client.connection_pool.connection_kwargs["db"] == 2
         plain = RedisBroker.from_url("redis://127.0.0.1:6379/0")
-        assert (plain.prefix, plain.group, plain.ack_wait) == ("resumable", "workers", 30.0)
+        assert (plain.prefix, plain.group, plain.ack_wait) == ("resumable", "workers", 5.0)
         assert plain.consumer != broker.consumer  # hostname-pid-random
         await plain.close()
     finally:
