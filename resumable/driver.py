@@ -333,8 +333,7 @@ class Resumable(Generic[S]):
         try:
             locked = await self.memory.lock(key, owner, self.lock_ttl)
         except Exception as error:
-            if is_unavailable(error):  # it may have been taken before the connection broke
-                self._orphans.add(key, owner)
+            self._orphans.add(key, owner)  # it may have been taken before the call broke
             raise TransactionViolation(
                 TransactionViolation.LOCK_FAILURE,
                 f"could not lock workflow {key!r} for event {why}: {error}",
@@ -355,13 +354,15 @@ class Resumable(Generic[S]):
             await lease.renewing.wait()
         try:
             await self.memory.unlock(lease.key, lease.owner)
-        except Exception as error:  # a lease that is not released expires on its own
-            if is_unavailable(error):  # or is released once the memory is back
-                self._orphans.add(lease.key, lease.owner)
+        except Exception as error:  # released later, or it expires on its own
+            self._orphans.add(lease.key, lease.owner)
+            outage = is_unavailable(error)
             log.warning(
-                "could not unlock workflow %s; its lease will expire",
+                "could not unlock workflow %s (%s); it is released once the memory answers, "
+                "or expires",
                 instance_name(lease.key),
-                exc_info=True,
+                error if outage else type(error).__name__,
+                exc_info=not outage,
             )
 
     # ---------------------------------------------------------------------------------

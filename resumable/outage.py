@@ -30,6 +30,10 @@ log = logging.getLogger("resumable.worker")
 PROBE_KEY = "resumable.probe"
 """The key the probe reads: no record has it (it is not an orchestration subject)."""
 
+_LONGEST_PROBE_GAP = 5.0
+"""Probes come at least this often (seconds), whatever the backoff's maximum: a probe is
+one cheap read, and it decides how soon consuming resumes once the server is back."""
+
 _REMEMBERED = 10_000
 """How many events' retry counts a worker keeps (the oldest are forgotten first)."""
 
@@ -65,7 +69,8 @@ class Outage:
 
     ``probes()`` gives the memories to read before resuming; with none (a worker of services
     only, or a broker outage) the pause lasts one backoff delay and the next receive or
-    publish tells. ``backoff`` is ``(initial, factor, max)`` seconds between probes.
+    publish tells. ``backoff`` is ``(initial, factor, max)`` seconds between probes, at
+    most 5 s apart.
     """
 
     def __init__(
@@ -123,7 +128,9 @@ class Outage:
         try:
             while True:
                 attempt += 1
-                await anyio.sleep(jittered(backoff_delay(attempt, *self.backoff)))
+                initial, factor, longest = self.backoff
+                gap = backoff_delay(attempt, initial, factor, min(longest, _LONGEST_PROBE_GAP))
+                await anyio.sleep(jittered(gap))
                 last = await self._unreachable()
                 if last is None:
                     answered = True
@@ -154,11 +161,13 @@ class Outage:
 
 
 class OrphanLeases:
-    """Leases this process took and could not release because the memory was unavailable
-    (or whose taking failed midway, so they may be held). Each execution has its own owner
-    token, so nobody else can release them; left alone they block their instances until
-    they expire (``lock_ttl``). ``release`` gives them back once the memory answers: the
-    driver calls it before taking a lease. Bounded: the oldest are left to expire."""
+    """Leases this process took and could not release (the memory was unavailable, the
+    connection broke), or whose taking failed midway, so they may be held. Each execution
+    has its own owner token, so nobody else can release them; left alone they block their
+    instances until they expire (``lock_ttl``). ``release`` gives them back once the memory
+    answers (an unlock only removes a lease its owner still holds, so a late one is
+    harmless): the driver calls it before taking a lease. Bounded: the oldest are left to
+    expire."""
 
     def __init__(self, limit: int = _REMEMBERED) -> None:
         self._held: OrderedDict[tuple[str, str], None] = OrderedDict()

@@ -654,7 +654,10 @@ class Worker:
         try:
             await settling
         except Exception as error:
-            self.stats.errors += 1
+            if is_unavailable(error):
+                self.stats.unavailable += 1
+            else:
+                self.stats.errors += 1
             log.warning(
                 "could not %s event %s on %r (%s); the broker will deliver it again",
                 how,
@@ -778,7 +781,9 @@ class Worker:
             for key, owner in work:
                 group.start_soon(self._publish_timer, key, owner, limiter, failures)
         if failures:
-            self.stats.errors += len(failures)
+            outages = sum(is_unavailable(error) for _, error in failures)
+            self.stats.unavailable += outages
+            self.stats.errors += len(failures) - outages
             key, error = failures[0]
             log.warning(
                 "publishing the timer events of %d due records failed (%s: %s); trying "

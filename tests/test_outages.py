@@ -658,3 +658,61 @@ async def test_redis_broker_warns_about_a_server_that_keeps_nothing(
                 await broker.close()
             text = " ".join(r.getMessage() for r in caplog.records)
             assert ("keeps nothing on disk" in text) is warned
+
+
+def test_postgres_tells_outages_from_other_errors() -> None:
+    asyncpg = pytest.importorskip("asyncpg")
+    from resumable.memory.postgres import _is_outage
+
+    outages = [
+        ConnectionRefusedError(111, "Connect call failed"),
+        TimeoutError(),
+        asyncpg.exceptions.AdminShutdownError("terminating connection"),  # 57P01
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle"),
+        asyncpg.exceptions.TooManyConnectionsError("too many clients"),
+        asyncpg.exceptions.ReadOnlySQLTransactionError("read-only transaction"),  # a standby
+        asyncpg.InterfaceError("cannot call Connection.fetch(): connection is closed"),
+        asyncpg.InterfaceError("connection has been released back to the pool"),
+        asyncpg.exceptions.InternalClientError("cannot switch to state 12; another operation"),
+    ]
+    others = [
+        asyncpg.exceptions.UniqueViolationError("duplicate key"),
+        asyncpg.exceptions.UndefinedTableError("no such table"),
+        asyncpg.exceptions.CharacterNotInRepertoireError("invalid byte sequence"),
+        asyncpg.InterfaceError("the server expects 2 arguments, 3 were passed"),
+        ValueError("a bug"),
+    ]
+    assert [_is_outage(error) for error in outages] == [True] * len(outages)
+    assert [_is_outage(error) for error in others] == [False] * len(others)
+
+
+class _AckFails(LocalBroker):
+    """Its deliveries' first ack meets an outage (the broker went away after the work)."""
+
+    failed = 0
+
+    async def receive(self, topic: str, **options: Any) -> list[Any]:
+        got = await super().receive(topic, **options)
+        for delivery in got:
+            if not self.failed:
+                self.failed += 1
+
+                async def ack() -> None:
+                    raise Unavailable("the broker went away")
+
+                delivery.ack = ack  # type: ignore[method-assign]
+        return got
+
+
+async def test_a_settle_that_meets_an_outage_is_counted_as_one() -> None:
+    broker = _AckFails(ack_wait=0.2)
+    handler = Scripted(lambda call: None)
+    worker = Worker([handler], broker=broker, poll=0.05, backoff=QUICK)
+    async with anyio.create_task_group() as group:
+        await group.start(worker.run)
+        await broker.publish(_in_event())
+        await eventually(lambda: _true(worker.stats.acked == 1))  # after ack_wait, again
+        worker.stop()
+    assert (worker.stats.unavailable, worker.stats.errors) == (1, 0)
+    assert handler.calls == 2

@@ -417,8 +417,10 @@ class PostgresMemory(GroupCommit, Memory):
                             outcomes.append((None, error))
                     await connection.execute("COMMIT")
                 except BaseException:
-                    if not connection.is_closed() and connection.is_in_transaction():
-                        with contextlib.suppress(Exception):  # keep the first error
+                    # Keep the first error: a connection the server dropped is detached from
+                    # its proxy, which then refuses even is_closed().
+                    with contextlib.suppress(Exception):
+                        if not connection.is_closed() and connection.is_in_transaction():
                             await connection.execute("ROLLBACK")
                     raise
         except Exception as error:
@@ -571,14 +573,25 @@ _OUTAGE_STATES: Final = frozenset(
 """SQLSTATEs of a server that cannot serve now but will (class 08 is handled as a class)."""
 
 
+_LOST_CONNECTION: Final = (
+    "connection is closed",
+    "connection was closed",
+    "released back to the pool",
+    "another operation",
+)
+"""How asyncpg's interface errors read when the server dropped the connection."""
+
+
 def _is_outage(error: BaseException) -> bool:
     """True for an error of the server's availability, not of the call: a refused, reset or
     lost connection, a timeout, a shutdown or restart, a failover, no free connection."""
     if isinstance(error, OSError | TimeoutError | asyncpg.PostgresConnectionError):
         return True  # refused, reset, unreachable, timed out; SQLSTATE class 08
-    if isinstance(error, asyncpg.InterfaceError):
+    if isinstance(error, asyncpg.InterfaceError | asyncpg.exceptions.InternalClientError):
+        # The client's view of a connection the server dropped mid-call: closed, detached
+        # from its pool proxy, or left with an operation that will never finish.
         text = str(error)
-        return "connection is closed" in text or "connection was closed" in text
+        return any(sign in text for sign in _LOST_CONNECTION)
     state = getattr(error, "sqlstate", None)
     return isinstance(state, str) and (state.startswith("08") or state in _OUTAGE_STATES)
 
