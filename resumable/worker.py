@@ -169,7 +169,9 @@ class Worker:
     A lease denied by another execution (``TransactionViolation`` ``LOCK_UNACQUIRED``) is
     contention, not failure: it is retried with backoff past ``max_attempts``, since every
     lease ends (released, or expired after the workflow's ``lock_ttl``); only the broker's
-    own delivery limit (``max_deliver``, where it has one) dead-letters it.
+    own delivery limit (``max_deliver``, where it has one) dead-letters it. Its backoff is
+    capped at half the longest ``lock_ttl``, so an instance whose lease a dead worker held
+    moves on soon after the lease expires.
 
     An outage (``resumable.Unavailable``: a database or broker down, restarting, failing
     over) is not a failure either: the delivery is nacked after ``unavailable_backoff =
@@ -280,7 +282,8 @@ class Worker:
         self.on_health = on_health
         self.unavailable_backoff = (float(first), float(growth), float(cap))
         self.recover_interval = recover_interval
-        self.heartbeat = self._default_heartbeat() if heartbeat is None else heartbeat
+        self._heartbeat = heartbeat
+        self._leased_handlers: list[Leased] | None = None
         self.stats = WorkerStats()
         self._outage = Outage(
             lambda: [memory for memory, _ in self._timed_groups()], self.unavailable_backoff
@@ -581,7 +584,7 @@ class Worker:
         # Deliveries that ended in an outage or a taken lease are not failures of the event.
         failures = max(1, attempt - self._retries.get(delivery.topic, event.id))
         if _is_lock_denied(error) and not last_chance:
-            delay = self.delay(self._retries.add(delivery.topic, event.id))
+            delay = min(self.delay(self._retries.add(delivery.topic, event.id)), self._lease_wait())
             log.debug("event %s: lease taken (%s); again in %.3gs", event.id, error, delay)
             instruments().lease_wait.record(delay, self._on(delivery.topic))
             if await self._settle(delivery, "nack", delivery.nack(delay)):
@@ -824,20 +827,37 @@ class Worker:
     # ---------------------------------------------------------------------------------
     # heartbeat
 
-    def _default_heartbeat(self) -> float:
-        """A quarter of the shortest deadline to keep: the broker's ``ack_wait`` and the
-        workflows' ``lock_ttl``."""
-        deadlines = [float(h.lock_ttl) for h in self.handlers if isinstance(h, Leased)]
-        ack_wait = getattr(self.broker, "ack_wait", None)
-        if isinstance(ack_wait, int | float) and ack_wait > 0:
-            deadlines.append(float(ack_wait))
-        return min(deadlines, default=30.0) / 4
+    def _leased(self) -> list[Leased]:
+        """The handlers that hold leases (workflows), found on first use: a ``Worker`` made
+        per call (``LocalBroker`` hosting) must stay cheap to make."""
+        if self._leased_handlers is None:
+            self._leased_handlers = [h for h in self.handlers if isinstance(h, Leased)]
+        return self._leased_handlers
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between two heartbeats: as given, or a quarter of the shortest deadline
+        to keep (the broker's ``ack_wait`` and the workflows' ``lock_ttl``)."""
+        if self._heartbeat is None:
+            deadlines = [float(h.lock_ttl) for h in self._leased()]
+            ack_wait = getattr(self.broker, "ack_wait", None)
+            if isinstance(ack_wait, int | float) and ack_wait > 0:
+                deadlines.append(float(ack_wait))
+            self._heartbeat = min(deadlines, default=30.0) / 4
+        return self._heartbeat
+
+    def _lease_wait(self) -> float:
+        """The longest backoff before retrying a denied lease, half the longest
+        ``lock_ttl``: every lease ends within it (released, or expired), so waiting longer
+        only delays recovery."""
+        ttls = [float(h.lock_ttl) for h in self._leased()]
+        return max(ttls) / 2 if ttls else float("inf")
 
     async def _heartbeat_loop(self) -> None:
         """Every ``heartbeat`` seconds: extend the deliveries in flight since the beat
         before (at least one beat long), and renew the leases of the workflows' long
         steps. One loop for all, so a short delivery costs nothing but a dict entry."""
-        leased = [h for h in self.handlers if isinstance(h, Leased)]
+        leased = self._leased()
         while True:
             await anyio.sleep(self.heartbeat)
             self._beat += 1

@@ -56,6 +56,7 @@ from chaos_worker import create_effects_table, expected_outcome, outcome, split_
 
 from resumable.brokers import Broker
 from resumable.brokers import from_url as broker_from_url
+from resumable.clock import to_epoch
 from resumable.demo import init_for, make_handlers, make_workflow, orders
 from resumable.memory import Memory
 from resumable.memory import from_url as memory_from_url
@@ -232,6 +233,22 @@ def record_run(pair: Pair, **figures: Any) -> Path:
     return path
 
 
+async def steps_after(memory: Memory, subject: str, since: float) -> list[str]:
+    """The steps of one order after ``since`` (wall clock): what each consumed, sent when,
+    and when the step ran, in seconds from ``since``: where a slow drain spent its time."""
+    stored = await memory.read(subject, journal=True) if subject else None
+    out: list[str] = []
+    for raw in [] if stored is None or stored.journal is None else stored.journal:
+        entry = decode_entry(raw)
+        ran = min((to_epoch(e.time) for e in entry.produced), default=None)
+        sent = to_epoch(entry.event.time)
+        if ran is not None and ran < since:
+            continue
+        ran_at = "-" if ran is None else f"{ran - since:+.2f}s"
+        out.append(f"{entry.event.type} sent {sent - since:+.2f}s, step ran {ran_at}")
+    return out
+
+
 async def drop_schemas(url: str, *schemas: str) -> None:
     connection = await asyncpg.connect(url)
     try:
@@ -282,7 +299,7 @@ async def run_chaos(pair: Pair, tmp_path: Path) -> None:
 
         # Chaos: SIGKILL a random worker about every second, start it again at once.
         kills = 0
-        last_kill = published
+        last_kill, last_kill_wall = published, time.time()
         next_kill = published + rng.uniform(0.5, 1.5) * KILL_EVERY
         done = 0
         async with anyio.create_task_group() as orders_arriving:
@@ -298,7 +315,7 @@ async def run_chaos(pair: Pair, tmp_path: Path) -> None:
                 if now >= next_kill and running:
                     victim = rng.choice(running)
                     victim.kill()
-                    last_kill = time.monotonic()
+                    last_kill, last_kill_wall = time.monotonic(), time.time()
                     victim.start()
                     kills += 1
                     next_kill = now + rng.uniform(0.5, 1.5) * KILL_EVERY
@@ -309,7 +326,7 @@ async def run_chaos(pair: Pair, tmp_path: Path) -> None:
         # Settle: no more kills; what the killed workers left comes back after ack_wait.
         reports: dict[str, list[Any]] = defaultdict(list)
         ack_wait = float(getattr(broker, "ack_wait", 5.0))
-        last_report = calm_at
+        last_report, last_subject = calm_at, ""
         copies = 0
         settle_deadline = time.monotonic() + SETTLE_LIMIT
         quiet_until: float | None = None
@@ -317,7 +334,7 @@ async def run_chaos(pair: Pair, tmp_path: Path) -> None:
             deliveries = await broker.receive(SHOP, max_messages=200, timeout=0.2)
             for delivery in deliveries:
                 if delivery.event.subject not in reports:
-                    last_report = time.monotonic()
+                    last_report, last_subject = time.monotonic(), delivery.event.subject
                 reports[delivery.event.subject].append(delivery.event)
                 copies += 1
                 await delivery.ack()
@@ -407,6 +424,7 @@ async def run_chaos(pair: Pair, tmp_path: Path) -> None:
             lock_ttl=make_workflow(memory).lock_ttl,
             seconds_in_all=round(time.monotonic() - began, 1),
             load_average=os.getloadavg()[0],
+            last_order_steps=await steps_after(memory, last_subject, last_kill_wall),
         )
         print(
             f"\n{pair.name}: drained {drain:.1f}s after the last kill (lock_ttl "

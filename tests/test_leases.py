@@ -9,10 +9,12 @@ from typing import Any
 
 import anyio
 import pytest
+from test_worker import IN, Recording
 
 from resumable import Resumable, complete, step
 from resumable.brokers import LocalBroker
 from resumable.errors import TransactionViolation
+from resumable.events import Event
 from resumable.memory import InMemoryMemory, Memory
 from resumable.record import decode_entry
 from resumable.worker import Worker
@@ -160,3 +162,37 @@ def test_the_heartbeat_defaults_to_a_quarter_of_the_shortest_deadline() -> None:
     assert Worker([workflow], broker=LocalBroker()).heartbeat == 5.0 / 4
     assert Worker([workflow], broker=LocalBroker(ack_wait=2.0)).heartbeat == 0.5
     assert Worker([workflow], broker=LocalBroker(), heartbeat=0.1).heartbeat == 0.1
+
+
+class Contended:
+    """A workflow-like handler whose lease is taken for its first ``denials`` calls."""
+
+    def __init__(self, lock_ttl: float, denials: int) -> None:
+        self.source = IN
+        self.lock_ttl = lock_ttl
+        self.denials = denials
+
+    async def renew_leases(self) -> int:
+        return 0
+
+    async def execute(self, event: Event) -> list[Event]:
+        if self.denials > 0:
+            self.denials -= 1
+            raise TransactionViolation(TransactionViolation.LOCK_UNACQUIRED, "locked")
+        return []
+
+
+async def test_a_denied_lease_is_retried_at_least_every_half_lock_ttl() -> None:
+    """The lease a dead worker held ends within ``lock_ttl``: the backoff before trying a
+    denied lease again grows no longer than half of it, or recovery waits for nothing."""
+    broker = Recording()
+    w = Worker([Contended(0.2, 5)], broker=broker, backoff=(0.01, 4.0, 30.0), poll=0.05)
+    e = Event(source="com.test.client", type="com.test.in", subject="s-1", data={}, to=IN)
+    async with anyio.create_task_group() as group:
+        await group.start(w.run)
+        await broker.publish(e)
+        with anyio.fail_after(10):
+            while w.stats.acked < 1:
+                await anyio.sleep(0.01)
+        w.stop()
+    assert [s[3] for s in broker.settles(e.id) if s[0] == "nack"] == [0.01, 0.04, 0.1, 0.1, 0.1]
