@@ -105,7 +105,7 @@ async def redis_redis() -> AsyncIterator[tuple[str, str]]:
     try:
         yield (
             with_query(redis_url, prefix=f"{prefix}-b"),
-            with_query(redis_url, prefix=f"{prefix}-m"),
+            with_query(redis_url, prefix=f"{prefix}-m", allow_volatile="1"),
         )
     finally:
         client: aioredis.Redis = aioredis.Redis.from_url(redis_url)
