@@ -1,4 +1,4 @@
-"""Private PostgreSQL and Redis servers for fault tests: started by the test on a spare
+"""Private PostgreSQL, Redis and NATS servers for fault tests: started by the test on a spare
 loopback port in a temporary directory, stopped and started again at will, and always
 removed at the end. The machine's shared servers are never touched.
 
@@ -22,8 +22,17 @@ import pytest
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 REDIS_SERVER = Path("/usr/bin/redis-server")
+NATS_SERVER = Path("/usr/sbin/nats-server")
 
-__all__ = ["OwnPostgres", "OwnRedis", "own_postgres", "own_redis", "spare_port"]
+__all__ = [
+    "OwnNats",
+    "OwnPostgres",
+    "OwnRedis",
+    "own_nats",
+    "own_postgres",
+    "own_redis",
+    "spare_port",
+]
 
 
 def spare_port() -> int:
@@ -147,6 +156,51 @@ def own_redis(directory: Path, *options: str) -> Iterator[OwnRedis]:
     if not REDIS_SERVER.exists():
         _missing("redis-server", REDIS_SERVER)
     server = OwnRedis(directory, *options)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+class OwnNats:
+    """A nats-server with JetStream of this test's own, its store in ``directory`` (kept
+    across a restart, as a deployment's is)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = spare_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        where = ["-a", "127.0.0.1", "-p", str(self.port)]
+        files = ["-sd", str(self.directory / "jetstream"), "-l", str(self.directory / "log")]
+        self.process = subprocess.Popen(
+            [str(NATS_SERVER), *where, "-js", *files],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_listening(self.port)
+
+    def stop(self, how: signal.Signals = signal.SIGTERM) -> None:
+        """SIGTERM (a clean shutdown) or SIGKILL (a crash); the store stays."""
+        process, self.process = self.process, None
+        if process is not None:
+            process.send_signal(how)
+            process.wait(timeout=30)
+
+    def remove(self) -> None:
+        self.stop(signal.SIGKILL)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextmanager
+def own_nats(directory: Path) -> Iterator[OwnNats]:
+    if not NATS_SERVER.exists():
+        _missing("nats-server", NATS_SERVER)
+    server = OwnNats(directory)
     try:
         server.start()
         yield server
