@@ -33,7 +33,6 @@ from resumable.engine.instance import decide, park
 from resumable.engine.replay import replay
 from resumable.errors import (
     ConfigViolation,
-    ExecutionViolation,
     NonDeterminismError,
     SetupError,
     TransactionViolation,
@@ -42,7 +41,6 @@ from resumable.errors import (
 )
 from resumable.events import Event, EventError, now_iso
 from resumable.leases import Leases
-from resumable.limits import check_event
 from resumable.memory import InMemoryMemory, Memory, Stored
 from resumable.metrics import SOURCE, enabled, instruments
 from resumable.observe import (
@@ -54,7 +52,6 @@ from resumable.observe import (
 from resumable.queries import WorkflowStatus, read_status, subjects
 from resumable.record import ACTIVE, PARKED, Header, decode_entry, decode_header
 from resumable.storage import MemoryJournal, apply_decision, read_record, write_record
-from resumable.subject import SubjectError, parse_subject_shared
 from resumable.telemetry import SPAN_KIND_RESUMABLE, execution_span
 from resumable.workflow import WorkflowFunction
 
@@ -228,24 +225,7 @@ class Resumable(Generic[S]):
                 uri=defn.uri,
                 kind=SpanKind.PRODUCER,
             ) as (span, headers):
-                check_event(event)  # before the subject is parsed or anything stored
-                try:
-                    subject = parse_subject_shared(event.subject)
-                except SubjectError as error:
-                    raise ExecutionViolation(
-                        f"event {event.id} ({event.type}) has subject {event.subject!r}, which "
-                        f"is not an orchestration subject: {error}. Start workflows with "
-                        "contract.init_event(...) so the subject is made for you."
-                    ) from None
-                if subject.name != defn.source:
-                    raise ExecutionViolation(
-                        f"event {event.id} ({event.type}) came to workflow {defn.source} "
-                        f"but its subject names workflow {subject.name}: it was sent to the "
-                        "wrong topic; send it to that workflow's topic instead"
-                    )
-                if subject.version not in defn.functions:
-                    defn.function(subject.version, f"subject of event {event.id}")
-                typed = defn.validate(event, subject)
+                subject, typed = defn.admit(event)  # before anything is locked or read
                 key = event.subject
                 lease = await self._leases.take(self.memory, key, event.id, self.lock_ttl)
                 try:

@@ -248,3 +248,19 @@ async def test_a_memory_opener_gives_each_runtime_its_connection_and_a_restart_n
 def test_a_memory_opener_that_opens_no_memory_is_named() -> None:
     with pytest.raises(TypeError, match=r"returned 'wf\.db'"):
         WorkflowEnv(memory=lambda: "wf.db")  # type: ignore[arg-type,return-value]
+
+
+async def test_the_kit_admits_events_as_the_driver_does() -> None:
+    """The kit's processes check an event as ``Resumable.execute`` does (one admission):
+    an id over the limits is refused before anything is read or written."""
+    from msgspec.structs import replace
+
+    from resumable.demo import init_for, orders
+    from resumable.limits import LimitViolation
+
+    env = _orders_env()
+    init = replace(init_for(1), id="x" * 513)
+    with pytest.raises(LimitViolation, match="over the limit"):
+        await env.deliver(init)
+    assert await env.memory.read(init.subject) is None
+    assert orders.type == init.to

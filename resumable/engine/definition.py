@@ -23,18 +23,20 @@ from resumable.domains import ORCHESTRATION_CONTEXT, DomainSpec, check_domain_sp
 from resumable.errors import (
     ConfigViolation,
     ContractViolation,
+    ExecutionViolation,
     ServiceError,
     SetupError,
     StateError,
     UnknownVersionError,
 )
 from resumable.events import Event, with_data
+from resumable.limits import check_event
 from resumable.record import wire
 from resumable.state import converter as _converter
-from resumable.subject import Subject
+from resumable.subject import Subject, SubjectError, parse_subject_shared
 from resumable.workflow import NO_STATE, Call, WorkflowFunction
 
-__all__ = ["CANCEL_TYPE", "TIMER_TYPE", "Definition", "EventKind"]
+__all__ = ["CANCEL_TYPE", "TIMER_TYPE", "Definition", "EventKind", "OtherWorkflow"]
 
 S = TypeVar("S")
 
@@ -55,6 +57,10 @@ def _seconds(value: float | timedelta | None, name: str) -> float | None:
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
         raise SetupError(f"{name} must be a positive number of seconds, got {value!r}")
     return float(seconds)
+
+
+class OtherWorkflow(ExecutionViolation):
+    """An event whose subject names another workflow than the one it was given to."""
 
 
 @attrs.define(eq=False)
@@ -220,6 +226,29 @@ class Definition(Generic[S]):
         if type_ in self.signals:
             return "signal"
         return "reply"
+
+    def admit(self, event: Event) -> tuple[Subject, Event]:
+        """Check ``event`` before anything is locked or read: the limits every backend can
+        store, an orchestration subject naming this workflow and a version it runs, the
+        payload against its contract. Returns the subject and the typed event."""
+        check_event(event)
+        try:
+            subject = parse_subject_shared(event.subject)
+        except SubjectError as error:
+            raise ExecutionViolation(
+                f"event {event.id} ({event.type}) has subject {event.subject!r}, which "
+                f"is not an orchestration subject: {error}. Start workflows with "
+                "contract.init_event(...) so the subject is made for you."
+            ) from None
+        if subject.name != self.source:
+            raise OtherWorkflow(
+                f"event {event.id} ({event.type}) came to workflow {self.source} "
+                f"but its subject names workflow {subject.name}: it was sent to the "
+                "wrong topic; send it to that workflow's topic instead"
+            )
+        if subject.version not in self.functions:
+            self.function(subject.version, f"subject of event {event.id}")
+        return subject, self.validate(event, subject)
 
     def validate(self, event: Event, subject: Subject) -> Event:
         """Check the event against its contract; return it with its payload typed."""

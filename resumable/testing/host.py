@@ -12,13 +12,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from resumable.engine.cache import LiveCache
-from resumable.engine.definition import Definition
+from resumable.engine.definition import Definition, OtherWorkflow
 from resumable.engine.instance import Stored, decide
-from resumable.errors import ExecutionViolation
 from resumable.events import Event
 from resumable.memory import Memory
 from resumable.storage import MemoryJournal, apply_decision
-from resumable.subject import SubjectError, parse_subject
 from resumable.telemetry import incoming
 
 __all__ = ["CrashPoint", "Host"]
@@ -50,16 +48,9 @@ class Host:
     ) -> list[Event]:
         """Apply ``event`` and return what it emits (nothing if ``crash`` cut it short)."""
         try:
-            subject = parse_subject(event.subject)
-        except SubjectError as error:
-            raise ExecutionViolation(
-                f"event {event.id} ({event.type}) has subject {event.subject!r}, which is not "
-                f"an orchestration subject: {error}"
-            ) from None
-        if subject.name != defn.source:
+            subject, typed = defn.admit(event)
+        except OtherWorkflow:  # every process sees every event: not this workflow's
             return []
-        defn.function(subject.version, lambda: f"subject of event {event.id}")
-        typed = defn.validate(event, subject)
         key = event.subject
         stored = await self.memory.read(key)
         instance = None
