@@ -296,7 +296,8 @@ class Worker:
         self._stopping = anyio.Event()
         self._timers_now = anyio.Event()
         self._running = False
-        self._timers_sent: dict[str, tuple[str, float]] = {}  # key -> (timer event id, when)
+        # key -> (timer event id, when sent, the due time it fires)
+        self._timers_sent: dict[str, tuple[str, float, float]] = {}
         self._system = messaging_system(broker)
         self._attributes: dict[str, dict[str, str]] = {}
         self._beat = 0  # heartbeats so far
@@ -763,9 +764,14 @@ class Worker:
         now = max(to_epoch(owner.clock()) for owner in owners.values())
         limit = min(self.timer_batch + len(self._timers_sent) + foreign, _MAX_DUE_LISTING)
         due = await memory.due(now, limit)
-        work: list[tuple[str, Timed]] = []
+        work: list[tuple[str, Timed, float]] = []
         others = 0
-        for key, _ in due:
+        wall = time.monotonic()
+        for key, due_at in due:
+            sent = self._timers_sent.get(key)
+            if sent is not None and sent[2] == due_at and wall - sent[1] < self.timer_resend:
+                listed.add(key)  # its timer event is on its way: no need to read the record
+                continue
             try:
                 name = parse_subject(key).name
             except SubjectError:
@@ -776,13 +782,13 @@ class Worker:
                 others += 1
             else:
                 listed.add(key)
-                work.append((key, owner))
+                work.append((key, owner, due_at))
         before = self.stats.timers_fired
         failures: list[tuple[str, Exception]] = []
         limiter = anyio.CapacityLimiter(self.concurrency)
         async with anyio.create_task_group() as group:
-            for key, owner in work:
-                group.start_soon(self._publish_timer, key, owner, limiter, failures)
+            for key, owner, due_at in work:
+                group.start_soon(self._publish_timer, key, owner, due_at, limiter, failures)
         if failures:
             outages = sum(is_unavailable(error) for _, error in failures)
             self.stats.unavailable += outages
@@ -802,11 +808,13 @@ class Worker:
         self,
         key: str,
         owner: Timed,
+        due_at: float,
         limiter: anyio.CapacityLimiter,
         failures: list[tuple[str, Exception]],
     ) -> None:
-        """Publish the timer event of one due record, unless this worker published that
-        same event less than ``timer_resend`` seconds ago (it is on its way)."""
+        """Publish the timer event of one due record (due at ``due_at``), unless this
+        worker published that same event less than ``timer_resend`` seconds ago (it is on
+        its way)."""
         async with limiter:
             try:
                 event = await owner.timer_event(key)
@@ -820,7 +828,7 @@ class Worker:
             except Exception as error:
                 failures.append((key, error))
                 return
-            self._timers_sent[key] = (event.id, wall)
+            self._timers_sent[key] = (event.id, wall, due_at)
             self.stats.timers_fired += 1
             instruments().timers_fired.add(1, self._on(event.to or ""))
 
