@@ -7,7 +7,8 @@ Checked at the end: no run failed (each either was killed by the test or exited 
 order completed exactly once (one completion or failure report in its journal) with the
 expected outcome, every service effect happened once per order (one request id per
 (effect, order)), nothing was dead-lettered, and after the last restart no order took
-longer than one lease TTL plus ``WORK`` seconds of ordinary work to finish.
+longer than a clean run of every order on the same machine, plus one lease TTL and
+``SLACK`` seconds, to finish.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from crash_app import LOCK_TTL
@@ -34,9 +36,10 @@ pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
 ORDERS = 1000
 KILLS = 20
-WORK = 10.0
-"""Seconds of ordinary work the last run may take beyond one lease TTL (a loaded 2-core
-machine; it takes about 1-3 s here)."""
+SLACK = 5.0
+"""Seconds the last run may take beyond a clean run of all the orders plus one lease TTL.
+It has less work than the clean run (the killed runs did some) but restarts every
+instance at start; a stall (a lease, a lost message or a timer waited out) takes longer."""
 
 
 def spawn(db: Path, effects: Path) -> subprocess.Popen[str]:
@@ -50,6 +53,13 @@ def spawn(db: Path, effects: Path) -> subprocess.Popen[str]:
     )
 
 
+def done_summary(out: str) -> dict[str, Any]:
+    """The ``DONE {json}`` line a run of ``crash_app.py`` prints at its end."""
+    (line,) = [x for x in out.splitlines() if x.startswith("DONE ")]
+    summary: dict[str, Any] = json.loads(line[5:])
+    return summary
+
+
 def expected(index: int) -> str:
     return "failed:RuntimeError" if index % 5 == 0 else "shipped:ops"  # the service's error
 
@@ -57,6 +67,12 @@ def expected(index: int) -> str:
 async def test_sigkill_and_restart_twenty_times_loses_and_repeats_nothing(
     tmp_path: Path,
 ) -> None:
+    # What this machine takes for every order from scratch, with no kill: the yardstick.
+    clean = spawn(tmp_path / "clean.db", tmp_path / "clean-effects.db")
+    out, err = clean.communicate(timeout=300)
+    assert clean.returncode == 0, f"the clean run failed:\n{err[-3000:]}"
+    clean_slowest = done_summary(out)["slowest"]
+
     db, effects = tmp_path / "app.db", tmp_path / "effects.db"
     rng = random.Random(int(os.environ.get("CRASH_SEED", "11")))
     killed = finished_early = 0
@@ -75,18 +91,18 @@ async def test_sigkill_and_restart_twenty_times_loses_and_repeats_nothing(
         assert process.returncode == 0, f"run {runs} failed on its own:\n{err[-3000:]}"
         finished_early += 1
     last = spawn(db, effects)
-    out, err = last.communicate(timeout=120)
+    out, err = last.communicate(timeout=300)
     assert last.returncode == 0, f"the last run failed:\n{err[-3000:]}"
-    (line,) = [x for x in out.splitlines() if x.startswith("DONE ")]
-    summary = json.loads(line[5:])
+    summary = done_summary(out)
     print(
         f"crash test: {killed} kills in {runs} runs ({finished_early} ran to the end); "
-        f"last run: slowest order {summary['slowest']:.2f}s after start"
+        f"last run: slowest order {summary['slowest']:.2f}s after start; a clean run of "
+        f"every order: {clean_slowest:.2f}s"
     )
 
     assert summary["outcomes"] == {f"o-{i}": expected(i) for i in range(ORDERS)}
     assert summary["dead_letters"] == 0
-    assert summary["slowest"] <= LOCK_TTL + WORK
+    assert summary["slowest"] <= clean_slowest + LOCK_TTL + SLACK
 
     reports: Counter[str] = Counter()
     memory = SQLiteMemory(db)
