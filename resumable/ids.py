@@ -10,18 +10,24 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+from typing import Final
 
 __all__ = ["derive_id", "lease_owner"]
 
 
 def derive_id(*parts: object) -> str:
     """A UUID (version 4 layout) derived from ``parts``; stable across processes."""
-    text = "".join([f"{len(s)}:{s}" for s in map(str, parts)])  # length-prefixed: unambiguous
-    raw = bytearray(hashlib.blake2b(text.encode(), digest_size=16).digest())
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    text = ""
+    for part in parts:  # length-prefixed: unambiguous
+        part = str(part)
+        text += f"{len(part)}:{part}"
+    h = _blake2b(text.encode(), digest_size=16).hexdigest()
+    # The version nibble set to 4, the variant's two high bits to 10 (RFC 4122).
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_blake2b = hashlib.blake2b
+_VARIANT: Final = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 _owner_count = itertools.count()

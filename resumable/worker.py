@@ -66,7 +66,7 @@ from resumable.errors import (
 )
 from resumable.events import Event
 from resumable.memory import Memory
-from resumable.metrics import TOPIC, enabled, instruments
+from resumable.metrics import TOPIC, Instruments, enabled, instruments
 from resumable.outage import PROBE_KEY, Outage, RetryCounts
 from resumable.subject import SubjectError, instance_name, parse_subject
 from resumable.sweep import OutboxSweep, Sweepable
@@ -518,15 +518,17 @@ class Worker:
             self.stats.in_flight -= 1
             self._slots.release()
 
-    async def handle(self, handler: Handler, delivery: Delivery) -> None:
+    async def handle(self, handler: Handler, delivery: Delivery) -> Exception | None:
         """Run one delivery: execute, publish everything emitted, then ack; or settle the
         failure (nack with backoff, or dead-letter with the reason). Never raises: what
-        went wrong is logged and counted. ``run`` calls it for every delivery; a broker
-        that hosts handlers itself (``LocalBroker``) calls it to get the same logic."""
+        went wrong is logged and counted; returns what ``handler.execute`` raised, if it
+        did. ``run`` calls it for every delivery; a broker that hosts handlers itself
+        (``LocalBroker``) calls it to get the same logic."""
         event = delivery.event
-        measure = instruments() if enabled() else None
-        attributes = self._on(delivery.topic)
-        if measure is not None:
+        measure: Instruments | None = None
+        attributes: dict[str, str] = {}
+        if enabled():
+            measure, attributes = instruments(), self._on(delivery.topic)
             measure.received.add(1, attributes)
             measure.in_flight.add(1, attributes)
             measure.delivery_lag.record(_lag(event), attributes)
@@ -541,7 +543,7 @@ class Worker:
                     outputs = await handler.execute(event)
                 except Exception as error:
                     await self._failed(delivery, error)
-                    return
+                    return error
                 try:
                     for output in outputs:
                         if output.domain is None and not output.to:
@@ -553,12 +555,17 @@ class Worker:
                         await self.emit(output)
                 except Exception as error:
                     await self._failed(delivery, error, publishing=True)
-                    return
-                if await self._settle(delivery, "ack", delivery.ack()):
-                    self._retries.forget(delivery.topic, event.id)
-                    self.stats.acked += 1
-                    if measure is not None:
-                        measure.acked.add(1, attributes)
+                    return None
+                try:
+                    await delivery.ack()
+                except Exception as error:
+                    self._settle_failed(delivery, "ack", error)
+                    return None
+                self._retries.forget(delivery.topic, event.id)
+                self.stats.acked += 1
+                if measure is not None:
+                    measure.acked.add(1, attributes)
+                return None
         finally:
             if measure is not None:
                 measure.in_flight.add(-1, attributes)
@@ -658,19 +665,22 @@ class Worker:
         try:
             await settling
         except Exception as error:
-            if is_unavailable(error):
-                self.stats.unavailable += 1
-            else:
-                self.stats.errors += 1
-            log.warning(
-                "could not %s event %s on %r (%s); the broker will deliver it again",
-                how,
-                delivery.event.id,
-                delivery.topic,
-                _reason(error),
-            )
+            self._settle_failed(delivery, how, error)
             return False
         return True
+
+    def _settle_failed(self, delivery: Delivery, how: str, error: Exception) -> None:
+        if is_unavailable(error):
+            self.stats.unavailable += 1
+        else:
+            self.stats.errors += 1
+        log.warning(
+            "could not %s event %s on %r (%s); the broker will deliver it again",
+            how,
+            delivery.event.id,
+            delivery.topic,
+            _reason(error),
+        )
 
     async def emit(self, event: Event) -> None:
         """Publish ``event``, or hand it to ``on_domain`` if it has a domain (what the

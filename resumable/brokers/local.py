@@ -181,7 +181,7 @@ class LocalDelivery(Delivery):
         after ack_wait, nor settled through another delivery)."""
         self._mark_settled(how)
         current = self._message.generation == self._generation and not self._message.done
-        if current:
+        if current and self._queue is not self._broker._inbox:  # hosted ones have no timer
             self._queue.settled()
         return current
 
@@ -295,7 +295,6 @@ class LocalBroker(Broker):
         self._collectors: dict[str, _Collector] = {}
         self._inbox = _TopicQueue(time.monotonic)  # hosted topics, in publish order
         self._worker: Worker | None = None
-        self._failure: dict[str, BaseException] = {}  # event id -> last error while hosted
         self._draining = False
         self._idle = anyio.Event()
         self._idle.set()
@@ -306,6 +305,8 @@ class LocalBroker(Broker):
         self.domain_events: list[Event] = []
         for handler in handlers:
             self.subscribe(handler.source, handler)
+        if handlers:  # made now, not on the first publish, which it would slow down
+            self._hosting_worker()
 
     @property
     def topics(self) -> list[str]:
@@ -341,20 +342,21 @@ class LocalBroker(Broker):
         if not event.to:
             raise ValueError(f"event {event.id} has no 'to' topic; it cannot be routed")
         check_event(event)
-        await self._publish(event, event.to, event.id)
+        if self._queue(event, event.to, event.id) and not self._draining:
+            await self._drain()
 
-    async def _publish(self, event: Event, topic: str, key: str) -> None:
-        """Queue ``event`` on ``topic``; ``key`` is what the duplicate window knows it by."""
+    def _queue(self, event: Event, topic: str, key: str) -> bool:
+        """Queue ``event`` on ``topic``; ``key`` is what the duplicate window knows it by.
+        True if it went to a hosted handler: drain the hosted queue to deliver it."""
         if self.record:
             self.events.append(event)
         if topic not in self._subscribers:
             self._enqueue(topic, event, key)
-            return
+            return False
         self._seq += 1
         self._unsettled += 1
         self._inbox.make_ready(_Message(self._seq, event))
-        if not self._draining:
-            await self._drain()
+        return True
 
     # Hosting: deliveries to in-process handlers, with the Worker's logic.
 
@@ -364,7 +366,7 @@ class LocalBroker(Broker):
             from resumable.worker import Worker
 
             self._worker = Worker(
-                [_Catching(self, "com.resumable.local", None)],
+                [_Hosted()],
                 broker=self,
                 max_attempts=3,
                 backoff=(0.05, 2.0, 1.0),
@@ -385,9 +387,10 @@ class LocalBroker(Broker):
         try:
             delivered = 0
             while True:
-                now = inbox.clock()
-                inbox.promote(now)
+                if inbox.timers:
+                    inbox.promote(inbox.clock())
                 if not inbox.ready:
+                    now = inbox.clock()
                     live = [t for t in inbox.timers if t[2] == t[3].generation and not t[3].done]
                     if not live:
                         inbox.timers.clear()
@@ -408,14 +411,12 @@ class LocalBroker(Broker):
                 message.attempts += 1
                 message.generation += 1
                 delivery = LocalDelivery(self, inbox, message, topic)
-                await worker.handle(_Catching(self, topic, handler), delivery)
-                if delivery._settled != "nacked":
-                    error = self._failure.pop(event.id, None)
-                    if delivery._settled == "dead-lettered":
-                        del inbox.dead[:-_KEPT_ERRORS]
-                        if error is None:  # it emitted an event that cannot be routed
-                            error = ValueError(inbox.dead[-1].reason)
-                        await self._error(error, event)
+                raised = await worker.handle(handler, delivery)
+                if delivery._settled == "dead-lettered":
+                    del inbox.dead[:-_KEPT_ERRORS]
+                    # None: it emitted an event that cannot be routed
+                    error = raised or ValueError(inbox.dead[-1].reason)
+                    await self._error(error, event)
                 delivered += 1
                 if delivered % 64 == 0:  # handlers may never suspend (in-memory): stay fair
                     await anyio.lowlevel.checkpoint()
@@ -714,7 +715,10 @@ class LocalBroker(Broker):
                         f"({letter.reason}); it cannot be replayed, only inspected"
                     )
                 del dead[index]
-                await self._publish(letter.event, topic, f"replay:{dead_letter_id}")
+                if self._queue(letter.event, topic, f"replay:{dead_letter_id}") and not (
+                    self._draining
+                ):
+                    await self._drain()
                 return letter.event
         raise DeadLetterNotFound(
             f"topic {topic!r} has no dead letter {dead_letter_id!r} (replayed already?); "
@@ -728,19 +732,11 @@ class LocalBroker(Broker):
             queue.notify()
 
 
-class _Catching:
-    """A hosted handler as the hosting worker runs it: notes the error a delivery failed
-    with, so ``on_error`` gets it once the delivery is dead-lettered."""
+class _Hosted:
+    """The hosting worker's own handler list needs one: hosted handlers are passed to
+    ``Worker.handle`` per delivery instead."""
 
-    def __init__(self, broker: LocalBroker, source: str, handler: Handler | None) -> None:
-        self.source = source
-        self._broker = broker
-        self._handler = handler
+    source = "com.resumable.local"
 
     async def execute(self, event: Event) -> list[Event]:
-        assert self._handler is not None
-        try:
-            return await self._handler.execute(event)
-        except Exception as error:
-            self._broker._failure[event.id] = error
-            raise
+        raise AssertionError(f"the hosting worker has no handler of its own ({event.id})")
