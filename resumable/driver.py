@@ -52,7 +52,7 @@ from resumable.observe import (
 from resumable.queries import WorkflowStatus, read_status, subjects
 from resumable.record import ACTIVE, PARKED, Header, decode_entry, decode_header
 from resumable.storage import MemoryJournal, apply_decision, read_record, write_record
-from resumable.telemetry import SPAN_KIND_RESUMABLE, execution_span
+from resumable.telemetry import SPAN_KIND_RESUMABLE, SpanSpec, execution_span
 from resumable.workflow import WorkflowFunction
 
 __all__ = ["CANCEL_TYPE", "TIMER_TYPE", "Resumable", "WorkflowAwaitError", "WorkflowStatus"]
@@ -138,6 +138,14 @@ class Resumable(Generic[S]):
         self.clock = clock
         self._last_time = ("", 0.0)
         self._attributes = {SOURCE: self.definition.source}
+        self._span_spec = SpanSpec(
+            f"Resumable<{self.definition.uri}>",
+            SPAN_KIND_RESUMABLE,
+            self.definition.source,
+            self.definition.uri,
+            SpanKind.PRODUCER,
+            by_type=True,
+        )
         self._error_type = self.definition.contract.system_error_type
         self._leases = Leases(self._attributes)
 
@@ -217,14 +225,7 @@ class Resumable(Generic[S]):
         started = _time.perf_counter() if metering else 0.0
         try:
             defn = self.definition
-            with execution_span(
-                f"Resumable<{defn.uri}>@<{event.type}>",
-                event,
-                arvo_kind=SPAN_KIND_RESUMABLE,
-                source=defn.source,
-                uri=defn.uri,
-                kind=SpanKind.PRODUCER,
-            ) as (span, headers):
+            with execution_span(self._span_spec, event) as (span, headers):
                 subject, typed = defn.admit(event)  # before anything is locked or read
                 key = event.subject
                 lease = await self._leases.take(self.memory, key, event.id, self.lock_ttl)

@@ -31,6 +31,7 @@ from resumable.ids import derive_id
 from resumable.metrics import SOURCE, instruments
 from resumable.telemetry import (
     SPAN_KIND_HANDLER,
+    SpanSpec,
     TraceHeaders,
     execution_span,
     trace_extensions,
@@ -176,6 +177,13 @@ class EventHandler:
         self.executionunits = executionunits
         self.system_error_domain = system_error_domain
         self.clock = clock
+        self._span_spec = SpanSpec(
+            f"Handler<{contract.uri}>",
+            SPAN_KIND_HANDLER,
+            contract.type,
+            contract.uri,
+            SpanKind.CONSUMER,
+        )
 
     @property
     def source(self) -> str:
@@ -196,14 +204,7 @@ class EventHandler:
 
     async def execute(self, event: Event) -> list[Event]:
         """Handle one event. Raises violations; other errors become a system error event."""
-        with execution_span(
-            f"Handler<{self.contract.uri}>",
-            event,
-            arvo_kind=SPAN_KIND_HANDLER,
-            source=self.source,
-            uri=self.contract.uri,
-            kind=SpanKind.CONSUMER,
-        ) as (span, headers):
+        with execution_span(self._span_spec, event) as (span, headers):
             if event.type != self.contract.type:
                 raise ConfigViolation(
                     f"handler {self.contract.uri!r} received an event of type {event.type!r}; "

@@ -23,6 +23,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Final
 
+import attrs
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -35,6 +36,7 @@ __all__ = [
     "BAGGAGE",
     "SPAN_KIND_HANDLER",
     "SPAN_KIND_RESUMABLE",
+    "SpanSpec",
     "TraceHeaders",
     "current_headers",
     "delivery_span",
@@ -167,34 +169,44 @@ def _is_contention(error: BaseException) -> bool:
     )
 
 
+@attrs.frozen
+class SpanSpec:
+    """How one handler's execution spans are named and labelled: made once per handler,
+    so an execution with no SDK installed builds nothing but the span's context manager."""
+
+    name: str
+    """The span's name; with ``by_type``, ``@<event type>`` is appended."""
+    arvo_kind: str
+    source: str
+    uri: str
+    kind: SpanKind
+    by_type: bool = False
+
+
 class execution_span:
     """A span for one execution whose parent is the event's trace; entering gives the span
     and the trace headers to put on emitted events. With no SDK installed it costs ~nothing:
     no span, and the incoming headers pass through, as a no-op span would pass them."""
 
-    __slots__ = ("_attributes", "_event", "_kind", "_manager", "_name", "_span", "_token")
+    __slots__ = ("_event", "_manager", "_span", "_spec", "_token")
 
-    def __init__(
-        self, name: str, event: Event, *, arvo_kind: str, source: str, uri: str, kind: SpanKind
-    ) -> None:
-        self._name = name
+    def __init__(self, spec: SpanSpec, event: Event) -> None:
+        self._spec = spec
         self._event = event
-        self._kind = kind
-        self._attributes = (arvo_kind, source, uri)
         self._manager: AbstractContextManager[Span] | None = None
-        self._span: Span = INVALID_SPAN
-        self._token: object = None
 
     def __enter__(self) -> tuple[Span, TraceHeaders]:
         event = self._event
         if _tracing_off():
             return INVALID_SPAN, incoming(event)
+        spec = self._spec
+        self._token: object = None
         parent = _parent(event)
         if parent is not None:  # the event's baggage is current while the step runs
             self._token = otel_context.attach(parent)
         self._manager = _tracer.start_as_current_span(
-            self._name,
-            kind=self._kind,
+            f"{spec.name}@<{event.type}>" if spec.by_type else spec.name,
+            kind=spec.kind,
             record_exception=False,
             set_status_on_exception=False,
         )
@@ -202,11 +214,10 @@ class execution_span:
         if not span.get_span_context().is_valid:
             return span, incoming(event)  # a tracer that makes no spans: keep the trace
         if span.is_recording():
-            arvo_kind, source, uri = self._attributes
-            span.set_attribute("arvo.span.kind", arvo_kind)
+            span.set_attribute("arvo.span.kind", spec.arvo_kind)
             span.set_attribute("openinference.span.kind", "CHAIN")
-            span.set_attribute("arvo.handler.source", source)
-            span.set_attribute("arvo.contract.uri", uri)
+            span.set_attribute("arvo.handler.source", spec.source)
+            span.set_attribute("arvo.contract.uri", spec.uri)
             for key, value in event.otel_attributes().items():
                 span.set_attribute(f"consumable.0.{key}", value)
         return span, current_headers()
