@@ -15,6 +15,7 @@ from resumable.contracts import (
     PARENT_SUBJECT_KEY,
     Contract,
     OrchestratorContract,
+    Schema,
     ServiceSpec,
     VersionedContract,
     parse_dataschema,
@@ -86,6 +87,10 @@ class Definition(Generic[S]):
     ``parentid`` is matched to an open call to one of them."""
     signals: dict[str, Contract | None] = attrs.Factory(dict)
     """Signal types, with their contract (None for untyped data)."""
+    reply_schemas: dict[str, Schema] = attrs.Factory(dict)
+    """The payload schema of each reply type (``reply_types``' lookups, made once)."""
+    error_types: set[str] = attrs.Factory(set)
+    """The system error types of the services."""
     source: str = attrs.field(init=False)
     uri: str = attrs.field(init=False)
     error_stack: bool = False
@@ -175,7 +180,13 @@ class Definition(Generic[S]):
             )
         self.services[uri] = versioned
         for type_ in (*versioned.emits, versioned.system_error_type):
-            self.reply_types.setdefault(type_, versioned)
+            if type_ not in self.reply_types:
+                self.reply_types[type_] = versioned
+                schema = versioned.schema_for(type_)
+                assert schema is not None
+                self.reply_schemas[type_] = schema
+                if type_ == versioned.system_error_type:
+                    self.error_types.add(type_)
             self.repliers.setdefault(type_, []).append(uri)
 
     def _add_signal(self, signal: Contract | str) -> None:
@@ -345,21 +356,18 @@ class Definition(Generic[S]):
 
     def typed(self, event: Event) -> Event:
         """A journaled event with its payload decoded as the workflow received it."""
-        versioned = self.reply_types.get(event.type)
-        if versioned is not None:
-            schema = versioned.schema_for(event.type)
-            assert schema is not None
+        schema = self.reply_schemas.get(event.type)
+        if schema is not None:
             return with_data(event, msgspec.convert(event.data, schema))
         if event.type in self.signals:
             return self.validate_signal(event)
         return event
 
     def is_error(self, reply: Event) -> bool:
-        versioned = self.reply_types.get(reply.type)
-        return versioned is not None and reply.type == versioned.system_error_type
+        return reply.type in self.error_types
 
     def service_error(self, reply: Event) -> ServiceError | None:
-        return ServiceError(reply) if self.is_error(reply) else None
+        return ServiceError(reply) if reply.type in self.error_types else None
 
     # ------------------------------------------------------------------------------
     # what a workflow asks for

@@ -109,7 +109,12 @@ def replay(
             wake = Wake.parse(entry.how)
             if wake is None:
                 raise diverged(key, seq, entry.how, "a journal entry that resumed nothing")
-            events = [defn.typed(received[i]) for i in entry.resumed]
+            resumed = entry.resumed
+            events = (  # one event resumed it, as a rule: no comprehension needed
+                [defn.typed(received[resumed[0]])]
+                if len(resumed) == 1
+                else [defn.typed(received[i]) for i in resumed]
+            )
             value, error = wake_value(defn, wake, events, waits_for)
             frame.enter(seq, entry.event.time)
             outcome = step(gen, value, error)
