@@ -21,6 +21,7 @@ __all__ = [
     "FROM_PARENT_SUBJECT",
     "FROM_SELF_CONTRACT",
     "FROM_TRIGGERING_EVENT",
+    "IN_ORCHESTRATION",
     "LOCAL",
     "ORCHESTRATION_CONTEXT",
     "DomainContext",
@@ -37,6 +38,8 @@ FROM_CURRENT_SUBJECT: Final = "domain.event.current.subject"
 FROM_PARENT_SUBJECT: Final = "domain.parent.subject"
 ORCHESTRATION_CONTEXT: Final = "domain.orchestration.context"
 LOCAL: Final = None
+IN_ORCHESTRATION: Final = (ORCHESTRATION_CONTEXT,)
+"""The default domain of replies and reports: the orchestration's own (usually local)."""
 
 DomainSpec = str | None | Sequence[str | None]
 """One domain item, or a non-empty list of them: one event is emitted per distinct domain."""
@@ -92,7 +95,7 @@ def resolve_domain(item: str | None, ctx: DomainContext) -> str | None:
 
 def check_domain_spec(spec: object, what: str) -> None:
     """Fail early, naming ``what``, if ``spec`` is not a domain item or a non-empty list."""
-    if spec is None or (isinstance(spec, str) and domain_match(spec)):
+    if spec is None or spec is IN_ORCHESTRATION or (isinstance(spec, str) and domain_match(spec)):
         return
     items = list(spec) if isinstance(spec, list | tuple) else None
     if not items or not all(

@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind
 
 from resumable.clock import to_epoch
 from resumable.contracts import Contract, OrchestratorContract, ServiceSpec
-from resumable.domains import ORCHESTRATION_CONTEXT, DomainSpec
+from resumable.domains import IN_ORCHESTRATION, DomainSpec
 from resumable.engine import emit
 from resumable.engine.cache import LiveCache
 from resumable.engine.definition import CANCEL_TYPE, TIMER_TYPE, Definition
@@ -96,8 +96,8 @@ class Resumable(Generic[S]):
         lock_ttl: float = 5.0,
         clock: Callable[[], str] = now_iso,
         service_domain: DomainSpec = None,
-        complete_domain: DomainSpec = (ORCHESTRATION_CONTEXT,),
-        system_error_domain: DomainSpec = (ORCHESTRATION_CONTEXT,),
+        complete_domain: DomainSpec = IN_ORCHESTRATION,
+        system_error_domain: DomainSpec = IN_ORCHESTRATION,
         error_stack: bool = False,
     ) -> None:
         self.definition: Definition[S] = Definition.build(

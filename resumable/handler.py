@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from resumable.contracts import Contract, ErrorData, VersionedContract, parse_dataschema
 from resumable.domains import (
-    ORCHESTRATION_CONTEXT,
+    IN_ORCHESTRATION,
     DomainContext,
     DomainSpec,
     check_domain_spec,
@@ -58,7 +58,7 @@ class Emit:
     redirectto: str | None = attrs.field(default=None, kw_only=True)
     executionunits: float | None = attrs.field(default=None, kw_only=True)
     domain: DomainSpec = attrs.field(
-        default=(ORCHESTRATION_CONTEXT,),
+        default=IN_ORCHESTRATION,
         kw_only=True,
         validator=lambda _, __, value: check_domain_spec(value, "Emit(domain=...)"),
     )
@@ -150,7 +150,7 @@ class EventHandler:
         versions: Mapping[str, HandlerFunction],
         *,
         executionunits: float = 0,
-        system_error_domain: DomainSpec = (ORCHESTRATION_CONTEXT,),
+        system_error_domain: DomainSpec = IN_ORCHESTRATION,
         clock: Callable[[], str] = now_iso,
         error_stack: bool = False,
     ) -> None:

@@ -20,7 +20,7 @@ from resumable.contracts import (
     VersionedContract,
     parse_dataschema,
 )
-from resumable.domains import ORCHESTRATION_CONTEXT, DomainSpec, check_domain_spec
+from resumable.domains import IN_ORCHESTRATION, DomainSpec, check_domain_spec
 from resumable.errors import (
     ConfigViolation,
     ContractViolation,
@@ -109,8 +109,8 @@ class Definition(Generic[S]):
         run_timeout: float | timedelta | None = None,
         executionunits: float = 0,
         service_domain: DomainSpec = None,
-        complete_domain: DomainSpec = (ORCHESTRATION_CONTEXT,),
-        system_error_domain: DomainSpec = (ORCHESTRATION_CONTEXT,),
+        complete_domain: DomainSpec = IN_ORCHESTRATION,
+        system_error_domain: DomainSpec = IN_ORCHESTRATION,
         error_stack: bool = False,
     ) -> Definition[S]:
         """Check every part and build the definition; a mistake raises naming the part."""
@@ -295,7 +295,7 @@ class Definition(Generic[S]):
                 f"expected '{versioned.dataschema}'"
             )
         uri, version = parsed
-        is_error = event.type == versioned.system_error_type
+        is_error = event.type in self.error_types
         if uri != versioned.uri or (
             version != versioned.version and not (is_error and version == "0.0.0")
         ):
@@ -303,7 +303,7 @@ class Definition(Generic[S]):
                 f"event {event.id} ({event.type}) has dataschema {event.dataschema!r}, but "
                 f"workflow {self.uri!r} expects '{versioned.dataschema}'"
             )
-        schema = versioned.schema_for(event.type)
+        schema = self.reply_schemas.get(event.type) or versioned.schema_for(event.type)
         assert schema is not None
         if event.type == self.source:
             data = event.data
