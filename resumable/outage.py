@@ -61,7 +61,8 @@ class RetryCounts:
 
     def forget(self, topic: str, event_id: str) -> None:
         """The event was settled for good (acked or dead-lettered)."""
-        self._counts.pop((topic, event_id), None)
+        if self._counts:  # as a rule nothing is counted: no key to build
+            self._counts.pop((topic, event_id), None)
 
 
 class Outage:

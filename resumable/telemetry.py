@@ -44,6 +44,7 @@ __all__ = [
     "mark_error",
     "publish_span",
     "tracing",
+    "tracing_off",
     "use",
 ]
 
@@ -107,6 +108,10 @@ def _tracing_off() -> bool:
 def tracing() -> bool:
     """True when spans may be recorded: skip making them otherwise."""
     return not _tracing_off()
+
+
+tracing_off = _tracing_off
+"""``not tracing()``, one call cheaper: for the paths every delivery takes."""
 
 
 def _carrier(event: Event) -> dict[str, str]:

@@ -75,7 +75,7 @@ from resumable.telemetry import (
     mark_error,
     messaging_system,
     publish_span,
-    tracing,
+    tracing_off,
 )
 from resumable.types import Leased, Recoverable, Timed
 
@@ -533,9 +533,9 @@ class Worker:
             measure.in_flight.add(1, attributes)
             measure.delivery_lag.record(_lag(event), attributes)
         span = (
-            delivery_span(event, delivery.topic, self._system, delivery.attempt)
-            if tracing()
-            else _NO_SPAN
+            _NO_SPAN
+            if tracing_off()
+            else delivery_span(event, delivery.topic, self._system, delivery.attempt)
         )
         try:
             with span:
@@ -699,11 +699,11 @@ class Worker:
             if inspect.isawaitable(result):
                 await result
             return
-        if tracing():
+        if tracing_off():
+            await self.broker.publish(event)
+        else:
             with publish_span(event, self._system):
                 await self.broker.publish(event)
-        else:
-            await self.broker.publish(event)
         self.stats.published += 1
         if enabled():
             instruments().published.add(1, self._on(event.to or ""))

@@ -186,7 +186,14 @@ class LocalDelivery(Delivery):
         return current
 
     async def ack(self) -> None:
-        self._settle("acked")
+        self._mark_settled("acked")
+        message = self._message
+        if (
+            message.generation == self._generation
+            and not message.done
+            and self._queue is not self._broker._inbox
+        ):
+            self._queue.settled()  # its ack-wait timer is stale now
         # A late ack, after ack_wait gave the message to another delivery, still counts:
         # the event was handled, so nobody needs to handle it again.
         self._finish()
