@@ -368,7 +368,8 @@ class LocalBroker(Broker):
     # Hosting: deliveries to in-process handlers, with the Worker's logic.
 
     def _hosting_worker(self) -> Worker:
-        """The ``Worker`` whose delivery logic runs hosted handlers (made on first use)."""
+        """The ``Worker`` whose delivery logic runs hosted handlers (made with the broker
+        when it is given handlers, else on first use)."""
         if self._worker is None:
             from resumable.worker import Worker
 
