@@ -551,8 +551,13 @@ class Worker:
                                 f"{handler.source} emitted event {output.id} ({output.type}) "
                                 "with no 'to' topic and no domain; it cannot be routed"
                             )
+                    quiet = measure is None and span is _NO_SPAN
                     for output in outputs:
-                        await self.emit(output)
+                        if quiet and output.domain is None:  # emit's common case, inline
+                            await self.broker.publish(output)
+                            self.stats.published += 1
+                        else:
+                            await self.emit(output)
                 except Exception as error:
                     await self._failed(delivery, error, publishing=True)
                     return None
