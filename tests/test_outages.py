@@ -525,16 +525,19 @@ async def _outage_under_a_worker(
             return False
         return len(page.items) == count
 
-    async with anyio.create_task_group() as group:
-        await group.start(worker.run)
-        for event in events:
-            await broker.publish(event)
-        await eventually(lambda: _true(worker.stats.timers_fired >= count))
-        await anyio.to_thread.run_sync(stop)
-        await anyio.sleep(3.0)  # the outage
-        await anyio.to_thread.run_sync(start)
-        await eventually(done, limit=60.0)
-        worker.stop()
+    # A bound on the whole: a hang (seen once, in a minimum-versions run, not reproduced)
+    # fails here, with the stack of what it waited on, instead of stalling the suite.
+    with anyio.fail_after(180):
+        async with anyio.create_task_group() as group:
+            await group.start(worker.run)
+            for event in events:
+                await broker.publish(event)
+            await eventually(lambda: _true(worker.stats.timers_fired >= count))
+            await anyio.to_thread.run_sync(stop)
+            await anyio.sleep(3.0)  # the outage
+            await anyio.to_thread.run_sync(start)
+            await eventually(done, limit=60.0)
+            worker.stop()
     assert worker.stats.dead_lettered == 0
     assert await dead_letters(broker, [h.source for h in handlers]) == []
     assert worker.stats.unavailable >= 1
