@@ -178,6 +178,26 @@ def _parser() -> argparse.ArgumentParser:
         help="do not re-publish the workflows' outboxes on start",
     )
     worker.add_argument(
+        "--recover-interval",
+        type=_seconds_or_off,
+        default=30.0,
+        metavar="SECONDS",
+        help=(
+            "re-publish the outboxes of instances idle this long, swept this often "
+            "(default 30; 0: only on start)"
+        ),
+    )
+    worker.add_argument(
+        "--unavailable-backoff",
+        type=_backoff,
+        default=(0.5, 2.0, 30.0),
+        metavar="INITIAL,FACTOR,MAX",
+        help=(
+            "seconds between retries of a delivery that met an outage, and between probes "
+            "while paused: the first wait, its growth and the longest (default 0.5,2,30)"
+        ),
+    )
+    worker.add_argument(
         "--json",
         action="store_true",
         help="write the start, health and stop lines as JSON objects, one a line",
@@ -198,6 +218,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _MEMORY_HELP = "sqlite:///path.db, postgresql://..., redis://..."
+
+
+def _seconds_or_off(text: str) -> float:
+    """A number of seconds, 0 or more (0: off)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds, 0 (only on start) or more, got {text!r}"
+        )
+    return seconds
+
+
+def _backoff(text: str) -> tuple[float, float, float]:
+    """``INITIAL,FACTOR,MAX`` as three numbers; argparse reports a mistake as bad usage."""
+    try:
+        initial, factor, longest = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected three numbers INITIAL,FACTOR,MAX (e.g. 0.5,2,30), got {text!r}"
+        ) from None
+    return initial, factor, longest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -606,6 +650,8 @@ async def _worker(args: argparse.Namespace) -> int:
                 max_attempts=args.max_attempts,
                 timer_interval=args.timer_interval,
                 recover=not args.no_recover,
+                recover_interval=args.recover_interval or None,
+                unavailable_backoff=args.unavailable_backoff,
                 on_health=show,
             )
         except (TypeError, ValueError) as error:

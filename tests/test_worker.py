@@ -1033,6 +1033,30 @@ def test_the_command_refuses_what_it_cannot_load() -> None:
 
 
 @pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--unavailable-backoff", "1,2"], "expected three numbers INITIAL,FACTOR,MAX"),
+        (["--unavailable-backoff", "0,2,30"], "unavailable_backoff must be (initial > 0"),
+        (["--unavailable-backoff", "1,0.5,30"], "factor >= 1"),
+        (["--recover-interval", "-1"], "expected seconds, 0 (only on start) or more"),
+        (["--recover-interval", "soon"], "got 'soon'"),
+    ],
+    ids=[
+        "backoff-two-numbers",
+        "backoff-zero",
+        "backoff-shrinking",
+        "sweep-negative",
+        "sweep-text",
+    ],
+)
+def test_the_command_refuses_bad_outage_settings(flags: list[str], message: str) -> None:
+    """The outage settings reach the Worker, whose checks (or the parser's) name the flaw."""
+    refused = _run("orders:HANDLERS", "--broker", "local://", *flags)
+    assert refused.returncode == 2
+    assert message in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize(
     ("target", "with_memory", "topics"),
     [
         ("chaos_worker:handlers", True, "arvo.orc.order.fulfil, com.payments.charge, "),
@@ -1047,8 +1071,9 @@ def test_sigterm_drains_and_exits_0(
     """``resumable worker`` on a factory given the memory, a factory of one handler, or a
     list, starts, says what it consumes, and exits 0 on SIGTERM."""
     memory = ["--memory", f"sqlite:///{tmp_path / 'w.db'}"] if with_memory else []
+    settings = ["--recover-interval", "0", "--unavailable-backoff", "0.1,2,5"]
     process = subprocess.Popen(
-        _command(target, "--broker", "local://", *memory, "--concurrency", "4"),
+        _command(target, "--broker", "local://", *memory, "--concurrency", "4", *settings),
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
