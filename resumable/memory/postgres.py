@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -98,14 +97,13 @@ _LOCK_CLASS = 0x7273_6D62
 """First key of the advisory lock taken while creating tables (``rsmb``); the second is
 derived from the schema name, so different schemas do not wait for each other."""
 
-_POOL_OPTIONS: dict[str, Any] = {}
-if "reset" in inspect.signature(asyncpg.create_pool).parameters:  # asyncpg >= 0.30
+_CLOSE_GRACE = 10.0
+"""Seconds ``close`` waits for connections still in use before it drops them."""
 
-    async def _keep_session(connection: Any) -> None:
-        """Skip the reset query on release: nothing here changes session state, so it would
-        only add a round trip to every read. asyncpg still rolls back an open transaction."""
 
-    _POOL_OPTIONS["reset"] = _keep_session
+async def _keep_session(connection: Any) -> None:
+    """Skip the reset query on release: nothing here changes session state, so it would only
+    add a round trip to every read. asyncpg still rolls back an open transaction."""
 
 
 class _Statements:
@@ -312,13 +310,19 @@ class PostgresMemory(GroupCommit, Memory):
         return expires is not None and bool(expires > now)
 
     async def close(self) -> None:
-        """Let queued writes finish, then close the pool. Safe to call twice."""
+        """Let queued writes finish, then close the pool. Safe to call twice.
+
+        A connection still in use after ``_CLOSE_GRACE`` seconds (a call stuck on a server
+        that stopped answering) is dropped rather than waited for: closing always ends."""
         self._closed = True
         await self._drain()
         async with self._connecting:
             pool, self._pool, self._shut = self._pool, None, True
         if pool is not None:
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), _CLOSE_GRACE)
+            except TimeoutError:
+                pool.terminate()
 
     @contextlib.contextmanager
     def _failures(self) -> Iterator[None]:
@@ -363,7 +367,7 @@ class PostgresMemory(GroupCommit, Memory):
         where = _redact(self.dsn)
         try:
             pool = await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=self.pool_size, **_POOL_OPTIONS
+                self.dsn, min_size=1, max_size=self.pool_size, reset=_keep_session
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             if _is_outage(error):

@@ -381,6 +381,21 @@ async def test_close_lets_queued_writes_finish(url: str, memory: PostgresMemory)
         await reopened.close()
 
 
+async def test_close_ends_despite_a_connection_never_given_back(
+    memory: PostgresMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A connection stuck in use (as asyncpg < 0.32 left one whose query was cancelled while
+    # the server was down) must not make close wait forever: it is dropped after the grace.
+    monkeypatch.setattr(postgres_module, "_CLOSE_GRACE", 0.5)
+    await memory.write("k", revision=0, status="s", header=b"")
+    pool = await memory._connect()
+    held = await pool.acquire()
+    with anyio.fail_after(30):
+        await memory.close()
+    with pytest.raises(asyncpg.InterfaceError):  # dropped, not left open
+        await held.fetchval("SELECT 1")
+
+
 async def test_closed_memory_refuses_calls(memory: PostgresMemory) -> None:
     await memory.write("k", revision=0, status="s", header=b"")
     await memory.close()
