@@ -525,8 +525,8 @@ async def _outage_under_a_worker(
             return False
         return len(page.items) == count
 
-    # A bound on the whole: a hang (seen once, in a minimum-versions run, not reproduced)
-    # fails here, with the stack of what it waited on, instead of stalling the suite.
+    # A bound on the whole: a hang fails here, with the stack of what it waited on, instead
+    # of stalling the suite (asyncpg < 0.32 hung in the memory's close: see CHANGELOG).
     with anyio.fail_after(180):
         async with anyio.create_task_group() as group:
             await group.start(worker.run)
