@@ -1057,6 +1057,39 @@ def test_the_command_refuses_bad_outage_settings(flags: list[str], message: str)
 
 
 @pytest.mark.parametrize(
+    ("flags", "recover_interval", "unavailable_backoff"),
+    [
+        ([], 30.0, (0.5, 2.0, 30.0)),
+        (["--recover-interval", "7", "--unavailable-backoff", "0.1,3,5"], 7.0, (0.1, 3.0, 5.0)),
+        (["--recover-interval", "0"], None, (0.5, 2.0, 30.0)),
+    ],
+    ids=["defaults", "given", "sweep-off"],
+)
+def test_the_command_gives_the_outage_settings_to_the_worker(
+    flags: list[str],
+    recover_interval: float | None,
+    unavailable_backoff: tuple[float, float, float],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In process: the Worker the command builds is given what the flags say."""
+    import resumable.worker
+    from resumable.cli import main
+
+    given: dict[str, Any] = {}
+
+    class Recording(Worker):
+        def __init__(self, *args: Any, **options: Any) -> None:
+            given.update(options)
+            raise ValueError("recorded; not started")
+
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    monkeypatch.setattr(resumable.worker, "Worker", Recording)
+    assert main(["worker", "orders:HANDLERS", "--broker", "local://", *flags]) == 2
+    assert given["recover_interval"] == recover_interval
+    assert given["unavailable_backoff"] == unavailable_backoff
+
+
+@pytest.mark.parametrize(
     ("target", "with_memory", "topics"),
     [
         ("chaos_worker:handlers", True, "arvo.orc.order.fulfil, com.payments.charge, "),
